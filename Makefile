@@ -1,0 +1,39 @@
+# The two commands a user needs: `make demo` and `make test`. Both install on first use.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+# The torch pin lives here, not in pyproject.toml: these two lie on the machine's disk (see ../shared/STACK.md).
+TORCH_PIN ?= torch==2.14.1 torchvision==0.29.1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DS_ACCELERATOR := cpu
+
+.PHONY: install system-data demo test clean-cache
+
+install: $(VENV)/.installed system-data
+
+# The stamp depends on pyproject.toml: editing dependencies reinstalls, a second `make install` only checks.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $(TORCH_PIN)
+	$(PIP) install --quiet -e '.[dev]' $(TORCH_PIN)
+	touch $@
+
+# Debian's mricron-data carries the Colin27 head and its atlases (../shared/DATA.md).
+system-data:
+	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then \
+		echo "installing Debian package mricron-data (Colin27 + atlases)"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mricron-data >/dev/null; \
+	fi
+
+demo: install
+	$(VENV)/bin/segicl demo
+
+test: install
+	$(PY) -m pytest -q tests
+
+clean-cache:
+	rm -rf .cache/segicl

@@ -1,0 +1,118 @@
+"""Volume -> slice preprocessing shared by the dataset builder and by inference on user volumes.
+
+Slices are cut along one anatomical axis of the volume reoriented to RAS+, rotated to the usual
+radiological display (anterior or superior at the top, the patient's right on the image's left),
+cropped to a square around the foreground and resized to the preset resolution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
+
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+
+
+def axis_index(axis: str) -> int:
+    """RAS+ array axis of an anatomical slicing direction."""
+    if axis not in AXES:
+        raise ValueError(f"unknown slice axis {axis!r}; expected one of {sorted(AXES)}")
+    return AXES[axis]
+
+
+def normalize_mri(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+    """MRI intensities to [0, 1] between two percentiles of the volume, clipped."""
+    lower, upper = percentiles
+    scale = ScaleIntensityRangePercentiles(lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(scale(volume.astype(np.float32)[None])[0], dtype=np.float32)
+
+
+def window_ct(hounsfield: np.ndarray, window: tuple[float, float] = (-100.0, 200.0)) -> np.ndarray:
+    """CT in Hounsfield units to [0, 1] within a window (the SegICL paper: [-100, 200] HU), clipped."""
+    low, high = window
+    if not low < high:
+        raise ValueError(f"CT window must have low < high, got {window}")
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    return np.asarray(scale(hounsfield.astype(np.float32)[None])[0], dtype=np.float32)
+
+
+def to_display_slices(volume: np.ndarray, axis: str) -> np.ndarray:
+    """RAS+ volume -> stack of display-oriented slices [S, rows, cols]."""
+    stacked = np.moveaxis(volume, axis_index(axis), 0)
+    return np.ascontiguousarray(np.rot90(stacked, k=1, axes=(1, 2)))
+
+
+def from_display_slices(slices: np.ndarray, axis: str) -> np.ndarray:
+    """Inverse of `to_display_slices`."""
+    stacked = np.rot90(slices, k=-1, axes=(1, 2))
+    return np.ascontiguousarray(np.moveaxis(stacked, 0, axis_index(axis)))
+
+
+@dataclass(frozen=True)
+class SquareCrop:
+    """A square in-plane window (may extend past the image: padded with zeros) and the slice range kept.
+
+    Attributes:
+        top, left: corner of the square in display coordinates (may be negative).
+        size: side of the square in pixels before resizing.
+        first_slice, last_slice: inclusive range of slices that hold foreground.
+    """
+
+    top: int
+    left: int
+    size: int
+    first_slice: int
+    last_slice: int
+
+    def as_dict(self) -> dict[str, int]:
+        return {"top": self.top, "left": self.left, "size": self.size,
+                "first_slice": self.first_slice, "last_slice": self.last_slice}
+
+
+def foreground_crop(foreground: np.ndarray, margin: int = 4) -> SquareCrop:
+    """The square that holds the foreground of every slice plus a margin, and the slices with foreground."""
+    if not foreground.any():
+        raise ValueError("cannot crop: the foreground is empty")
+    slices_with = np.flatnonzero(foreground.any(axis=(1, 2)))
+    rows = np.flatnonzero(foreground.any(axis=(0, 2)))
+    cols = np.flatnonzero(foreground.any(axis=(0, 1)))
+    height = rows[-1] - rows[0] + 1
+    width = cols[-1] - cols[0] + 1
+    size = int(max(height, width) + 2 * margin)
+    top = int(rows[0] + height // 2 - size // 2)
+    left = int(cols[0] + width // 2 - size // 2)
+    return SquareCrop(top, left, size, int(slices_with[0]), int(slices_with[-1]))
+
+
+def apply_crop(slices: np.ndarray, crop: SquareCrop) -> np.ndarray:
+    """Cut the crop's slices and square from a display stack, zero-padding outside the image."""
+    kept = slices[crop.first_slice: crop.last_slice + 1]
+    out = np.zeros((kept.shape[0], crop.size, crop.size), dtype=slices.dtype)
+    rows, cols = slices.shape[1:]
+    src_top, src_left = max(crop.top, 0), max(crop.left, 0)
+    src_bottom, src_right = min(crop.top + crop.size, rows), min(crop.left + crop.size, cols)
+    out[:, src_top - crop.top: src_bottom - crop.top, src_left - crop.left: src_right - crop.left] = \
+        kept[:, src_top:src_bottom, src_left:src_right]
+    return out
+
+
+def resize_slices(slices: np.ndarray, resolution: int, *, labels: bool) -> np.ndarray:
+    """Resize a stack [S, H, W] to [S, resolution, resolution]: nearest for labels, anti-aliased bilinear for images."""
+    if labels:
+        resize = Resize((resolution, resolution), mode="nearest")
+        tensor = torch.from_numpy(slices.astype(np.int32))[:, None]
+        out = torch.stack([resize(t) for t in tensor])[:, 0]
+        return out.numpy().astype(slices.dtype)
+    resize = Resize((resolution, resolution), mode="bilinear", anti_aliasing=True)
+    tensor = torch.from_numpy(slices.astype(np.float32))[:, None]
+    out = torch.stack([torch.as_tensor(resize(t)) for t in tensor])[:, 0]
+    return out.numpy().astype(np.float32)
+
+
+def relative_positions(count: int) -> np.ndarray:
+    """Position of each kept slice within the foreground extent, 0 (first) to 1 (last)."""
+    if count == 1:
+        return np.zeros(1)
+    return np.linspace(0.0, 1.0, count)
