@@ -1,0 +1,232 @@
+"""In-context episodes: an instruction, k example (image, mask) pairs and a query (image, target).
+
+Examples are other slices of the same structure, from another volume where one has it, near the
+query's relative slice position. Examples and query each get an independent random affine (MONAI),
+so that copying an example's mask is not the answer. Everything is deterministic for (seed, index).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from monai.transforms import RandAffined
+
+from data.dataset import SliceDataset, TaskSlice
+
+INSTRUCTION_TEMPLATES = (
+    "Segment the {name} in this {modality} slice.",
+    "Please delineate the {name} on this {modality} image.",
+    "Outline the {name} in the {modality} scan.",
+    "Generate a mask of the {name} ({modality}).",
+    "Where is the {name}? Mark it on this {modality} slice.",
+    "Label every pixel of the {name} in this {modality} image.",
+)
+
+
+@dataclass(frozen=True)
+class SpatialTransformConfig:
+    """Independent random affine applied to each example and to the query.
+
+    Attributes:
+        rotate_degrees: rotation drawn from [-rotate_degrees, rotate_degrees].
+        scale: relative scale change drawn from [-scale, scale].
+        translate_fraction: shift drawn from [-f, f] times the image side, per axis.
+    """
+
+    rotate_degrees: float = 10.0
+    scale: float = 0.08
+    translate_fraction: float = 0.06
+
+
+@dataclass(frozen=True)
+class EpisodeConfig:
+    """What episodes a sampler draws.
+
+    Attributes:
+        split: where queries come from: "train" (training volumes, training structures) or "test"
+            (the held-out volumes).
+        structures: "train", "held_out" or "all": which structures the queries are of.
+        max_examples: K; k is drawn uniformly from 0..K unless `num_examples` fixes it.
+        num_examples: a fixed k, or None.
+        min_area: minimum structure area (pixels) on the query slice.
+        position_tolerance: examples come from slices within this relative position of the query's,
+            or the nearest slice when none is that close.
+        transform: the spatial transform, or None for none.
+        seed: base seed; episode i is a function of (seed, i) only.
+    """
+
+    split: str = "train"
+    structures: str = "train"
+    max_examples: int = 3
+    num_examples: int | None = None
+    min_area: int = 0
+    position_tolerance: float = 0.1
+    transform: SpatialTransformConfig | None = field(default_factory=SpatialTransformConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in ("train", "test"):
+            raise ValueError(f"episode split must be 'train' or 'test', got {self.split!r}")
+        if self.structures not in ("train", "held_out", "all"):
+            raise ValueError(f"structures must be 'train', 'held_out' or 'all', got {self.structures!r}")
+        if self.split == "train" and self.structures != "train":
+            raise ValueError("training episodes can only use training structures (held-out ones never enter training)")
+        if self.num_examples is not None and not 0 <= self.num_examples <= self.max_examples:
+            raise ValueError(f"num_examples must be in 0..{self.max_examples}, got {self.num_examples}")
+
+
+@dataclass
+class Episode:
+    """One in-context episode. Images and masks are float32 [1, R, R]; masks are binary.
+
+    Attributes:
+        instruction: the text instruction.
+        structure: the structure's readable name.
+        example_images, example_masks: [k, 1, R, R].
+        query_image, query_mask: [1, R, R] (the mask is the target).
+        meta: where every part came from (task, volumes, slices, positions, k).
+    """
+
+    instruction: str
+    structure: str
+    example_images: np.ndarray
+    example_masks: np.ndarray
+    query_image: np.ndarray
+    query_mask: np.ndarray
+    meta: dict
+
+    @property
+    def k(self) -> int:
+        return int(self.example_images.shape[0])
+
+
+class EpisodeSampler:
+    """Draws episodes from a dataset; `sampler[i]` is deterministic for the config's seed."""
+
+    def __init__(self, dataset: SliceDataset, config: EpisodeConfig = EpisodeConfig()):
+        self.dataset = dataset
+        self.config = config
+        held_out = {"train": False, "held_out": True, "all": None}[config.structures]
+        self.queries = dataset.select(split=config.split, held_out=held_out, min_area=config.min_area)
+        self.queries = [q for q in self.queries if self._example_rows(q)]
+        if not self.queries:
+            raise ValueError(f"no query slices for {config} in {dataset.root}")
+        self._rows_of_queries = sorted({q.row for q in self.queries})
+        self._queries_by_row: dict[int, list[TaskSlice]] = {}
+        for query in self.queries:
+            self._queries_by_row.setdefault(query.row, []).append(query)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, index: int) -> Episode:
+        rng = np.random.default_rng([self.config.seed, index])
+        row = self._rows_of_queries[rng.integers(len(self._rows_of_queries))]
+        candidates = self._queries_by_row[row]
+        query = candidates[rng.integers(len(candidates))]
+        k = self.config.num_examples if self.config.num_examples is not None else int(rng.integers(self.config.max_examples + 1))
+        return self.episode_for(query, k, rng)
+
+    def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator) -> Episode:
+        """The episode of a given query slice with k examples, randomness from `rng`."""
+        data = self.dataset
+        task = data.rows[query.row]
+        examples = self._choose_examples(query, k, rng)
+        pairs = [(data.image(data.rows[r]["volume"], s), data.mask(r, s)) for r, s in examples]
+        pairs = [self._transform(image, mask, rng) for image, mask in pairs]
+        query_image, query_mask = self._transform(data.image(task["volume"], query.slice), data.mask(query.row, query.slice), rng)
+        template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
+        size = data.resolution
+        return Episode(
+            instruction=template.format(name=task["name"], modality=task["modality"]),
+            structure=task["name"],
+            example_images=np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
+            example_masks=np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
+            query_image=query_image, query_mask=query_mask,
+            meta={"task": task["task"], "held_out": task["held_out"], "volume": task["volume"], "slice": query.slice,
+                  "position": data.relative_position(task["volume"], query.slice), "k": k,
+                  "examples": [{"volume": data.rows[r]["volume"], "slice": s} for r, s in examples]},
+        )
+
+    def _example_rows(self, query: TaskSlice) -> list[int]:
+        """Rows that may lend examples: the same structure on training volumes (support rows for held-out ones)."""
+        task = self.dataset.rows[query.row]
+        allowed = ("train",) if self.config.split == "train" else ("train", "support")
+        return [r for r in self.dataset.rows_by_task[task["task"]]
+                if self.dataset.rows[r]["split"] in allowed
+                and (r != query.row or len(self.dataset.rows[r]["slices"]) > 1)]
+
+    def _choose_examples(self, query: TaskSlice, k: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """k (row, slice) pairs: another volume where possible, near the query's relative position."""
+        data = self.dataset
+        query_volume = data.rows[query.row]["volume"]
+        query_position = data.relative_position(query_volume, query.slice)
+        rows = self._example_rows(query)
+        other_volumes = [r for r in rows if data.rows[r]["volume"] != query_volume]
+        rows = other_volumes or rows
+        chosen: list[tuple[int, int]] = []
+        for _ in range(k):
+            row = rows[rng.integers(len(rows))]
+            volume = data.rows[row]["volume"]
+            # Distinct examples while the row has unused slices; repeats only when it has run out.
+            slices = [s for s in data.rows[row]["slices"]
+                      if not (row == query.row and s == query.slice) and (row, s) not in chosen]
+            slices = slices or [s for s in data.rows[row]["slices"] if not (row == query.row and s == query.slice)]
+            distance = np.abs(np.array([data.relative_position(volume, s) for s in slices]) - query_position)
+            near = np.flatnonzero(distance <= self.config.position_tolerance)
+            pick = near[rng.integers(len(near))] if near.size else int(np.argmin(distance))
+            chosen.append((row, slices[pick]))
+        return chosen
+
+    def _transform(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                   attempts: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Random affine of an (image, mask) pair; redrawn when it would push the structure out of view."""
+        if self.config.transform is None:
+            return image[None].astype(np.float32), mask[None].astype(np.float32)
+        affine = make_affine(self.config.transform, image.shape[-1])
+        for _ in range(attempts):
+            affine.set_random_state(int(rng.integers(2**31 - 1)))
+            out = affine({"image": image[None], "mask": mask[None]})
+            new_mask = (np.asarray(out["mask"]) > 0.5).astype(np.float32)
+            if new_mask.any():
+                return np.asarray(out["image"], dtype=np.float32), new_mask
+        return image[None].astype(np.float32), mask[None].astype(np.float32)
+
+
+def make_affine(config: SpatialTransformConfig, size: int) -> RandAffined:
+    """MONAI's RandAffined for image (bilinear) and mask (nearest), zero padding."""
+    shift = config.translate_fraction * size
+    return RandAffined(
+        keys=("image", "mask"), prob=1.0, mode=("bilinear", "nearest"), padding_mode="zeros",
+        rotate_range=(np.deg2rad(config.rotate_degrees),), scale_range=(config.scale, config.scale),
+        translate_range=(shift, shift),
+    )
+
+
+def collate_episodes(episodes: list[Episode]) -> dict:
+    """Batch episodes with different k: examples padded to the largest k, with a validity mask.
+
+    Returns tensors: example_images / example_masks [B, K, 1, R, R], example_valid [B, K] (bool),
+    query_image / query_mask [B, 1, R, R], num_examples [B]; and the instructions as a list.
+    """
+    if not episodes:
+        raise ValueError("cannot collate an empty list of episodes")
+    size = episodes[0].query_image.shape[-1]
+    max_k = max(e.k for e in episodes)
+    images = torch.zeros(len(episodes), max_k, 1, size, size)
+    masks = torch.zeros(len(episodes), max_k, 1, size, size)
+    valid = torch.zeros(len(episodes), max_k, dtype=torch.bool)
+    for b, episode in enumerate(episodes):
+        if episode.query_image.shape[-1] != size:
+            raise ValueError(f"episodes have different sizes: {episode.query_image.shape} vs {size}")
+        images[b, : episode.k] = torch.from_numpy(episode.example_images)
+        masks[b, : episode.k] = torch.from_numpy(episode.example_masks)
+        valid[b, : episode.k] = True
+    return {
+        "instructions": [e.instruction for e in episodes],
+        "example_images": images, "example_masks": masks, "example_valid": valid,
+        "query_image": torch.stack([torch.from_numpy(e.query_image) for e in episodes]),
+        "query_mask": torch.stack([torch.from_numpy(e.query_mask) for e in episodes]),
+        "num_examples": valid.sum(dim=1),
+    }

@@ -1,0 +1,42 @@
+"""Trivial baselines that every model figure is reported beside."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from data.dataset import SliceDataset
+from data.episodes import Episode, EpisodeConfig, EpisodeSampler
+from segicl.metrics import dice
+
+
+def copy_example_baseline(example_mask: np.ndarray, query_shape: tuple[int, int]) -> np.ndarray:
+    """Predict the first example's mask, resampled (nearest neighbour) onto the query's grid."""
+    mask = np.asarray(example_mask, dtype=np.float32).squeeze()
+    if mask.ndim != 2:
+        raise ValueError(f"example mask must be 2-D (optionally with singleton axes), got shape {example_mask.shape}")
+    if mask.shape != tuple(query_shape):
+        mask = F.interpolate(torch.from_numpy(mask)[None, None], size=tuple(query_shape), mode="nearest")[0, 0].numpy()
+    return (mask > 0.5).astype(np.float32)
+
+
+def predict_copy(episode: Episode) -> np.ndarray:
+    """The copy baseline on an episode; it needs at least one example."""
+    if episode.k == 0:
+        raise ValueError("the copy-example baseline needs at least one example (k >= 1)")
+    return copy_example_baseline(episode.example_masks[0], episode.query_mask.shape[-2:])
+
+
+def evaluate_copy_baseline(dataset: SliceDataset, config: EpisodeConfig, episodes: int = 200,
+                           progress: bool = False) -> dict:
+    """Mean Dice of the copy baseline over `episodes` test episodes drawn with `config` (k forced to >= 1)."""
+    config = replace(config, num_examples=max(config.num_examples or 1, 1), max_examples=max(config.max_examples, 1))
+    sampler = EpisodeSampler(dataset, config)
+    scores = []
+    for index in tqdm(range(episodes), desc=f"copy baseline ({config.structures})", disable=not progress):
+        episode = sampler[index]
+        scores.append(dice(predict_copy(episode), episode.query_mask[0]))
+    return {"mean_dice": float(np.mean(scores)), "std_dice": float(np.std(scores)), "episodes": len(scores)}

@@ -1,0 +1,149 @@
+"""The `segicl` command line."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("dataset")
+    group.add_argument("--resolution", type=int, default=64, help="slice side in pixels (default: 64, the tiny preset)")
+    group.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"), help="slicing direction")
+    group.add_argument("--data-seed", type=int, default=0, help="seed of the held-out-structure draw")
+    group.add_argument("--held-out-fraction", type=float, default=0.25, help="fraction of structures never trained on")
+    group.add_argument("--cache-dir", type=Path, default=None,
+                       help="where built datasets live (default: $SEGICL_CACHE or .cache/segicl)")
+
+
+def dataset_config(args: argparse.Namespace):
+    from data.build import DatasetConfig
+
+    return DatasetConfig(resolution=args.resolution, axis=args.axis, seed=args.data_seed,
+                         held_out_fraction=args.held_out_fraction)
+
+
+def open_dataset(args: argparse.Namespace):
+    from data.build import DEFAULT_CACHE
+    from data.dataset import SliceDataset
+
+    return SliceDataset.build(dataset_config(args), args.cache_dir or DEFAULT_CACHE)
+
+
+def format_summary(summary: dict) -> str:
+    lines = [f"dataset: {summary['root']}  ({summary['resolution']} px, {summary['axis']})", "volumes:"]
+    for name, info in summary["volumes"].items():
+        lines.append(f"  {name:14s} {info['split']:5s} {info['slices']:4d} slices  {info['modality']}")
+    lines += [
+        f"structures: {summary['structures']} binary, {summary['held_out_structures']} held out "
+        f"({summary['held_out_fraction']:.1%}); held-out structures in training: {summary['held_out_in_training']}",
+        f"multi-class tasks: {', '.join(summary['multiclass_tasks'])}",
+        "volume slices per split: " + ", ".join(f"{k} {v}" for k, v in summary["volume_slices_per_split"].items()),
+        "structure slices per split: " + ", ".join(f"{k} {v}" for k, v in summary["structure_slices_per_split"].items()),
+        f"real CT slices (denoising): {summary['ct_slices']}",
+    ]
+    return "\n".join(lines)
+
+
+def command_data(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args)
+    summary = dataset.summary()
+    print(json.dumps(summary, indent=1) if args.json else format_summary(summary))
+    return 0
+
+
+def copy_baseline_table(dataset, episodes: int, min_area: int, seed: int, progress: bool = True) -> dict:
+    """Copy-example baseline (k = 1) on the test split: {transforms: {structures: result}}."""
+    from data.episodes import EpisodeConfig, SpatialTransformConfig
+    from segicl.baselines import evaluate_copy_baseline
+
+    table: dict = {}
+    for label, transform in (("with_transforms", SpatialTransformConfig()), ("without_transforms", None)):
+        table[label] = {}
+        for structures in ("train", "held_out"):
+            config = EpisodeConfig(split="test", structures=structures, num_examples=1, min_area=min_area,
+                                   transform=transform, seed=seed)
+            table[label][f"{structures}_structures"] = evaluate_copy_baseline(dataset, config, episodes, progress)
+    return table
+
+
+def format_baseline(table: dict, episodes: int, min_area: int) -> str:
+    lines = [f"copy-example baseline, k = 1, test split, {episodes} episodes each, structure area >= {min_area} px",
+             f"  {'':20s} {'train structures':>18s} {'held-out structures':>20s}"]
+    for label, results in table.items():
+        train, held = results["train_structures"], results["held_out_structures"]
+        lines.append(f"  {label:20s} {train['mean_dice']:18.3f} {held['mean_dice']:20.3f}")
+    return "\n".join(lines)
+
+
+def command_baseline(args: argparse.Namespace) -> int:
+    dataset = open_dataset(args)
+    table = copy_baseline_table(dataset, args.episodes, args.min_area, args.seed)
+    print(format_baseline(table, args.episodes, args.min_area))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(table, indent=1))
+    return 0
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    dataset = open_dataset(args)
+    summary = dataset.summary()
+    print(format_summary(summary))
+    table = copy_baseline_table(dataset, args.episodes, args.min_area, args.seed)
+    print(format_baseline(table, args.episodes, args.min_area))
+    out = args.out_dir / "foundation.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"summary": summary, "copy_baseline": table,
+                               "wall_time_s": round(time.perf_counter() - start, 1)}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segicl",
+        description="Medical vision generalist: text + in-context example segmentation and image-to-image tasks.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="build the slice dataset from the shipped scans and print its summary")
+    add_dataset_arguments(data)
+    data.add_argument("--json", action="store_true", help="print the summary as JSON")
+    data.set_defaults(handler=command_data)
+
+    for name, handler, help_text in (
+        ("baseline", command_baseline, "copy-the-example baseline (k = 1) on the test split"),
+        ("demo", command_demo, "the main job on the embedded default: build data, summary, baselines"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        add_dataset_arguments(sub)
+        sub.add_argument("--episodes", type=int, default=300, help="test episodes per cell (default: 300)")
+        sub.add_argument("--min-area", type=int, default=20,
+                         help="minimum structure area on the query slice, in pixels (default: 20 = 0.5%% of 64x64)")
+        sub.add_argument("--seed", type=int, default=0, help="episode seed")
+        if name == "baseline":
+            sub.add_argument("--out", type=Path, default=None, help="also write the table as JSON here")
+        else:
+            sub.add_argument("--out-dir", type=Path, default=Path("runs/demo"), help="where the demo writes its outputs")
+        sub.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"segicl {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
