@@ -1,0 +1,29 @@
+import numpy as np
+import pytest
+
+from data.episodes import Episode, EpisodeConfig
+from segicl.baselines import copy_example_baseline, evaluate_copy_baseline, predict_copy
+
+
+def test_copy_resamples_to_the_query_grid():
+    mask = np.zeros((1, 32, 32), np.float32)
+    mask[0, 8:16, 4:12] = 1
+    out = copy_example_baseline(mask, (64, 64))
+    assert out.shape == (64, 64) and out.sum() == 4 * mask.sum()
+    assert out[16:32, 8:24].all()
+    np.testing.assert_array_equal(copy_example_baseline(mask, (32, 32)), mask[0])
+
+
+def test_copy_needs_an_example_and_a_2d_mask():
+    empty = Episode("x", "x", np.zeros((0, 1, 8, 8)), np.zeros((0, 1, 8, 8)), np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), {})
+    with pytest.raises(ValueError, match="at least one example"):
+        predict_copy(empty)
+    with pytest.raises(ValueError, match="must be 2-D"):
+        copy_example_baseline(np.zeros((2, 8, 8)), (8, 8))
+
+
+def test_copy_baseline_falls_under_transforms(dataset):
+    plain = evaluate_copy_baseline(dataset, EpisodeConfig(split="test", num_examples=1, min_area=20, transform=None), 60)
+    moved = evaluate_copy_baseline(dataset, EpisodeConfig(split="test", num_examples=1, min_area=20), 60)
+    assert plain["episodes"] == moved["episodes"] == 60
+    assert 0.0 < moved["mean_dice"] < plain["mean_dice"] < 1.0
