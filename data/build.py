@@ -184,7 +184,7 @@ class DatasetBuilder:
         staging.mkdir(parents=True)
         structures = tasks.all_structures()
         volume_rows, task_rows = [], []
-        for volume in tqdm(self.config.volumes, desc="building volumes", disable=not self.progress):
+        for volume in tqdm(self.config.volumes, desc="building volumes", disable=None if self.progress else True):
             volume_row, rows = self._build_volume(volume, structures, staging)
             volume_rows.append(volume_row)
             task_rows.extend(rows)

@@ -36,7 +36,7 @@ def evaluate_copy_baseline(dataset: SliceDataset, config: EpisodeConfig, episode
     config = replace(config, num_examples=max(config.num_examples or 1, 1), max_examples=max(config.max_examples, 1))
     sampler = EpisodeSampler(dataset, config)
     scores = []
-    for index in tqdm(range(episodes), desc=f"copy baseline ({config.structures})", disable=not progress):
+    for index in tqdm(range(episodes), desc=f"copy baseline ({config.structures})", disable=None if progress else True):
         episode = sampler[index]
         scores.append(dice(predict_copy(episode), episode.query_mask[0]))
     return {"mean_dice": float(np.mean(scores)), "std_dice": float(np.std(scores)), "episodes": len(scores)}

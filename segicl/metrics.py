@@ -158,16 +158,21 @@ def _empty_case(p: np.ndarray, t: np.ndarray) -> str | None:
 # ----------------------------------------------------------------------------- segmentation
 
 
+def _overlap(pred: ArrayLike, target: ArrayLike, monai_metric) -> float:
+    """An overlap score (MONAI's compute_dice or compute_iou) with the empty cases defined."""
+    p, t = _check_masks(pred, target)
+    case = _empty_case(p, t)
+    if case is not None:
+        return 1.0 if case == "both" else 0.0
+    return float(monai_metric(_as_batch(p), _as_batch(t), include_background=True).item())
+
+
 def dice(pred: ArrayLike, target: ArrayLike) -> float:
     """Dice coefficient 2|P∩T| / (|P| + |T|) of two binary masks (MONAI).
 
     Both empty -> 1.0, exactly one empty -> 0.0.
     """
-    p, t = _check_masks(pred, target)
-    case = _empty_case(p, t)
-    if case is not None:
-        return 1.0 if case == "both" else 0.0
-    return float(compute_dice(_as_batch(p), _as_batch(t), include_background=True).item())
+    return _overlap(pred, target, compute_dice)
 
 
 def iou(pred: ArrayLike, target: ArrayLike) -> float:
@@ -175,11 +180,7 @@ def iou(pred: ArrayLike, target: ArrayLike) -> float:
 
     Both empty -> 1.0, exactly one empty -> 0.0.
     """
-    p, t = _check_masks(pred, target)
-    case = _empty_case(p, t)
-    if case is not None:
-        return 1.0 if case == "both" else 0.0
-    return float(compute_iou(_as_batch(p), _as_batch(t), include_background=True).item())
+    return _overlap(pred, target, compute_iou)
 
 
 def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None) -> float:
