@@ -33,7 +33,7 @@ class VisionTowerConfig:
     layers: int = 3
     heads: int = 4
     mlp_ratio: float = 4.0
-    num_tokens: int = 64
+    num_tokens: int = 16
     resampler_heads: int = 4
     open_clip_model: str | None = None
     checkpoint: str | None = None
@@ -138,16 +138,19 @@ class DecoderConfig:
         num_train_timesteps: diffusion training timesteps.
         scheduler: sampler at inference: "ddim" or "dpmsolver++".
         freeze_unet: keep the UNet frozen (full preset: SD 1.5 weights); the ControlNet always trains.
+        keyword_prompt: the keyword prompt c_k that enters the UNet and ControlNet through
+            cross-attention, encoded by a frozen CLIP text encoder (tiny: a 2-layer CLIPTextModel built
+            from config over the project tokenizer; full: SD 1.5's text_encoder/ and tokenizer/).
     """
 
     space: str = "pixel"
     pixel_unshuffle: int = 4
     pretrained_path: str | None = None
-    block_out_channels: tuple[int, ...] = (64, 128)
+    block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 1
     attention_head_dim: int = 8
     cross_attention_dim: int = 64
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     conditioning_embedding_out_channels: tuple[int, ...] = (32,)
     text_hidden_size: int = 64
     text_layers: int = 2
@@ -156,6 +159,7 @@ class DecoderConfig:
     num_train_timesteps: int = 1000
     scheduler: str = "ddim"
     freeze_unet: bool = False
+    keyword_prompt: str = "segmentation mask"
 
     def validate(self) -> None:
         if self.space not in ("pixel", "latent"):
@@ -266,7 +270,8 @@ def full_config(clip_checkpoint: str | None = None, llm_path: str | None = None,
         decoder=DecoderConfig(space="latent", pretrained_path=sd_path or "<local stable-diffusion-v1-5 directory>",
                               conditioning_embedding_out_channels=(16, 32, 96, 256), cross_attention_dim=768,
                               block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, attention_head_dim=8,
-                              norm_num_groups=32, freeze_unet=True, prediction_type="epsilon"),
+                              norm_num_groups=32, freeze_unet=True, prediction_type="epsilon",
+                              mask_loss_weight=0.0),
         num_output_queries=256,
         max_examples=3,
         max_text_tokens=64,

@@ -1,0 +1,156 @@
+"""SegICLModel: all the components together, with save_pretrained / from_pretrained (safetensors)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from segicl.condition import ConditionEncoder
+from segicl.config import SegICLConfig
+from segicl.decoder import MaskDecoder
+from segicl.encoder import MultimodalEncoder, build_llm
+from segicl.vision import VisionTower
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "segicl_config.json"
+
+
+class Projector(nn.Module):
+    """LLM output-query states [B, M, H] -> condition tokens [B, grid*grid, D] in the condition grid's order.
+
+    Output query i sits on a sqrt(M) x sqrt(M) grid and emits the block of condition tokens under it.
+    """
+
+    def __init__(self, hidden: int, config: SegICLConfig):
+        super().__init__()
+        self.query_grid = config.query_grid
+        self.block = config.condition.grid // config.query_grid
+        self.token_dim = config.condition.token_dim
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                 nn.Linear(hidden, self.block**2 * self.token_dim))
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return rearrange(self.mlp(states), "b (qh qw) (bh bw d) -> b (qh bh qw bw) d", qh=self.query_grid,
+                         bh=self.block, bw=self.block, d=self.token_dim)
+
+
+class SegICLModel(nn.Module):
+    """Vision tower + multimodal encoder + projector (stage 2) and condition encoder + decoder (stage 1)."""
+
+    def __init__(self, config: SegICLConfig, tokenizer, vision: VisionTower, encoder: MultimodalEncoder,
+                 projector: Projector, condition_encoder: ConditionEncoder, decoder: MaskDecoder):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        self.vision = vision
+        self.encoder = encoder
+        self.projector = projector
+        self.condition_encoder = condition_encoder
+        self.decoder = decoder
+
+    @classmethod
+    def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
+        """Build every component (random weights, or pretrained ones from the config's local paths)."""
+        config.validate()
+        llm = build_llm(config.llm, len(tokenizer))
+        encoder = MultimodalEncoder(llm, config.num_output_queries)
+        hidden = encoder.hidden_size
+        return cls(config, tokenizer, VisionTower(config.vision, hidden), encoder, Projector(hidden, config),
+                   ConditionEncoder(config.condition), MaskDecoder.from_config(config.decoder, config.condition,
+                                                                               tokenizer))
+
+    def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.tokenizer(instructions, padding=True, truncation=True, max_length=self.config.max_text_tokens,
+                                 return_tensors="pt")
+        return encoded.input_ids, encoded.attention_mask
+
+    def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, ..., C, H, W] images or masks -> [B, ..., N, H_llm] vision tokens."""
+        lead = images.shape[:-3]
+        tokens = self.vision(images.reshape(-1, *images.shape[-3:]))
+        return tokens.reshape(*lead, *tokens.shape[-2:])
+
+    def predict_condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
+                                 example_masks: torch.Tensor, example_valid: torch.Tensor,
+                                 query_image: torch.Tensor) -> torch.Tensor:
+        """Condition tokens S [B, grid*grid, D] predicted from instruction, examples and query."""
+        batch, max_k = example_valid.shape
+        hidden = self.encoder.hidden_size
+        tokens_per_image = self.config.vision.num_tokens
+        example_image_tokens = query_image.new_zeros(batch, max_k, tokens_per_image, hidden)
+        example_mask_tokens = query_image.new_zeros(batch, max_k, tokens_per_image, hidden)
+        if example_valid.any():
+            example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
+            example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
+        states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
+                              self.image_tokens(query_image))
+        return self.projector(states)
+
+    # ------------------------------------------------------------------ persistence
+    def _excluded_prefixes(self) -> tuple[str, ...]:
+        """Weights that are reloaded from the user's local pretrained paths instead of being saved."""
+        excluded = []
+        if self.config.vision.checkpoint and self.config.vision.freeze_backbone:
+            excluded.append("vision.backbone.")
+        if self.config.decoder.pretrained_path:
+            excluded += ["decoder.codec.", "decoder.text_encoder."]
+            if self.config.decoder.freeze_unet:
+                excluded.append("decoder.unet.")
+        return tuple(excluded)
+
+    def persistent_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything needed to restore the model on top of what from_config rebuilds (LoRA, not a 7B base)."""
+        excluded = self._excluded_prefixes()
+        base_llm_frozen = self.config.llm.pretrained_path is not None and not self.config.llm.train_base_model
+        state = {}
+        for name, tensor in self.state_dict().items():
+            if name.startswith(excluded):
+                continue
+            if base_llm_frozen and name.startswith("encoder.llm.") and "lora_" not in name:
+                continue
+            state[name] = tensor.detach().cpu().contiguous()
+        return state
+
+    def save_pretrained(self, folder: Path | str) -> Path:
+        """config + tokenizer + model.safetensors (+ the LoRA adapter in peft's own format)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder / CONFIG_NAME)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.encoder.llm.save_pretrained(folder / "llm_adapter")
+        state = self.persistent_state_dict()
+        # Tied weights (embeddings / LM head) share storage: save one copy, restored by tying on load.
+        save_file(_untie(state), folder / WEIGHTS_NAME)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str) -> "SegICLModel":
+        from segicl.tokenizer import load_tokenizer
+
+        folder = Path(folder)
+        if not (folder / CONFIG_NAME).exists():
+            raise FileNotFoundError(f"no SegICL model at {folder} ({CONFIG_NAME} missing)")
+        config = SegICLConfig.load(folder / CONFIG_NAME)
+        tokenizer = load_tokenizer(folder / "tokenizer")
+        model = cls.from_config(config, tokenizer)
+        state = load_file(folder / WEIGHTS_NAME)
+        result = model.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(f"{folder / WEIGHTS_NAME} has unexpected weights, e.g. {result.unexpected_keys[:3]}")
+        expected = set(model.persistent_state_dict())
+        missing = [k for k in result.missing_keys if k in expected and not _is_tied_copy(k)]
+        if missing:
+            raise ValueError(f"{folder / WEIGHTS_NAME} lacks weights, e.g. {missing[:3]}")
+        return model.eval()
+
+
+def _is_tied_copy(name: str) -> bool:
+    return name.endswith("lm_head.weight")
+
+
+def _untie(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop the LM head copy of tied embeddings (safetensors refuses shared storage)."""
+    return {k: v for k, v in state.items() if not _is_tied_copy(k)}

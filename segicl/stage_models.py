@@ -1,0 +1,85 @@
+"""What each training stage optimises, wrapped as ONE nn.Module per stage around the whole SegICLModel
+(DeepSpeed prepares one engine per model: ../shared/STACK.md). Each wrapper freezes what its stage
+does not train."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segicl.model import SegICLModel
+
+
+def set_stage1_trainable(model: SegICLModel) -> None:
+    """Stage 1 trains the condition encoder and the decoder's ControlNet (+ UNet unless frozen)."""
+    model.requires_grad_(False)
+    model.condition_encoder.requires_grad_(True)
+    model.decoder.controlnet.requires_grad_(True)
+    model.decoder.unet.requires_grad_(not model.config.decoder.freeze_unet)
+
+
+def set_stage2_trainable(model: SegICLModel) -> None:
+    """Stage 2 trains the vision cross-attention, output queries, boundary embeddings, LoRA and projector
+    (and, for presets whose base weights start random, the ViT and the LLM base too)."""
+    model.requires_grad_(False)
+    model.vision.resampler.requires_grad_(True)
+    model.vision.backbone.requires_grad_(not model.config.vision.freeze_backbone)
+    model.encoder.boundaries.requires_grad_(True)
+    model.encoder.output_queries.requires_grad_(True)
+    train_base = model.config.llm.train_base_model and not model.config.llm.load_in_4bit
+    for name, parameter in model.encoder.llm.named_parameters():
+        parameter.requires_grad_("lora_" in name or train_base)
+    model.projector.requires_grad_(True)
+
+
+class Stage1Model(nn.Module):
+    """Stage 1: reconstruct a mask from its own condition tokens."""
+
+    def __init__(self, model: SegICLModel):
+        super().__init__()
+        self.model = model
+        set_stage1_trainable(model)
+
+    def forward(self, masks: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        tokens = self.model.condition_encoder(masks)
+        noise_std = self.model.config.condition.train_noise
+        if self.training and noise_std > 0:
+            tokens = tokens + noise_std * torch.randn(tokens.shape, generator=generator, device=tokens.device)
+        return self.model.decoder.training_loss(masks, tokens, generator)
+
+    @torch.no_grad()
+    def reconstruct(self, masks: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
+                    generator: torch.Generator | None = None, scheduler: str | None = None) -> torch.Tensor:
+        """Mean probability over samples [B, 1, S, S] of each mask decoded from its own tokens."""
+        tokens = self.model.condition_encoder(masks)
+        return self.model.decoder.sample(tokens, num_steps, num_samples, generator, scheduler).mean(dim=1)
+
+
+class Stage2Model(nn.Module):
+    """Stage 2: regress the frozen condition encoder's tokens of the target mask (MSE, SegICL eq. 5).
+
+    Tokens whose mask patch holds foreground weigh `1 + foreground_weight` (FINDINGS.md: unweighted, the
+    regression drifts toward the all-background code when a structure covers a few patches).
+    """
+
+    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0):
+        super().__init__()
+        self.model = model
+        self.foreground_weight = foreground_weight
+        set_stage2_trainable(model)
+
+    def token_weights(self, query_mask: torch.Tensor) -> torch.Tensor:
+        """[B, M] weight per condition token: 1, or 1 + foreground_weight where its patch has foreground."""
+        occupied = F.max_pool2d(query_mask, self.model.config.condition.patch_size).flatten(1)
+        return 1.0 + self.foreground_weight * occupied
+
+    def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        predicted = self.model.predict_condition_tokens(text_ids, text_mask, example_images, example_masks,
+                                                        example_valid, query_image)
+        self.model.condition_encoder.eval()
+        with torch.no_grad():
+            target = self.model.condition_encoder(query_mask)
+        error = (predicted - target).pow(2).mean(dim=-1)
+        weights = self.token_weights(query_mask)
+        return {"loss": (error * weights).sum() / weights.sum(), "mse": error.mean().detach()}

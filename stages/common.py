@@ -1,0 +1,177 @@
+"""The training loop shared by the stages: accelerate, AdamW + warmup/cosine, deterministic batches,
+atomic safetensors checkpoints and exact resume.
+
+Determinism: the batch of step s and the noise generator of step s are functions of (seed, s, rank)
+only, so a run resumed from a checkpoint continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from segicl.checkpoint import load_checkpoint, save_checkpoint
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+
+
+@dataclass
+class TrainingArguments:
+    """Options common to every stage.
+
+    Attributes:
+        output_dir: where checkpoints and logs go.
+        steps: optimisation steps in total (a resumed run continues to this count).
+        batch_size: samples per process per step.
+        learning_rate, weight_decay, warmup_steps: AdamW with linear warmup then cosine decay.
+        seed: seeds model construction, batches and diffusion noise.
+        checkpoint_every: steps between checkpoints (one is always written at the end).
+        log_every: steps between log lines in `log.jsonl`.
+        resume: continue from `output_dir/checkpoint` when it exists.
+        max_minutes: stop early (with a checkpoint) after this much wall time; None: no limit.
+        grad_clip: gradient-norm clip.
+    """
+
+    output_dir: Path
+    steps: int = 1000
+    batch_size: int = 16
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    resume: bool = False
+    max_minutes: float | None = None
+    grad_clip: float = 1.0
+
+
+def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
+    """Command-line flags for every TrainingArguments field (stage-specific defaults override)."""
+    base = TrainingArguments(output_dir=Path("runs/train"))
+    for name, value in asdict(base).items():
+        value = defaults.get(name, value)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            parser.add_argument(flag, action="store_true", default=value)
+        elif name == "max_minutes":
+            parser.add_argument(flag, type=float, default=value)
+        else:
+            parser.add_argument(flag, type=type(value), default=value)
+
+
+def training_arguments(args: argparse.Namespace) -> TrainingArguments:
+    fields = TrainingArguments.__dataclass_fields__
+    return TrainingArguments(**{name: getattr(args, name) for name in fields})
+
+
+def make_accelerator():
+    """An Accelerator that works on CPU: gloo process group when several CPU processes run (STACK.md)."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs
+
+    use_cpu = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
+    return Accelerator(cpu=use_cpu, kwargs_handlers=handlers)
+
+
+def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
+    """The noise generator of one step on one rank."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 101 + rank)
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in module.named_parameters() if p.requires_grad}
+
+
+def is_deepspeed(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], args: TrainingArguments,
+          accelerator=None, config: dict | None = None, description: str = "training") -> dict:
+    """Optimise the trainable parameters of `module`; `module(**batch, generator=g)` returns a dict with "loss".
+
+    Returns the trainer state of the last step (step, recent losses, wall time).
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    accelerator = accelerator or make_accelerator()
+    output = Path(args.output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    if not parameters:
+        raise ValueError("the module has no trainable parameters")
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+    lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
+    start_step = 0
+    checkpoint = output / "checkpoint"
+    if args.resume and checkpoint.exists():
+        if is_deepspeed(accelerator):
+            raise ValueError("--resume is not supported under DeepSpeed (its optimizer state is sharded); "
+                             "resume a single-process or multi-CPU run")
+        model_state, trainer_state, optimizer_state = load_checkpoint(checkpoint)
+        missing = set(trainable_state(module)) - set(model_state)
+        if missing:
+            raise ValueError(f"checkpoint {checkpoint} lacks trainable parameters, e.g. {sorted(missing)[:3]}")
+        module.load_state_dict(model_state, strict=False)
+        optimizer.load_state_dict(optimizer_state)
+        lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
+        start_step = trainer_state["step"]
+    module, optimizer = accelerator.prepare(module, optimizer)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    start_time = time.perf_counter()
+    recent: list[dict[str, float]] = []
+    log = (output / "log.jsonl").open("a") if accelerator.is_main_process else None
+    progress = tqdm(range(start_step, args.steps), desc=description, initial=start_step, total=args.steps,
+                    disable=None if accelerator.is_main_process else True)
+    step = start_step
+    for step in progress:
+        module.train()
+        batch = make_batch(step, rank, world)
+        losses = module(**batch, generator=step_generator(args.seed, step, rank))
+        accelerator.backward(losses["loss"])
+        if args.grad_clip and not is_deepspeed(accelerator):
+            accelerator.clip_grad_norm_(parameters, args.grad_clip)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        values = {name: float(value.detach()) for name, value in losses.items()}
+        recent = (recent + [values])[-50:]
+        if log and (step + 1) % args.log_every == 0:
+            log.write(json.dumps({"step": step + 1, **values, "lr": lr_scheduler.get_last_lr()[0],
+                                  "elapsed_s": round(time.perf_counter() - start_time, 2)}) + "\n")
+            log.flush()
+            progress.set_postfix(loss=f"{values['loss']:.4f}")
+        out_of_time = args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes
+        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
+            _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step + 1, args, config, recent)
+        if out_of_time:
+            break
+    if log:
+        log.close()
+    return {"step": step + 1, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}
+
+
+def _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step: int, args: TrainingArguments,
+                      config: dict | None, recent: list[dict[str, float]]) -> None:
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return
+    unwrapped = accelerator.unwrap_model(module)
+    optimizer_state = None if is_deepspeed(accelerator) else optimizer.state_dict()
+    trainer_state = {"step": step, "lr_scheduler": lr_scheduler.state_dict(), "seed": args.seed,
+                     "args": {k: str(v) for k, v in asdict(args).items()}, "config": config or {},
+                     "recent_losses": recent[-10:]}
+    save_checkpoint(Path(args.output_dir) / "checkpoint", trainable_state(unwrapped), trainer_state, optimizer_state)

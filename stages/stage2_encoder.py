@@ -1,0 +1,76 @@
+"""Stage 2: train the multimodal encoder to regress the frozen teacher's condition tokens.
+
+    accelerate launch --config_file accelerate_config.yaml stages/stage2_encoder.py \
+        --init runs/stage1/model --output-dir runs/stage2
+
+The decoder and condition encoder (from stage 1) stay frozen. Episodes come from the foundation's
+sampler: an instruction, k = 0..K examples with independent random affines, the query and its mask.
+The trained model is saved to `<output-dir>/model`.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.common import add_training_arguments, make_accelerator, train, training_arguments  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--init", type=Path, required=True, help="stage-1 model folder (runs/stage1/model)")
+    parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
+    parser.add_argument("--min-area", type=int, default=16, help="minimum query structure area in pixels")
+    parser.add_argument("--foreground-weight", type=float, default=4.0,
+                        help="extra loss weight of condition tokens whose patch holds foreground")
+    parser.add_argument("--data-seed", type=int, default=0)
+    add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
+                           output_dir=Path("runs/stage2"))
+    return parser
+
+
+def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int):
+    """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
+    from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
+
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
+                                                    seed=seed))
+
+    def make_batch(step: int, rank: int, world: int) -> dict:
+        first = (step * world + rank) * batch_size
+        batch = collate_episodes([sampler[first + i] for i in range(batch_size)])
+        text_ids, text_mask = model.tokenize(batch.pop("instructions"))
+        batch.pop("num_examples")
+        return {"text_ids": text_ids, "text_mask": text_mask, **batch}
+
+    return make_batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data.build import DatasetConfig
+    from data.dataset import SliceDataset
+    from segicl.model import SegICLModel
+    from segicl.stage_models import Stage2Model
+
+    args = build_parser().parse_args(argv)
+    training = training_arguments(args)
+    accelerator = make_accelerator()
+    torch.manual_seed(training.seed)
+    model = SegICLModel.from_pretrained(args.init)
+    dataset = SliceDataset.build(DatasetConfig(resolution=model.config.condition.mask_size, seed=args.data_seed),
+                                 progress=accelerator.is_main_process)
+    stage = Stage2Model(model, args.foreground_weight)
+    make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed)
+    state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")
+        print(f"stage 2: {state['step']} steps in {state['wall_time_s']:.0f} s; last losses {state['recent_losses'][-1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from segicl.config import SegICLConfig, full_config, get_preset, tiny_config
+
+
+def test_presets_validate_without_weights():
+    tiny = get_preset("tiny")
+    assert tiny.condition.num_tokens == 256 and tiny.tokens_per_query == 4
+    full = full_config()
+    assert full.vision.open_clip_model == "ViT-bigG-14" and full.vision.image_size == 448
+    assert full.vision.num_tokens == 256 and full.condition.num_tokens == 256
+    assert full.decoder.space == "latent" and full.decoder.freeze_unet
+    assert full.llm.train_base_model is False
+
+
+def test_config_round_trips_through_json(tmp_path):
+    config = tiny_config()
+    config.save(tmp_path / "c.json")
+    assert SegICLConfig.load(tmp_path / "c.json") == config
+    assert SegICLConfig.from_dict(json.loads(json.dumps(full_config().to_dict()))) == full_config()
+
+
+def test_unknown_preset_and_fields_refused():
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known presets: \\['full', 'tiny'\\]"):
+        get_preset("huge")
+    data = tiny_config().to_dict()
+    data["decoder"]["colour"] = "red"
+    with pytest.raises(ValueError, match="unknown DecoderConfig fields: \\['colour'\\]"):
+        SegICLConfig.from_dict(data)
+
+
+@pytest.mark.parametrize("section, field, value, message", [
+    ("decoder", "prediction_type", "x0", "prediction_type"),
+    ("decoder", "space", "latent", "needs pretrained_path"),
+    ("condition", "patch_size", 5, "not a multiple of patch_size"),
+    ("vision", "patch_size", 7, "not a multiple of patch_size"),
+    ("llm", "num_kv_heads", 3, "not divisible by num_kv_heads"),
+])
+def test_invalid_configs_refused(section, field, value, message):
+    config = tiny_config()
+    setattr(getattr(config, section), field, value)
+    with pytest.raises(ValueError, match=message):
+        config.validate()
+
+
+def test_output_queries_must_tile_the_condition_grid():
+    config = tiny_config()
+    config.num_output_queries = 48
+    with pytest.raises(ValueError, match="num_output_queries"):
+        config.validate()
