@@ -223,6 +223,7 @@ def _load_stable_diffusion(config: DecoderConfig):
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=True)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=True)
-    keyword_ids = tokenizer(config.keyword_prompt, padding="max_length", max_length=tokenizer.model_max_length,
+    length = min(tokenizer.model_max_length, text_encoder.config.max_position_embeddings)
+    keyword_ids = tokenizer(config.keyword_prompt, padding="max_length", max_length=length, truncation=True,
                             return_tensors="pt").input_ids
     return unet, VAECodec(vae), text_encoder, keyword_ids

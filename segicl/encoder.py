@@ -110,10 +110,13 @@ class MultimodalEncoder(nn.Module):
     @torch.no_grad()
     def encode_prefix(self, text_ids: torch.Tensor, example_image_tokens: torch.Tensor,
                       example_mask_tokens: torch.Tensor):
-        """Run one instruction + its examples once: (KV cache, prefix length). Inputs are for ONE sample."""
+        """Run one instruction + its examples once: (KV cache, prefix length).
+
+        Inputs are for ONE sample: text_ids [1, T] (no padding), example tokens [k, N, H].
+        """
         from transformers import DynamicCache
 
-        prefix = torch.cat(self.prefix_chunks(self.text_embeddings(text_ids), example_image_tokens,
+        prefix = torch.cat(self.prefix_chunks(self.text_embeddings(text_ids)[0], example_image_tokens,
                                               example_mask_tokens))[None]
         cache = DynamicCache()
         positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
