@@ -70,6 +70,8 @@ class SegICLModel(nn.Module):
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """[B, ..., C, H, W] images or masks -> [B, ..., N, H_llm] vision tokens."""
         lead = images.shape[:-3]
+        if images.numel() == 0:
+            return images.new_zeros(*lead, self.config.vision.num_tokens, self.encoder.hidden_size)
         tokens = self.vision(images.reshape(-1, *images.shape[-3:]))
         return tokens.reshape(*lead, *tokens.shape[-2:])
 

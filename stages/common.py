@@ -161,7 +161,19 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
             break
     if log:
         log.close()
+    if world > 1:
+        _write_rank_checksum(accelerator, module, output)
     return {"step": step + 1, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}
+
+
+def _write_rank_checksum(accelerator, module, output: Path) -> None:
+    """Each rank's sum and sum of squares of its trainable parameters: equal on all ranks when synced."""
+    state = trainable_state(accelerator.unwrap_model(module))
+    total = sum(float(v.double().sum()) for v in state.values())
+    squares = sum(float(v.double().pow(2).sum()) for v in state.values())
+    path = output / f"checksum_rank{accelerator.process_index}.json"
+    path.write_text(json.dumps({"sum": total, "sum_of_squares": squares, "tensors": len(state),
+                                "distributed_type": str(accelerator.distributed_type)}))
 
 
 def _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step: int, args: TrainingArguments,

@@ -12,10 +12,8 @@ import argparse
 import dataclasses
 import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -59,26 +57,10 @@ def mask_sampler(dataset, split: str, structures: str, min_area: int, seed: int,
                                                  transform=SpatialTransformConfig() if transform else None))
 
 
-def evaluate_reconstruction(model, dataset, args, seed: int = 1234) -> dict:
-    """Mean Dice of held-out masks decoded from their own condition tokens."""
-    from segicl.metrics import dice
-
-    sampler = mask_sampler(dataset, "test", "held_out", args.eval_min_area, seed, transform=False)
-    masks = torch.stack([torch.from_numpy(sampler[i].query_mask) for i in range(args.eval_masks)])
-    model.eval()
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    probabilities = torch.cat([model.reconstruct(chunk, args.eval_steps, args.eval_samples, generator)
-                               for chunk in masks.split(32)])
-    seconds = time.perf_counter() - start
-    scores = [dice((p[0] > 0.5).numpy(), m[0].numpy()) for p, m in zip(probabilities, masks)]
-    return {"reconstruction_dice": float(np.mean(scores)), "masks": len(scores), "min_area": args.eval_min_area,
-            "steps": args.eval_steps, "samples": args.eval_samples, "decode_s_per_mask": seconds / len(scores)}
-
-
 def main(argv: list[str] | None = None) -> int:
     from data.dataset import SliceDataset
     from data.build import DatasetConfig
+    from segicl.evaluation import evaluate_reconstruction
     from segicl.model import SegICLModel
     from segicl.stage_models import Stage1Model
     from segicl.tokenizer import build_tokenizer, corpus_from_dataset
@@ -102,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     state = train(model, make_batch, training, accelerator, config.to_dict(), description="stage 1")
     if accelerator.is_main_process:
         output = Path(training.output_dir)
-        accelerator.unwrap_model(model).model.save_pretrained(output / "model")
-        result = {**evaluate_reconstruction(accelerator.unwrap_model(model), dataset, args),
+        unwrapped = accelerator.unwrap_model(model).model
+        unwrapped.save_pretrained(output / "model")
+        evaluation = evaluate_reconstruction(unwrapped, dataset, args.eval_masks, args.eval_min_area, args.eval_steps,
+                                             args.eval_samples)
+        result = {**evaluation,
                   "steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
                   "prediction_type": config.decoder.prediction_type,
                   "mask_loss_weight": config.decoder.mask_loss_weight}

@@ -1,0 +1,187 @@
+"""SegICLPipeline: instruction + examples + a 2-D slice or a 3-D volume -> probability, mask, uncertainty.
+
+For a volume, the instruction and examples are encoded ONCE (cached vision tokens and the LLM's
+prefix KV cache); the slices then go through the LLM and the decoder in batches, and all samples of
+a batch are decoded together.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from segicl.model import SegICLModel
+
+NORMALIZATIONS = ("percentile", "ct", "none")
+
+
+@dataclass
+class SegmentationOutput:
+    """What a pipeline call returns; arrays have the query's shape.
+
+    Attributes:
+        probabilities: mean foreground probability over the samples, float32 in [0, 1].
+        mask: probabilities > threshold, uint8 {0, 1}.
+        uncertainty: per-pixel standard deviation of the samples' probabilities.
+        timings: seconds spent in the vision tower, the LLM and the decoder, and the slice count.
+    """
+
+    probabilities: np.ndarray
+    mask: np.ndarray
+    uncertainty: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _as_float_array(value, name: str) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains {int((~np.isfinite(array)).sum())} NaN or infinite values")
+    return array
+
+
+def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Map an image or volume to [0, 1] like the training data (MRI percentiles, or the CT window)."""
+    from data.preprocess import normalize_mri, window_ct
+
+    if mode == "percentile":
+        return normalize_mri(image)
+    if mode == "ct":
+        return window_ct(image)
+    if mode == "none":
+        return np.clip(image, 0.0, 1.0)
+    raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
+
+
+def check_example(image: np.ndarray, mask: np.ndarray, index: int) -> None:
+    """Refuse an example whose image and mask disagree, or whose mask is not a non-empty binary 2-D mask."""
+    if image.ndim != 2:
+        raise ValueError(f"example {index}: image must be a 2-D slice, got shape {image.shape}")
+    if mask.shape != image.shape:
+        raise ValueError(f"example {index}: mask shape {mask.shape} does not match image shape {image.shape}")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError(f"example {index}: mask must be binary (0/1); found values {np.unique(mask)[:5].tolist()}")
+    if not mask.any():
+        raise ValueError(f"example {index}: mask is empty (an example must show the structure)")
+
+
+class SegICLPipeline:
+    """Segment with a trained SegICLModel."""
+
+    def __init__(self, model: SegICLModel, device: str | torch.device = "cpu"):
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+
+    @property
+    def size(self) -> int:
+        return self.model.config.condition.mask_size
+
+    def save_pretrained(self, folder: Path | str) -> Path:
+        return self.model.save_pretrained(folder)
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str, device: str | torch.device = "cpu") -> "SegICLPipeline":
+        return cls(SegICLModel.from_pretrained(folder), device)
+
+    def _resize(self, slices: np.ndarray, nearest: bool) -> torch.Tensor:
+        """[S, H, W] -> [S, 1, size, size] on the model's device."""
+        tensor = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None].to(self.device)
+        if tensor.shape[-2:] == (self.size, self.size):
+            return tensor
+        if nearest:
+            return F.interpolate(tensor, size=(self.size, self.size), mode="nearest")
+        return F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+
+    def prepare_examples(self, examples, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated, normalised, resized example images and masks [k, 1, size, size]."""
+        images, masks = [], []
+        for index, (image, mask) in enumerate(examples):
+            image = _as_float_array(image, f"example {index} image")
+            mask = _as_float_array(mask, f"example {index} mask")
+            check_example(image, mask, index)
+            images.append(normalize_intensity(image, normalization))
+            masks.append(mask)
+        if not images:
+            empty = torch.zeros(0, 1, self.size, self.size, device=self.device)
+            return empty, empty.clone()
+        resized_masks = (self._resize(np.stack(masks), nearest=False) > 0.5).float()
+        return self._resize(np.stack(images), nearest=False).clamp(0, 1), resized_masks
+
+    @torch.no_grad()
+    def __call__(self, image, text: str, examples=(), num_samples: int = 5, num_steps: int = 10,
+                 batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
+                 threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
+                 progress: bool = False) -> SegmentationOutput:
+        """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis)."""
+        query = _as_float_array(image, "query image")
+        if query.ndim not in (2, 3):
+            raise ValueError(f"query image must be 2-D [H, W] or 3-D [S, H, W], got {query.ndim}-D shape {query.shape}")
+        if not text or not text.strip():
+            raise ValueError("the instruction text is empty")
+        if len(examples) > self.model.config.max_examples:
+            raise ValueError(f"at most {self.model.config.max_examples} examples, got {len(examples)}")
+        if num_samples < 1 or num_steps < 1:
+            raise ValueError(f"num_samples and num_steps must be >= 1, got {num_samples} and {num_steps}")
+        volume = query[None] if query.ndim == 2 else query
+        normalized = normalize_intensity(volume, normalization)
+        timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
+        example_images, example_masks = self.prepare_examples(examples, normalization)
+        text_ids, _ = self.model.tokenize([text])
+        start = time.perf_counter()
+        example_image_tokens = self.model.image_tokens(example_images)
+        example_mask_tokens = self.model.image_tokens(example_masks)
+        timings["vision_s"] += time.perf_counter() - start
+        cache = None
+        if use_cache:
+            start = time.perf_counter()
+            cache = self.model.encoder.encode_prefix(text_ids.to(self.device), example_image_tokens, example_mask_tokens)
+            timings["llm_s"] += time.perf_counter() - start
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        means, spreads = [], []
+        starts = range(0, volume.shape[0], batch_size)
+        for first in tqdm(starts, desc="slices", disable=None if progress else True):
+            chunk = self._resize(normalized[first: first + batch_size], nearest=False).clamp(0, 1)
+            start = time.perf_counter()
+            query_tokens = self.model.image_tokens(chunk)
+            timings["vision_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            if cache is not None:
+                states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
+            else:
+                states = self._uncached_states(text_ids, example_image_tokens, example_mask_tokens, query_tokens)
+            condition = self.model.projector(states)
+            timings["llm_s"] += time.perf_counter() - start
+            start = time.perf_counter()
+            samples = self.model.decoder.sample(condition, num_steps, num_samples, generator, scheduler)
+            timings["decoder_s"] += time.perf_counter() - start
+            means.append(samples.mean(dim=1)[:, 0])
+            spreads.append(samples.std(dim=1, unbiased=False)[:, 0])
+        probabilities = self._to_input_grid(torch.cat(means), volume.shape[1:])
+        uncertainty = self._to_input_grid(torch.cat(spreads), volume.shape[1:])
+        if query.ndim == 2:
+            probabilities, uncertainty = probabilities[0], uncertainty[0]
+        mask = (probabilities > threshold).astype(np.uint8)
+        return SegmentationOutput(probabilities, mask, uncertainty, timings)
+
+    def _uncached_states(self, text_ids, example_image_tokens, example_mask_tokens, query_tokens) -> torch.Tensor:
+        """The LLM over the full sequence for every slice (what the cache saves)."""
+        count = query_tokens.shape[0]
+        k = example_image_tokens.shape[0]
+        valid = torch.ones(count, max(k, 1), dtype=torch.bool, device=self.device) if k else \
+            torch.zeros(count, 1, dtype=torch.bool, device=self.device)
+        shape = (count, max(k, 1), *query_tokens.shape[1:])
+        images = example_image_tokens[None].expand(*shape) if k else query_tokens.new_zeros(shape)
+        masks = example_mask_tokens[None].expand(*shape) if k else query_tokens.new_zeros(shape)
+        ids = text_ids.to(self.device).expand(count, -1)
+        return self.model.encoder(ids, torch.ones_like(ids), images, masks, valid, query_tokens)
+
+    def _to_input_grid(self, maps: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
+        """[S, size, size] model-grid maps -> [S, H, W] on the query's grid."""
+        maps = maps[:, None]
+        if tuple(shape) != (self.size, self.size):
+            maps = F.interpolate(maps, size=tuple(shape), mode="bilinear", align_corners=False)
+        return maps[:, 0].clamp(0, 1).cpu().numpy().astype(np.float32)
