@@ -107,6 +107,32 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "segicl-tiny"
+
+
+def command_segment(args: argparse.Namespace) -> int:
+    from data.imageio import read_image, write_image
+    from segicl.pipeline import SegICLPipeline
+    from segicl.volumes import from_model_slices, load_example, to_model_slices
+
+    if not args.model.exists():
+        raise FileNotFoundError(f"model folder not found: {args.model} (train one with `make train-demo`)")
+    query = read_image(args.image)
+    examples = [load_example(read_image(image), read_image(mask)) for image, mask in args.example or []]
+    pipeline = SegICLPipeline.from_pretrained(args.model)
+    slices = to_model_slices(query, args.axis)
+    output = pipeline(slices, args.text, examples, num_samples=args.samples, num_steps=args.steps,
+                      batch_size=args.batch_size, normalization=args.normalization, seed=args.seed, progress=True)
+    written = [write_image(args.out, from_model_slices(output.mask, query, args.axis), query)]
+    for path, values in ((args.probabilities, output.probabilities), (args.uncertainty, output.uncertainty)):
+        if path:
+            written.append(write_image(path, from_model_slices(values, query, args.axis), query))
+    timings = output.timings
+    print(f"segmented {timings['slices']} slice(s): vision {timings['vision_s']:.2f} s, LLM {timings['llm_s']:.2f} s, "
+          f"decoder {timings['decoder_s']:.2f} s; wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segicl",
@@ -117,6 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataset_arguments(data)
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(handler=command_data)
+
+    segment = commands.add_parser("segment", help="segment an image or volume from text + examples",
+                                  description="Segment a 2-D image or a 3-D volume (NIfTI, DICOM file or series "
+                                              "folder, PNG/JPG, NPY) from an instruction and up to 3 examples.")
+    segment.add_argument("--image", type=Path, required=True, help="query image or volume")
+    segment.add_argument("--text", required=True, help='instruction, e.g. "Segment the white matter"')
+    segment.add_argument("--example", nargs=2, action="append", type=Path, metavar=("IMAGE", "MASK"),
+                         help="an example slice and its binary mask (repeat for several)")
+    segment.add_argument("--out", type=Path, required=True, help="output mask (.nii.gz, .nii, .png, .npy)")
+    segment.add_argument("--probabilities", type=Path, default=None, help="also write the probability map here")
+    segment.add_argument("--uncertainty", type=Path, default=None, help="also write the per-pixel uncertainty here")
+    segment.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="model folder (default: shipped tiny)")
+    segment.add_argument("--samples", type=int, default=5, help="diffusion samples averaged (default: 5)")
+    segment.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
+    segment.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    segment.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"),
+                         help="slicing direction for 3-D volumes")
+    segment.add_argument("--normalization", default="percentile", choices=("percentile", "ct", "none"),
+                         help="intensity mapping: MRI percentiles, CT window [-100, 200] HU, or none")
+    segment.add_argument("--seed", type=int, default=0)
+    segment.set_defaults(handler=command_segment)
 
     for name, handler, help_text in (
         ("baseline", command_baseline, "copy-the-example baseline (k = 1) on the test split"),
