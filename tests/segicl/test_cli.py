@@ -34,3 +34,38 @@ def test_baseline_writes_json(dataset, tmp_path, capsys):
     assert set(table) == {"with_transforms", "without_transforms"}
     assert set(table["with_transforms"]) == {"train_structures", "held_out_structures"}
     assert "copy-example baseline" in capsys.readouterr().out
+
+
+def test_segment_writes_a_mask_with_the_input_geometry(tiny_model, tmp_path, capsys):
+    import nibabel as nib
+    import numpy as np
+    from PIL import Image
+
+    affine = np.array([[-1.0, 0, 0, 90], [0, 1.2, 0, -126], [0, 0, 1, -72], [0, 0, 0, 1]])
+    volume = np.random.default_rng(0).random((40, 50, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "query.nii.gz")
+    Image.fromarray((np.random.default_rng(1).random((64, 64)) * 255).astype(np.uint8)).save(tmp_path / "ex.png")
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 255
+    Image.fromarray(mask).save(tmp_path / "ex_mask.png")
+    tiny_model.save_pretrained(tmp_path / "model")
+    code = main(["segment", "--image", str(tmp_path / "query.nii.gz"), "--text", "Segment the brain",
+                 "--example", str(tmp_path / "ex.png"), str(tmp_path / "ex_mask.png"), "--out",
+                 str(tmp_path / "pred.nii.gz"), "--uncertainty", str(tmp_path / "unc.nii.gz"),
+                 "--model", str(tmp_path / "model"), "--samples", "2", "--steps", "2"])
+    assert code == 0
+    written = nib.load(tmp_path / "pred.nii.gz")
+    assert written.shape == (40, 50, 3)
+    np.testing.assert_allclose(written.affine, affine, atol=1e-5)
+    assert set(np.unique(written.get_fdata())) <= {0.0, 1.0}
+    assert nib.load(tmp_path / "unc.nii.gz").shape == (40, 50, 3)
+    assert "segmented 3 slice(s)" in capsys.readouterr().out
+
+
+def test_segment_reports_unreadable_files(tmp_path, capsys):
+    (tmp_path / "broken.nii.gz").write_bytes(b"not a nifti")
+    (tmp_path / "model").mkdir()
+    code = main(["segment", "--image", str(tmp_path / "broken.nii.gz"), "--text", "x", "--out",
+                 str(tmp_path / "o.nii.gz"), "--model", str(tmp_path / "model")])
+    assert code == 2
+    assert "broken.nii.gz" in capsys.readouterr().err

@@ -1,0 +1,76 @@
+import numpy as np
+import pytest
+
+from segicl.pipeline import SegICLPipeline
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_model):
+    return SegICLPipeline(tiny_model)
+
+
+def example(size=(70, 60), seed=0):
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(size, np.float32)
+    mask[10:40, 15:45] = 1
+    return rng.random(size).astype(np.float32), mask
+
+
+def test_2d_query_keeps_its_shape(pipeline):
+    image = np.random.default_rng(1).random((80, 72)).astype(np.float32) * 300
+    out = pipeline(image, "Segment the brain", [example()], num_samples=2, num_steps=2)
+    assert out.probabilities.shape == out.mask.shape == out.uncertainty.shape == (80, 72)
+    assert out.mask.dtype == np.uint8 and set(np.unique(out.mask)) <= {0, 1}
+    assert 0 <= out.probabilities.min() and out.probabilities.max() <= 1 and out.uncertainty.min() >= 0
+    np.testing.assert_array_equal(out.mask, (out.probabilities > 0.5).astype(np.uint8))
+
+
+def test_volume_cache_gives_the_same_answer(pipeline):
+    volume = np.random.default_rng(2).random((5, 64, 64)).astype(np.float32)
+    examples = [example((64, 64), s) for s in range(3)]
+    cached = pipeline(volume, "Segment the brain", examples, num_samples=2, num_steps=2, batch_size=2)
+    uncached = pipeline(volume, "Segment the brain", examples, num_samples=2, num_steps=2, batch_size=2,
+                        use_cache=False)
+    assert cached.probabilities.shape == (5, 64, 64)
+    np.testing.assert_allclose(cached.probabilities, uncached.probabilities, atol=1e-4)
+    assert set(cached.timings) == {"vision_s", "llm_s", "decoder_s", "slices"} and cached.timings["slices"] == 5
+
+
+def test_same_seed_same_answer_after_reload(pipeline, tmp_path):
+    pipeline.save_pretrained(tmp_path / "p")
+    reloaded = SegICLPipeline.from_pretrained(tmp_path / "p")
+    image = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    first = pipeline(image, "Segment the brain", [example((64, 64))], num_samples=3, num_steps=2, seed=7)
+    second = reloaded(image, "Segment the brain", [example((64, 64))], num_samples=3, num_steps=2, seed=7)
+    np.testing.assert_array_equal(first.probabilities, second.probabilities)
+
+
+def bad(kind):
+    image, mask = example()
+    if kind == "shape":
+        return np.zeros((64, 64)), [(image, mask[:50])], "mask shape \\(50, 60\\) does not match image shape \\(70, 60\\)"
+    if kind == "non-binary":
+        return np.zeros((64, 64)), [(image, mask * 0.5)], "must be binary"
+    if kind == "empty":
+        return np.zeros((64, 64)), [(image, np.zeros_like(mask))], "mask is empty"
+    if kind == "4d":
+        return np.zeros((2, 3, 64, 64)), [], "2-D \\[H, W\\] or 3-D \\[S, H, W\\], got 4-D"
+    if kind == "nan":
+        query = np.zeros((64, 64))
+        query[3, 3] = np.nan
+        return query, [], "query image contains 1 NaN"
+    if kind == "too-many":
+        return np.zeros((64, 64)), [example()] * 4, "at most 3 examples, got 4"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["shape", "non-binary", "empty", "4d", "nan", "too-many"])
+def test_bad_inputs_refused(pipeline, kind):
+    query, examples, message = bad(kind)
+    with pytest.raises(ValueError, match=message):
+        pipeline(query, "Segment the brain", examples, num_samples=1, num_steps=1)
+
+
+def test_empty_instruction_refused(pipeline):
+    with pytest.raises(ValueError, match="instruction text is empty"):
+        pipeline(np.zeros((64, 64)), "  ", [], num_samples=1, num_steps=1)
