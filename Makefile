@@ -9,7 +9,14 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export DS_ACCELERATOR := cpu
 
-.PHONY: install system-data demo test clean-cache
+# Shipped demo weights: made by `make train-demo` (both stages with accelerate, single process).
+WEIGHTS ?= weights/segicl-tiny
+STAGE1_STEPS ?= 3000
+STAGE2_STEPS ?= 6000
+TRAIN_DIR ?= runs/train-demo
+LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
+
+.PHONY: install system-data demo test clean-cache train-demo
 
 install: $(VENV)/.installed system-data
 
@@ -34,6 +41,13 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# Long: hours on 2 CPU cores. Re-running resumes both stages from their last checkpoints.
+train-demo: install
+	$(LAUNCH) stages/stage1_decoder.py --output-dir $(TRAIN_DIR)/stage1 --steps $(STAGE1_STEPS) --resume
+	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage1/model --output-dir $(TRAIN_DIR)/stage2 \
+		--steps $(STAGE2_STEPS) --resume
+	$(PY) -m segicl.export $(TRAIN_DIR)/stage2/model $(WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl

@@ -75,13 +75,22 @@ def training_arguments(args: argparse.Namespace) -> TrainingArguments:
 
 
 def make_accelerator():
-    """An Accelerator that works on CPU: gloo process group when several CPU processes run (STACK.md)."""
+    """An Accelerator that works on CPU (../shared/STACK.md).
+
+    DeepSpeed (launched with accelerate_deepspeed_zero2.yaml) needs a gloo process group on CPU and no
+    `cpu=True`; plain multi-process CPU runs (DDP over gloo) need `cpu=True`. Episodes with k = 0 leave the
+    example-boundary embeddings without gradient, so DDP must look for unused parameters.
+    """
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
     use_cpu = not torch.cuda.is_available()
-    handlers = [InitProcessGroupKwargs(backend="gloo")] if use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 else []
-    return Accelerator(cpu=use_cpu, kwargs_handlers=handlers)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]
+    if use_cpu and distributed:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(cpu=use_cpu and not deepspeed, kwargs_handlers=handlers)
 
 
 def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
@@ -129,6 +138,9 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
         optimizer.load_state_dict(optimizer_state)
         lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         start_step = trainer_state["step"]
+    if is_deepspeed(accelerator):
+        # No dataloader goes through prepare(): DeepSpeed must be told the per-process batch size.
+        accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
     module, optimizer = accelerator.prepare(module, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     start_time = time.perf_counter()
