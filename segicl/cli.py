@@ -103,6 +103,10 @@ def command_demo(args: argparse.Namespace) -> int:
     print(format_baseline(table, args.episodes, args.min_area))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "foundation.json").write_text(json.dumps({"summary": summary, "copy_baseline": table}, indent=1))
+    if not args.from_scratch and not (args.model / "segicl_config.json").exists():
+        print(f"no SegICL weights at {args.model}: skipping the model evaluation. Train them with "
+              "`make train-demo`, or see the whole pipeline run with `segicl demo --from-scratch`.")
+        return 0
     report = run_demo(dataset, args.model, args.out_dir, args.model_episodes, args.min_area, args.steps,
                       args.samples, args.seed, args.from_scratch, args.stage1_steps, args.stage2_steps, start)
     print(f"wrote {args.out_dir / 'report.md'}, {args.out_dir / 'report.json'} and overlays in "

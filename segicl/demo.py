@@ -72,7 +72,7 @@ def write_report(out_dir: Path, report: dict, summary: dict) -> None:
 
 def run_demo(dataset, model_dir: Path | None, out_dir: Path, episodes: int, min_area: int, num_steps: int,
              num_samples: int, seed: int, from_scratch: bool, stage1_steps: int, stage2_steps: int,
-             start: float | None = None) -> dict:
+             start: float | None = None, reconstruction_masks: int = 64) -> dict:
     from segicl.model import SegICLModel
 
     start = start or time.perf_counter()
@@ -82,7 +82,8 @@ def run_demo(dataset, model_dir: Path | None, out_dir: Path, episodes: int, min_
     if model_dir is None or not (model_dir / "segicl_config.json").exists():
         raise FileNotFoundError(f"no trained model at {model_dir}: run `make train-demo`, or `segicl demo --from-scratch`")
     model = SegICLModel.from_pretrained(model_dir)
-    reconstruction = evaluate_reconstruction(model, dataset, masks=64, min_area=min_area, num_steps=num_steps)
+    reconstruction = evaluate_reconstruction(model, dataset, masks=reconstruction_masks, min_area=min_area,
+                                             num_steps=num_steps)
     print(f"stage-1 reconstruction Dice (held-out masks): {reconstruction['reconstruction_dice']:.3f}", flush=True)
     table = evaluate_all(model, dataset, episodes, min_area, num_steps, num_samples, seed, out_dir / "overlays")
     report = {
