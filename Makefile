@@ -11,8 +11,9 @@ export DS_ACCELERATOR := cpu
 
 # Shipped demo weights: made by `make train-demo` (both stages with accelerate, single process).
 WEIGHTS ?= weights/segicl-tiny
-STAGE1_STEPS ?= 3000
-STAGE2_STEPS ?= 6000
+STAGE1_STEPS ?= 1200
+STAGE2_STEPS ?= 2400
+STAGE2_MINUTES ?= 50
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 
@@ -46,7 +47,7 @@ test: install
 train-demo: install
 	$(LAUNCH) stages/stage1_decoder.py --output-dir $(TRAIN_DIR)/stage1 --steps $(STAGE1_STEPS) --resume
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage1/model --output-dir $(TRAIN_DIR)/stage2 \
-		--steps $(STAGE2_STEPS) --resume
+		--steps $(STAGE2_STEPS) --max-minutes $(STAGE2_MINUTES) --resume
 	$(PY) -m segicl.export $(TRAIN_DIR)/stage2/model $(WEIGHTS)
 
 clean-cache:

@@ -64,11 +64,11 @@ class LanguageModelConfig:
     """
 
     pretrained_path: str | None = None
-    hidden_size: int = 256
-    num_layers: int = 4
+    hidden_size: int = 192
+    num_layers: int = 3
     num_heads: int = 4
     num_kv_heads: int = 2
-    intermediate_size: int = 704
+    intermediate_size: int = 512
     vocab_size: int = 1024
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -250,7 +250,7 @@ def _build(cls, values: dict[str, Any]):
 
 
 def tiny_config() -> SegICLConfig:
-    """Trains on two CPU cores: 64 px, 256 condition tokens, a 4-layer Qwen2, a pixel-space decoder."""
+    """Trains on two CPU cores: 64 px, 256 condition tokens, a 3-layer Qwen2, a pixel-space decoder."""
     return SegICLConfig(preset="tiny").validate()
 
 
