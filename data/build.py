@@ -210,7 +210,9 @@ class DatasetBuilder:
         images = resize_slices(apply_crop(display, crop), config.resolution, labels=False)
         normalized = normalize_mri(images, config.mri_percentiles)
         _save(out / "images" / f"{volume}.npy", normalized)
+        paired_names = []
         for name, paired in paired_images(volume, image).items():
+            paired_names.append(name)
             paired_slices = resize_slices(apply_crop(to_display_slices(paired, config.axis), crop), config.resolution,
                                           labels=False)
             _save(out / "paired" / volume / f"{name}.npy", normalize_mri(paired_slices, config.mri_percentiles))
@@ -230,7 +232,7 @@ class DatasetBuilder:
             "relative_position": relative_positions(len(kept)).round(5).tolist(),
             "crop": crop.as_dict(), "canonical_shape": list(image.shape[:3]),
             "affine": np.asarray(image.affine).round(6).tolist(), "axis": config.axis,
-            "paired": sorted(paired_images_names(volume)),
+            "paired": paired_names,
         }
         return volume_row, rows
 
@@ -257,10 +259,6 @@ def _ct_frames(path: str) -> list[np.ndarray]:
     intercept = float(getattr(dataset, "RescaleIntercept", 0.0))
     frames = pixels if pixels.ndim == 3 else pixels[None]
     return [frame * slope + intercept for frame in frames]
-
-
-def paired_images_names(volume: str) -> list[str]:
-    return {"colin27_head": ["skull_stripped"], "mni152_2009a": ["t2_simulated"]}.get(volume, [])
 
 
 def task_rows_for(volume: str, label_set: str, areas: np.ndarray, structures: list[tasks.Structure]) -> list[dict]:

@@ -149,7 +149,8 @@ def read_label_table(path: Path, *, index_offset: int = 0) -> dict[int, str]:
             parts = line.split()
             if len(parts) >= 2 and parts[0].isdigit():
                 table[int(parts[0]) + index_offset] = parts[1].strip()
-    table.pop(0, None) if index_offset == 0 and table.get(0, "").lower() in ("background", "unclassified", "unknown") else None
+    if table.get(0, "").lower() in ("background", "unclassified", "unknown"):
+        del table[0]
     return table
 
 

