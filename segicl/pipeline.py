@@ -169,13 +169,12 @@ class SegICLPipeline:
 
     def _uncached_states(self, text_ids, example_image_tokens, example_mask_tokens, query_tokens) -> torch.Tensor:
         """The LLM over the full sequence for every slice (what the cache saves)."""
-        count = query_tokens.shape[0]
-        k = example_image_tokens.shape[0]
-        valid = torch.ones(count, max(k, 1), dtype=torch.bool, device=self.device) if k else \
-            torch.zeros(count, 1, dtype=torch.bool, device=self.device)
-        shape = (count, max(k, 1), *query_tokens.shape[1:])
-        images = example_image_tokens[None].expand(*shape) if k else query_tokens.new_zeros(shape)
-        masks = example_mask_tokens[None].expand(*shape) if k else query_tokens.new_zeros(shape)
+        count, k = query_tokens.shape[0], example_image_tokens.shape[0]
+        if k == 0:  # one all-invalid example slot: the encoder's batch layout needs K >= 1
+            example_image_tokens = example_mask_tokens = query_tokens.new_zeros(1, *query_tokens.shape[1:])
+        valid = torch.full((count, max(k, 1)), k > 0, dtype=torch.bool, device=self.device)
+        images = example_image_tokens[None].expand(count, -1, -1, -1)
+        masks = example_mask_tokens[None].expand(count, -1, -1, -1)
         ids = text_ids.to(self.device).expand(count, -1)
         return self.model.encoder(ids, torch.ones_like(ids), images, masks, valid, query_tokens)
 

@@ -25,9 +25,10 @@ def test_2d_query_keeps_its_shape(pipeline):
     np.testing.assert_array_equal(out.mask, (out.probabilities > 0.5).astype(np.uint8))
 
 
-def test_volume_cache_gives_the_same_answer(pipeline):
+@pytest.mark.parametrize("k", [0, 3])
+def test_volume_cache_gives_the_same_answer(pipeline, k):
     volume = np.random.default_rng(2).random((5, 64, 64)).astype(np.float32)
-    examples = [example((64, 64), s) for s in range(3)]
+    examples = [example((64, 64), s) for s in range(k)]
     cached = pipeline(volume, "Segment the brain", examples, num_samples=2, num_steps=2, batch_size=2)
     uncached = pipeline(volume, "Segment the brain", examples, num_samples=2, num_steps=2, batch_size=2,
                         use_cache=False)
