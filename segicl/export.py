@@ -10,7 +10,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from segicl.model import WEIGHTS_NAME

@@ -47,13 +47,6 @@ class Stage1Model(nn.Module):
             tokens = tokens + noise_std * torch.randn(tokens.shape, generator=generator, device=tokens.device)
         return self.model.decoder.training_loss(masks, tokens, generator)
 
-    @torch.no_grad()
-    def reconstruct(self, masks: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
-                    generator: torch.Generator | None = None, scheduler: str | None = None) -> torch.Tensor:
-        """Mean probability over samples [B, 1, S, S] of each mask decoded from its own tokens."""
-        tokens = self.model.condition_encoder(masks)
-        return self.model.decoder.sample(tokens, num_steps, num_samples, generator, scheduler).mean(dim=1)
-
 
 class Stage2Model(nn.Module):
     """Stage 2: regress the frozen condition encoder's tokens of the target mask (MSE, SegICL eq. 5).
