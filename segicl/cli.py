@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="intensity mapping: MRI percentiles, CT window [-100, 200] HU, or none")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
+    from mvg_head.cli import add_mvg_commands  # MVG engine: `segicl mvg`, `segicl mvg-eval`
+    add_mvg_commands(commands)
 
     for name, handler, help_text in (
         ("baseline", command_baseline, "copy-the-example baseline (k = 1) on the test split"),

@@ -1,0 +1,88 @@
+"""The `segicl mvg` (inference) and `segicl mvg-eval` (test-split evaluation) subcommands.
+
+Registered into the `segicl` command line by `segicl.cli.build_parser` through `add_mvg_commands`.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from mvg_head.config import COLOURINGS, TASKS
+
+DEFAULT_MVG_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "mvg-tiny"
+
+
+def command_mvg(args: argparse.Namespace) -> int:
+    from data.imageio import read_image, write_image
+    from mvg_head.pipeline import MVGPipeline
+    from segicl.volumes import from_model_slices, to_model_slices
+
+    if not (args.model / "mvg_config.json").exists():
+        raise FileNotFoundError(f"no MVG model at {args.model} (train one with `make train-mvg`)")
+    start = time.perf_counter()
+    query = read_image(args.image)
+    slices = to_model_slices(query, args.axis)
+    prompt_images = to_model_slices(read_image(args.prompt_image), args.axis)
+    prompt_targets = to_model_slices(read_image(args.prompt_target), args.axis)
+    region = to_model_slices(read_image(args.region), args.axis) > 0 if args.region else None
+    pipeline = MVGPipeline.from_pretrained(args.model)
+    result = pipeline(slices, prompt_images, prompt_targets, args.task, mode=args.mode,
+                      normalization=args.normalization, colouring=args.colouring, region=region,
+                      batch_size=args.batch_size, seed=args.seed, progress=True)
+    path = write_image(args.out, from_model_slices(result.output, query, args.axis), query)
+    print(f"mvg {args.task}: {len(slices)} slice(s) in {time.perf_counter() - start:.1f} s; wrote {path}")
+    return 0
+
+
+def command_mvg_eval(args: argparse.Namespace) -> int:
+    from mvg_head.evaluation import run_evaluation
+    from segicl.cli import open_dataset
+
+    if not (args.model / "mvg_config.json").exists():
+        raise FileNotFoundError(f"no MVG model at {args.model} (train one with `make train-mvg`)")
+    dataset = open_dataset(args)
+    result = run_evaluation(args.model, args.out_dir, dataset, args.episodes, args.image_episodes, args.seed,
+                            args.min_area, progress=True)
+    print((args.out_dir / "report.md").read_text())
+    print(f"wrote {args.out_dir / 'eval.json'}")
+    return 0 if result else 1
+
+
+def add_mvg_commands(commands) -> None:
+    """Add `mvg` and `mvg-eval` to the `segicl` subcommands."""
+    from segicl.cli import add_dataset_arguments
+
+    mvg = commands.add_parser(
+        "mvg", help="in-context image-to-image (MVG): segmentation, synthesis, denoising, inpainting",
+        description="Run an MVG task on a 2-D image or a 3-D volume (NIfTI, DICOM, PNG/JPG, NPY) from one prompt "
+                    "pair. With volumes, query slice n of N takes prompt slice floor(n * N_prompt / N). The output "
+                    "has the input's shape and geometry.")
+    mvg.add_argument("--task", required=True, choices=TASKS)
+    mvg.add_argument("--prompt-image", type=Path, required=True, help="prompt image (2-D slice or volume)")
+    mvg.add_argument("--prompt-target", type=Path, required=True,
+                     help="the prompt's label: an integer label map (segmentation) or the target image")
+    mvg.add_argument("--image", type=Path, required=True, help="query image or volume")
+    mvg.add_argument("--out", type=Path, required=True, help="output (.nii.gz, .nii, .png, .npy)")
+    mvg.add_argument("--model", type=Path, default=DEFAULT_MVG_WEIGHTS, help="model folder (default: shipped tiny)")
+    mvg.add_argument("--mode", choices=("masked", "autoregressive"), default=None,
+                     help="inference form (default: autoregressive for segmentation, masked otherwise)")
+    mvg.add_argument("--colouring", choices=COLOURINGS, default=None, help="override the model's label colouring")
+    mvg.add_argument("--region", type=Path, default=None, help="inpainting: the region to restore (mask file)")
+    mvg.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"))
+    mvg.add_argument("--normalization", default="percentile", choices=("percentile", "ct", "none"),
+                     help="intensity mapping to [0, 1]: MRI percentiles, CT window [-100, 200] HU, or none")
+    mvg.add_argument("--batch-size", type=int, default=32)
+    mvg.add_argument("--seed", type=int, default=0, help="seed of the random label colours")
+    mvg.set_defaults(handler=command_mvg)
+
+    evaluation = commands.add_parser("mvg-eval", help="MVG test-split figures beside the trivial baselines",
+                                     description="Writes <out-dir>/eval.json and report.md.")
+    add_dataset_arguments(evaluation)
+    evaluation.add_argument("--model", type=Path, default=DEFAULT_MVG_WEIGHTS)
+    evaluation.add_argument("--out-dir", type=Path, default=Path("runs/mvg"))
+    evaluation.add_argument("--episodes", type=int, default=300, help="segmentation episodes per structure split")
+    evaluation.add_argument("--image-episodes", type=int, default=150, help="episodes per image-to-image task")
+    evaluation.add_argument("--min-area", type=int, default=64, help="minimum query structure area (pixels)")
+    evaluation.add_argument("--seed", type=int, default=0)
+    evaluation.set_defaults(handler=command_mvg_eval)

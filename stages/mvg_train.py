@@ -1,0 +1,91 @@
+"""Train the MVG engine: masked image modelling + autoregressive training on the four tasks (paper Sec. 3.3, 4.1).
+
+    accelerate launch --config_file accelerate_config.yaml stages/mvg_train.py --output-dir runs/mvg/train
+
+Smooth-L1 loss, AdamW (weight decay 0.05) with warmup + cosine, safetensors checkpoints in
+`<output-dir>/checkpoint` (`--resume` continues bit-identically), the trained model in `<output-dir>/model`.
+The shared loop is `stages.common.train`.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from stages.common import add_training_arguments, make_accelerator, train, training_arguments  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mvg_head.config import COLOURINGS, TASKS
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "full"), help="model preset")
+    parser.add_argument("--mae-checkpoint", default=None, help="local MAE checkpoint (full preset: ViT-L/16 .pth)")
+    parser.add_argument("--init", type=Path, default=None, help="start from a saved MVG model folder")
+    parser.add_argument("--colouring", choices=COLOURINGS, default="random", help="segmentation label colouring")
+    parser.add_argument("--mask-ratio", type=float, default=0.75, help="masked image modelling ratio (paper: 0.75)")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to train on")
+    parser.add_argument("--segmentation-probability", type=float, default=0.5, help="share of segmentation episodes")
+    parser.add_argument("--other-autoregressive", type=float, default=0.1,
+                        help="autoregressive share of the non-segmentation tasks (paper: 0.1)")
+    parser.add_argument("--min-area", type=int, default=32, help="minimum structure area on training query slices")
+    parser.add_argument("--data-seed", type=int, default=0)
+    add_training_arguments(parser, steps=1500, batch_size=8, learning_rate=1e-3, weight_decay=0.05, warmup_steps=75,
+                           checkpoint_every=100, output_dir=Path("runs/mvg/train"))
+    return parser
+
+
+def model_config(args: argparse.Namespace):
+    from mvg_head.config import get_preset
+
+    extra = {"mae_checkpoint": args.mae_checkpoint} if args.preset == "full" else {}
+    return get_preset(args.preset, colouring=args.colouring, mask_ratio=args.mask_ratio, **extra)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from data.build import DatasetConfig
+    from data.dataset import SliceDataset
+    from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler, TaskMix
+    from mvg_head.model import MVGModel
+    from mvg_head.training import MVGTrainingModule, make_batch_fn
+
+    args = build_parser().parse_args(argv)
+    training = training_arguments(args)
+    accelerator = make_accelerator()
+    torch.manual_seed(training.seed)
+    if args.init:
+        model = MVGModel.from_pretrained(args.init).train()
+        model.config = dataclasses.replace(model.config, colouring=args.colouring, mask_ratio=args.mask_ratio)
+    else:
+        model = MVGModel.from_config(model_config(args))
+    config = model.config
+    dataset = SliceDataset.build(DatasetConfig(resolution=config.image_size, seed=args.data_seed),
+                                 progress=accelerator.is_main_process)
+    sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", colouring=config.colouring,
+                                                        palette_levels=config.palette_levels,
+                                                        min_area=args.min_area, seed=training.seed))
+    mix = TaskMix(segmentation_probability=args.segmentation_probability,
+                  other_autoregressive=args.other_autoregressive, tasks=tuple(args.tasks))
+    make_batch = make_batch_fn(sampler, mix, training.batch_size, training.seed)
+    record = {"model": config.to_dict(), "mix": dataclasses.asdict(mix), "min_area": args.min_area,
+              "threads": torch.get_num_threads()}
+    state = train(MVGTrainingModule(model), make_batch, training, accelerator, record, description="MVG")
+    if accelerator.is_main_process:
+        output = Path(training.output_dir)
+        model.save_pretrained(output / "model")
+        summary = {"steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
+                   "threads": torch.get_num_threads(), "batch_size": training.batch_size,
+                   "final_losses": state["recent_losses"][-1] if state["recent_losses"] else {}}
+        (output / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
