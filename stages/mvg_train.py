@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="tiny", choices=("tiny", "full"), help="model preset")
     parser.add_argument("--mae-checkpoint", default=None, help="local MAE checkpoint (full preset: ViT-L/16 .pth)")
     parser.add_argument("--init", type=Path, default=None, help="start from a saved MVG model folder")
+    for name in ("width", "depth", "heads", "head-channels"):
+        parser.add_argument(f"--{name}", type=int, default=None, help=f"override the preset's ViT {name}")
     parser.add_argument("--colouring", choices=COLOURINGS, default="random", help="segmentation label colouring")
     parser.add_argument("--mask-ratio", type=float, default=0.75, help="masked image modelling ratio (paper: 0.75)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to train on")
@@ -45,6 +47,8 @@ def model_config(args: argparse.Namespace):
     from mvg_head.config import get_preset
 
     extra = {"mae_checkpoint": args.mae_checkpoint} if args.preset == "full" else {}
+    extra.update({name: getattr(args, name) for name in ("width", "depth", "heads", "head_channels")
+                  if getattr(args, name) is not None})
     return get_preset(args.preset, colouring=args.colouring, mask_ratio=args.mask_ratio, **extra)
 
 

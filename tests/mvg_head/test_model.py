@@ -1,0 +1,105 @@
+import dataclasses
+
+import pytest
+import torch
+
+from mvg_head.config import MVGConfig, full_config, get_preset, tiny_config
+from mvg_head.model import MVGModel
+from tests.mvg_head.conftest import small_config
+
+
+def sentence(batch=2, pairs=2, seed=0):
+    return torch.rand(batch, 2 * pairs, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def test_configs_validate_without_weights():
+    full = full_config()
+    assert (full.width, full.depth, full.heads, full.patch_size, full.image_size) == (1024, 24, 16, 16, 448)
+    assert full.blocks_for_head == (5, 11, 17, 23)
+    assert tiny_config().grid == 8
+    assert MVGConfig.from_dict(tiny_config().to_dict()) == tiny_config()
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        tiny_config(image_size=60)
+    with pytest.raises(ValueError, match="unknown colouring"):
+        tiny_config(colouring="rainbow")
+    with pytest.raises(ValueError, match="unknown MVG preset"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="unknown MVGConfig fields"):
+        MVGConfig.from_dict({"widht": 3})
+
+
+@pytest.mark.parametrize("mode", ["masked", "autoregressive"])
+def test_forward_shapes_and_loss(small_model, mode):
+    images = sentence()
+    output = small_model(images, mode, torch.Generator().manual_seed(0))
+    assert output.prediction.shape == images.shape
+    assert output.supervised.shape == (2, 4, 1, 64, 64)
+    assert torch.isfinite(output.loss)
+    if mode == "autoregressive":  # supervision solely on the labels
+        assert output.supervised[:, 1::2].all() and not output.supervised[:, 0::2].any()
+    else:
+        assert abs(output.supervised.float().mean().item() - small_model.config.mask_ratio) < 1e-6
+    assert small_model.predict(images, mode).shape == (2, 3, 64, 64)
+
+
+def test_autoregressive_label_cannot_see_later_pairs():
+    """The prediction of label i is unchanged when label i itself or any later image is perturbed."""
+    torch.manual_seed(0)
+    model = MVGModel(small_config(max_prompts=2)).eval()
+    images = sentence(batch=1, pairs=3)
+    with torch.no_grad():
+        reference = model.forward_autoregressive(images).prediction
+        for perturbed in range(6):
+            changed = images.clone()
+            changed[:, perturbed] = torch.rand_like(changed[:, perturbed])
+            prediction = model.forward_autoregressive(changed).prediction
+            for label in (1, 3, 5):  # label L is predicted from images 0 .. L - 1 only
+                same = torch.allclose(prediction[:, label], reference[:, label], atol=1e-6)
+                assert same == (label <= perturbed), (perturbed, label)
+
+
+def test_predict_ignores_the_query_label_slot(small_model):
+    images = sentence(batch=1)
+    other = images.clone()
+    other[:, -1] = torch.rand_like(other[:, -1])
+    for mode in ("masked", "autoregressive"):
+        assert torch.allclose(small_model.predict(images, mode), small_model.predict(other, mode), atol=1e-6)
+
+
+def test_bad_inputs_refused(small_model):
+    with pytest.raises(ValueError, match=r"images must be \[B, n, 3, 64, 64\]"):
+        small_model.predict(torch.rand(1, 4, 3, 64, 48))
+    with pytest.raises(ValueError, match="at most 1"):
+        small_model.predict(torch.rand(1, 6, 3, 64, 64))
+    with pytest.raises(ValueError, match="unknown mode"):
+        small_model(torch.rand(1, 4, 3, 64, 64), mode="diffusion")
+
+
+def test_save_load_bit_identical(small_model, tmp_path):
+    small_model.save_pretrained(tmp_path / "m")
+    loaded = MVGModel.from_pretrained(tmp_path / "m")
+    assert loaded.config == small_model.config
+    for (name, a), (_, b) in zip(small_model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    images = sentence(batch=1)
+    assert torch.equal(small_model.predict(images), loaded.predict(images))
+
+
+def test_float16_export_loads_as_float32(small_model, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    small_model.save_pretrained(tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    save_file({k: v.half() for k, v in state.items()}, tmp_path / "m" / "model.safetensors")
+    loaded = MVGModel.from_pretrained(tmp_path / "m")
+    assert loaded.pos_embed.dtype == torch.float32
+    assert torch.allclose(loaded.pos_embed, small_model.pos_embed, atol=1e-3)
+    with pytest.raises(FileNotFoundError, match="no MVG model"):
+        MVGModel.from_pretrained(tmp_path / "missing")
+
+
+def test_sentence_with_fewer_prompts_than_max():
+    torch.manual_seed(0)
+    model = MVGModel(dataclasses.replace(small_config(), max_prompts=3)).eval()
+    for pairs in (2, 3, 4):
+        assert model.predict(sentence(batch=1, pairs=pairs)).shape == (1, 3, 64, 64)
