@@ -14,6 +14,10 @@ WEIGHTS ?= weights/segicl-tiny
 STAGE1_STEPS ?= 1200
 STAGE2_STEPS ?= 2400
 STAGE2_MINUTES ?= 50
+# Stage 2b continues stage 2 on structures of >= 64 px (the evaluated range) with the frozen decoder's
+# reconstruction loss on the predicted tokens added (runs/ab comparison in the README).
+STAGE2B_STEPS ?= 1400
+STAGE2B_MINUTES ?= 85
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 
@@ -48,7 +52,10 @@ train-demo: install
 	$(LAUNCH) stages/stage1_decoder.py --output-dir $(TRAIN_DIR)/stage1 --steps $(STAGE1_STEPS) --resume
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage1/model --output-dir $(TRAIN_DIR)/stage2 \
 		--steps $(STAGE2_STEPS) --max-minutes $(STAGE2_MINUTES) --resume
-	$(PY) -m segicl.export $(TRAIN_DIR)/stage2/model $(WEIGHTS)
+	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2/model --output-dir $(TRAIN_DIR)/stage2b \
+		--min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
+		--steps $(STAGE2B_STEPS) --max-minutes $(STAGE2B_MINUTES) --resume
+	$(PY) -m segicl.export $(TRAIN_DIR)/stage2b/model $(WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl

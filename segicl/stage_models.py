@@ -53,12 +53,16 @@ class Stage2Model(nn.Module):
 
     Tokens whose mask patch holds foreground weigh `1 + foreground_weight` (FINDINGS.md: unweighted, the
     regression drifts toward the all-background code when a structure covers a few patches).
+    With `decoder_loss_weight` > 0 the predicted tokens also go through the FROZEN decoder's stage-1 loss
+    (reconstruct the query mask from them): the decoder was trained on teacher tokens plus small noise,
+    and this term pulls the regression toward tokens the decoder actually reads correctly.
     """
 
-    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0):
+    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0, decoder_loss_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.foreground_weight = foreground_weight
+        self.decoder_loss_weight = decoder_loss_weight
         set_stage2_trainable(model)
 
     def token_weights(self, query_mask: torch.Tensor) -> torch.Tensor:
@@ -75,4 +79,9 @@ class Stage2Model(nn.Module):
             target = self.model.condition_encoder(query_mask)
         error = (predicted - target).pow(2).mean(dim=-1)
         weights = self.token_weights(query_mask)
-        return {"loss": (error * weights).sum() / weights.sum(), "mse": error.mean().detach()}
+        losses = {"loss": (error * weights).sum() / weights.sum(), "mse": error.mean().detach()}
+        if self.decoder_loss_weight > 0:
+            decoded = self.model.decoder.training_loss(query_mask, predicted, generator)["loss"]
+            losses["decoder"] = decoded.detach()
+            losses["loss"] = losses["loss"] + self.decoder_loss_weight * decoded
+        return losses

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--min-area", type=int, default=16, help="minimum query structure area in pixels")
     parser.add_argument("--foreground-weight", type=float, default=4.0,
                         help="extra loss weight of condition tokens whose patch holds foreground")
+    parser.add_argument("--decoder-loss-weight", type=float, default=0.0,
+                        help="weight of the frozen decoder's reconstruction loss on the predicted tokens (0: off)")
     parser.add_argument("--data-seed", type=int, default=0)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage2"))
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     model = SegICLModel.from_pretrained(args.init)
     dataset = SliceDataset.build(DatasetConfig(resolution=model.config.condition.mask_size, seed=args.data_seed),
                                  progress=accelerator.is_main_process)
-    stage = Stage2Model(model, args.foreground_weight)
+    stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:

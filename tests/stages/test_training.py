@@ -61,6 +61,18 @@ def test_stage2_loss_falls_on_real_episodes(dataset, tokenizer, tmp_path):
         assert torch.equal(value, frozen_before[name]), f"stage 2 changed the frozen decoder: {name}"
 
 
+def test_stage2_decoder_loss_trains_the_encoder_through_the_frozen_decoder(dataset, tokenizer):
+    model = fresh_model(tokenizer)
+    batch = episode_batches(model, dataset, 3, 16, 2, seed=0)(0, 0, 1)
+    plain = Stage2Model(model)(**batch, generator=torch.Generator().manual_seed(0))
+    losses = Stage2Model(model, decoder_loss_weight=1.0)(**batch, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(losses["loss"], plain["loss"] + losses["decoder"])
+    model.zero_grad()
+    losses["loss"].backward()
+    assert model.projector.mlp[-1].weight.grad.abs().sum() > 0
+    assert all(parameter.grad is None for parameter in model.decoder.parameters())
+
+
 class Interrupt(Exception):
     pass
 
