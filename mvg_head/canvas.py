@@ -67,20 +67,22 @@ def block_causal_mask(pairs: int, grid: int) -> torch.Tensor:
 
 
 def block_masking(pairs: int, grid: int, ratio: float, generator: torch.Generator, min_block: int = 4,
-                  query_label_probability: float = 0.0) -> torch.Tensor:
+                  query_label_probability: float = 0.0, labels_only: bool = True) -> torch.Tensor:
     """Block-wise random masking (BEiT style) of a canvas: bool [N] in canvas token order, True = masked.
 
-    round(ratio * N) tokens are masked, in rectangles of `min_block` .. max(min_block, N / 16) patches and random
-    aspect (0.3 .. 3.3) (BEiT's generator; MVG's released settings are 16 .. 128 of a 56 x 56 canvas). With probability `query_label_probability` the whole query label (the last image) is masked
-    first and the rest of the count is drawn in blocks elsewhere.
+    The maskable region is the label column (`labels_only`, as the released MVG / Painter code masks only the
+    targets) or the whole canvas (the paper's text). round(ratio * maskable) tokens are masked, in rectangles of
+    `min_block` .. max(min_block, maskable / 16) patches and random aspect (0.3 .. 3.3) (BEiT's generator; MVG's
+    released settings are 16 .. 128). With probability `query_label_probability` the whole query label (the
+    inference condition) is masked first and the rest of the count is drawn in blocks.
     """
     if not 0.0 < ratio < 1.0:
         raise ValueError(f"mask ratio must be in (0, 1), got {ratio}")
-    rows, cols = pairs * grid, 2 * grid
+    rows, cols = pairs * grid, (grid if labels_only else 2 * grid)
     target = int(round(ratio * rows * cols))
     mask = np.zeros((rows, cols), dtype=bool)
     if float(torch.rand((), generator=generator)) < query_label_probability:
-        mask[(pairs - 1) * grid:, grid:] = True
+        mask[(pairs - 1) * grid:, cols - grid:] = True
     seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
     rng = np.random.default_rng(seed)
     max_block = max(min_block, rows * cols // 16)
@@ -103,4 +105,6 @@ def block_masking(pairs: int, grid: int, ratio: float, generator: torch.Generato
     if mask.sum() < target:  # top up one patch at a time (rare: only the last few patches)
         free = np.flatnonzero(~mask.reshape(-1))
         mask.reshape(-1)[rng.choice(free, target - int(mask.sum()), replace=False)] = True
+    if labels_only:
+        mask = np.concatenate([np.zeros_like(mask), mask], axis=1)
     return torch.from_numpy(mask.reshape(-1))

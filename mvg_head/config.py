@@ -35,7 +35,11 @@ class MVGConfig:
         mae_checkpoint: local MAE checkpoint (`mae_pretrain_vit_large.pth`: a torch file with a "model" dict) to
             initialise the encoder from; None: random initialisation.
         pixel_mean, pixel_std: per-channel normalisation of inputs and targets (ImageNet's, as MAE was trained).
-        mask_ratio: fraction of canvas patches masked in masked image modelling (the paper: 0.75).
+        mask_ratio: fraction of the maskable patches masked in masked image modelling (the paper: 0.75).
+        mask_labels_only: mask only the label images (the released MVG / Painter code, which masks the targets and
+            keeps the input images visible, as at inference); False: the whole square (the paper's text). Measured
+            here: with the whole square masked, denoising and synthesis stayed below the input baseline at 300
+            steps (the query image is mostly hidden in training but fully visible at inference).
         min_block_patches: smallest block of the block-wise masking generator (BEiT style).
         query_label_mask_probability: in masked image modelling, how often the whole query label is among the
             masked patches (the inference condition); the rest of the ratio is drawn in blocks.
@@ -59,6 +63,7 @@ class MVGConfig:
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
     pixel_std: tuple[float, float, float] = IMAGENET_STD
     mask_ratio: float = 0.75
+    mask_labels_only: bool = True
     min_block_patches: int = 4
     query_label_mask_probability: float = 0.5
     colouring: str = "random"

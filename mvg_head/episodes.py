@@ -68,7 +68,7 @@ class EpisodeOptions:
     structures: str = "train"
     colouring: str = "random"
     palette_levels: int = 4
-    min_area: int = 32
+    min_area: int = 64
     transform: SpatialTransformConfig | None = field(default_factory=SpatialTransformConfig)
     rician_sigma: tuple[float, float] = (0.03, 0.09)
     ct_dose: tuple[float, float] = (0.1, 0.4)

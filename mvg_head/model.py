@@ -181,7 +181,7 @@ class MVGModel(nn.Module):
     def random_token_mask(self, batch: int, pairs: int, generator: torch.Generator) -> torch.Tensor:
         c = self.config
         return torch.stack([block_masking(pairs, c.grid, c.mask_ratio, generator, c.min_block_patches,
-                                          c.query_label_mask_probability) for _ in range(batch)])
+                                          c.query_label_mask_probability, c.mask_labels_only) for _ in range(batch)])
 
     def forward_masked(self, images: torch.Tensor, generator: torch.Generator | None = None,
                        token_mask: torch.Tensor | None = None) -> MVGOutput:

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--segmentation-probability", type=float, default=0.5, help="share of segmentation episodes")
     parser.add_argument("--other-autoregressive", type=float, default=0.1,
                         help="autoregressive share of the non-segmentation tasks (paper: 0.1)")
-    parser.add_argument("--min-area", type=int, default=32, help="minimum structure area on training query slices")
+    parser.add_argument("--min-area", type=int, default=64, help="minimum structure area on training query slices")
     parser.add_argument("--data-seed", type=int, default=0)
     add_training_arguments(parser, steps=1500, batch_size=8, learning_rate=1e-3, weight_decay=0.05, warmup_steps=75,
                            checkpoint_every=100, output_dir=Path("runs/mvg/train"))
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
                    "threads": torch.get_num_threads(), "batch_size": training.batch_size,
                    "final_losses": state["recent_losses"][-1] if state["recent_losses"] else {}}
-        (output / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        for folder in (output, output / "model"):  # the model folder carries its training budget into exports
+            (folder / "train_summary.json").write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
     return 0
 

@@ -35,19 +35,25 @@ def test_bad_sentences_refused():
 
 @pytest.mark.parametrize("ratio", [0.5, 0.75, 0.9])
 @pytest.mark.parametrize("label_probability", [0.0, 1.0])
-def test_block_masking_ratio(ratio, label_probability):
+@pytest.mark.parametrize("labels_only", [True, False])
+def test_block_masking_ratio(ratio, label_probability, labels_only):
     generator = torch.Generator().manual_seed(0)
+    images = token_images(2, 8)
     for _ in range(20):
-        mask = block_masking(2, 8, ratio, generator, min_block=4, query_label_probability=label_probability)
+        mask = block_masking(2, 8, ratio, generator, min_block=4, query_label_probability=label_probability,
+                             labels_only=labels_only)
         assert mask.shape == (256,)
-        assert int(mask.sum()) == round(ratio * 256)
+        maskable = 128 if labels_only else 256
+        assert int(mask.sum()) == round(ratio * maskable)
+        if labels_only:
+            assert not mask[images % 2 == 0].any()  # input images stay visible
         if label_probability == 1.0:
-            assert mask[token_images(2, 8) == 3].all()
+            assert mask[images == 3].all()
 
 
 def test_block_masking_is_blockwise():
     """Masked patches come in blocks: most masked patches have a masked 4-neighbour."""
-    mask = block_masking(2, 8, 0.5, torch.Generator().manual_seed(1)).reshape(16, 16)
+    mask = block_masking(2, 8, 0.5, torch.Generator().manual_seed(1), labels_only=False).reshape(16, 16)
     padded = torch.nn.functional.pad(mask.float()[None, None], (1, 1, 1, 1))[0, 0]
     neighbours = padded[:-2, 1:-1] + padded[2:, 1:-1] + padded[1:-1, :-2] + padded[1:-1, 2:]
     assert (neighbours[mask] > 0).float().mean() > 0.9
