@@ -64,11 +64,11 @@ clean-cache:
 # Shipped tiny weights: `make train-mvg` (about 28 min on the 2-core CPU, one thread), then a float16 export.
 MVG_WEIGHTS ?= weights/mvg-tiny
 MVG_TRAIN_DIR ?= runs/mvg/train
-MVG_STEPS ?= 600
+MVG_STEPS ?= 500
 MVG_MINUTES ?= 28
-MVG_ABLATION_STEPS ?= 250
+MVG_ABLATION_STEPS ?= 200
 MVG_ENV := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-MVG_TRAIN_ARGS := --batch-size 8 --learning-rate 5e-4 --checkpoint-every 50 --resume
+MVG_TRAIN_ARGS := --batch-size 8 --learning-rate 1e-3 --checkpoint-every 50 --resume
 
 .PHONY: train-mvg demo-mvg mvg-ablation
 
@@ -85,7 +85,7 @@ demo-mvg: install
 mvg-ablation: install
 	for colouring in random predefined; do \
 		$(MVG_ENV) $(LAUNCH) stages/mvg_train.py --output-dir runs/mvg/ablation/$$colouring --colouring $$colouring \
-			--tasks segmentation --min-area 32 --steps $(MVG_ABLATION_STEPS) --warmup-steps 25 $(MVG_TRAIN_ARGS) && \
+			--tasks segmentation --steps $(MVG_ABLATION_STEPS) --warmup-steps 25 $(MVG_TRAIN_ARGS) && \
 		$(MVG_ENV) $(VENV)/bin/segicl mvg-eval --tasks segmentation --model runs/mvg/ablation/$$colouring/model \
 			--out-dir runs/mvg/ablation/$$colouring || exit 1; \
 	done

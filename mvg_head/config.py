@@ -43,6 +43,8 @@ class MVGConfig:
         min_block_patches: smallest block of the block-wise masking generator (BEiT style).
         query_label_mask_probability: in masked image modelling, how often the whole query label is among the
             masked patches (the inference condition); the rest of the ratio is drawn in blocks.
+        balance_foreground: weight non-black and black supervised pixels equally per image in the loss (ours, not
+            the paper's: needed at CPU budgets, see MVGModel.pixel_weights).
         colouring: segmentation label colouring: "random" (per episode, the paper), "predefined" or "binary".
         palette_levels: the colour set is every RGB colour whose channels take this many evenly spaced levels in
             [0, 1], except black (the background): levels**3 - 1 colours (4 levels: 63 colours).
@@ -66,6 +68,7 @@ class MVGConfig:
     mask_labels_only: bool = True
     min_block_patches: int = 4
     query_label_mask_probability: float = 0.5
+    balance_foreground: bool = True
     colouring: str = "random"
     palette_levels: int = 4
 

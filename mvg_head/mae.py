@@ -3,7 +3,7 @@
 The file is a torch pickle holding {"model": state_dict}; it is read with `torch.load(weights_only=True)`, which
 refuses anything but tensors and plain containers. Encoder keys (`patch_embed.*`, `blocks.*`, `norm.*`) load as
 they are; `pos_embed` [1, 1 + G*G, D] loses its cls entry and is interpolated (bicubic) from the G x G grid to the
-canvas grid; the cls token, the MAE decoder (`decoder_*`) and its `mask_token` are ignored.
+slot grid (shared by every image of the canvas; the slot embeddings stay as initialised); the cls token, the MAE decoder (`decoder_*`) and its `mask_token` are ignored.
 """
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def load_mae_checkpoint(model, path: Path | str) -> MAELoadReport:
         raise ValueError(f"{path}: expected a dict with a 'model' state dict (MAE format)")
     own = model.state_dict()
     config = model.config
-    rows, cols = (config.max_prompts + 1) * config.grid, 2 * config.grid
+    rows = cols = config.grid
     new_state, loaded, ignored = {}, [], []
     for key, value in state.items():
         if key == "pos_embed":

@@ -37,7 +37,7 @@ class MVGOutput:
     """What a training forward returns.
 
     Attributes:
-        loss: smooth-L1 over the supervised pixels (masked patches, or every label image).
+        loss: smooth-L1 over the supervised pixels (masked patches, or every label image), see `pixel_weights`.
         prediction: predicted images [B, n, 3, H, W] in normalised units (masked: image j at slot j;
             autoregressive: label i at slot 2i + 1, predicted from the features of image 2i).
         supervised: bool [B, n, 1, H, W], the pixels the loss covers.
@@ -86,8 +86,10 @@ class MVGModel(nn.Module):
         c = config
         self.patch_embed = PatchEmbed(img_size=c.image_size, patch_size=c.patch_size, in_chans=c.in_chans,
                                       embed_dim=c.width, strict_img_size=False)
-        rows, cols = (c.max_prompts + 1) * c.grid, 2 * c.grid
-        self.pos_embed = nn.Parameter(sincos_position_embedding(c.width, rows, cols)[None])
+        # Position inside a slot (shared by every image: "the same place in another image" is one embedding away)
+        # plus a learned embedding of the slot in the sentence (Painter's segment embeddings, one per image).
+        self.pos_embed = nn.Parameter(sincos_position_embedding(c.width, c.grid, c.grid)[None])
+        self.slot_embed = nn.Parameter(torch.zeros(1, 2 * (c.max_prompts + 1), c.width))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.width))
         self.blocks = nn.ModuleList([Block(c.width, c.heads, c.mlp_ratio, qkv_bias=True,
                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(c.depth)])
@@ -99,6 +101,7 @@ class MVGModel(nn.Module):
 
     def _init_weights(self) -> None:
         nn.init.normal_(self.mask_token, std=0.02)
+        nn.init.normal_(self.slot_embed, std=0.02)
         weight = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         for module in self.modules():
@@ -139,6 +142,15 @@ class MVGModel(nn.Module):
         """Sentence [B, n, 3, H, W] (normalised) -> canvas tokens [B, N, D] with position embeddings not yet added."""
         return self.patch_embed(to_canvas(images))
 
+    def position_embedding(self, pairs: int) -> torch.Tensor:
+        """[1, N, D] in canvas token order: the in-slot position embedding plus the embedding of each token's slot."""
+        from mvg_head.canvas import token_images
+
+        grid = self.config.grid
+        local = self.pos_embed.reshape(1, grid, 1, grid, -1).expand(-1, -1, 2, -1, -1)  # rows, slot column, cols
+        local = local.reshape(1, grid, 2 * grid, -1).repeat(1, pairs, 1, 1).reshape(1, pairs * 2 * grid**2, -1)
+        return local + self.slot_embed[:, token_images(pairs, grid)]
+
     def forward_encoder(self, images: torch.Tensor, token_mask: torch.Tensor | None = None,
                         attn_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """The four feature maps [B, N, D] (canvas token order) of a normalised sentence.
@@ -148,7 +160,7 @@ class MVGModel(nn.Module):
         tokens = self.patchify(images)
         if token_mask is not None:
             tokens = torch.where(token_mask[..., None], self.mask_token.to(tokens.dtype), tokens)
-        tokens = tokens + self.pos_embed[:, : tokens.shape[1]]
+        tokens = tokens + self.position_embedding(tokens.shape[1] // (2 * self.config.grid**2))
         features = []
         wanted = self.config.blocks_for_head
         for index, block in enumerate(self.blocks):
@@ -171,11 +183,30 @@ class MVGModel(nn.Module):
         grid_mask = image_tokens(token_mask[..., None].float(), pairs, c.grid)  # [B, n, 1, g, g]
         return grid_mask.repeat_interleave(c.patch_size, -1).repeat_interleave(c.patch_size, -2).bool()
 
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor, supervised: torch.Tensor) -> torch.Tensor:
-        """Smooth-L1 (Painter's beta) averaged over the supervised pixels and channels."""
+    def pixel_weights(self, images: torch.Tensor, supervised: torch.Tensor) -> torch.Tensor:
+        """Loss weights [B, n, 1, H, W]: the supervised pixels, foreground and background balanced per image.
+
+        With `balance_foreground`, the non-black supervised pixels of each image carry half of its weight and the
+        black ones the other half (a structure of 2% of the slice otherwise teaches "all background" first: measured
+        here, Dice 0.0 after 250 segmentation steps without it). Without it, every supervised pixel weighs 1.
+        """
+        weights = supervised.float()
+        if not self.config.balance_foreground:
+            return weights
+        foreground = (images.amax(dim=2, keepdim=True) > 0.02).float() * weights
+        background = weights - foreground
+        n_fg = foreground.sum(dim=(-1, -2), keepdim=True)
+        n_bg = background.sum(dim=(-1, -2), keepdim=True)
+        both = (n_fg > 0) & (n_bg > 0)
+        balanced = 0.5 * foreground / n_fg.clamp_min(1) + 0.5 * background / n_bg.clamp_min(1)
+        plain = weights / (n_fg + n_bg).clamp_min(1)
+        return torch.where(both, balanced, plain) * self.config.image_size**2
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Smooth-L1 (Painter's beta) averaged over pixels and channels with the given pixel weights."""
         per_pixel = F.smooth_l1_loss(prediction, target, reduction="none", beta=SMOOTH_L1_BETA)
-        weight = supervised.expand_as(per_pixel).float()
-        return (per_pixel * weight).sum() / weight.sum().clamp_min(1.0)
+        weight = weights.expand_as(per_pixel)
+        return (per_pixel * weight).sum() / weight.sum().clamp_min(1e-6)
 
     # ------------------------------------------------------------------ training forms
     def random_token_mask(self, batch: int, pairs: int, generator: torch.Generator) -> torch.Tensor:
@@ -192,7 +223,8 @@ class MVGModel(nn.Module):
         target = self.normalize(images)
         prediction = self.forward_head(self.forward_encoder(target, token_mask=token_mask), pairs)
         supervised = self.token_mask_to_pixels(token_mask, pairs)
-        return MVGOutput(self.loss(prediction, target, supervised), prediction, supervised)
+        loss = self.loss(prediction, target, self.pixel_weights(images, supervised))
+        return MVGOutput(loss, prediction, supervised)
 
     def forward_autoregressive(self, images: torch.Tensor) -> MVGOutput:
         """Every label predicted from the images before it: block-causal attention, label i read at image 2i."""
@@ -205,7 +237,8 @@ class MVGModel(nn.Module):
         supervised = torch.zeros(images.shape[0], images.shape[1], 1, *images.shape[-2:], dtype=torch.bool,
                                  device=images.device)
         supervised[:, 1::2] = True
-        return MVGOutput(self.loss(prediction, target, supervised), prediction, supervised)
+        loss = self.loss(prediction, target, self.pixel_weights(images, supervised))
+        return MVGOutput(loss, prediction, supervised)
 
     def forward(self, images: torch.Tensor, mode: str = "autoregressive",
                 generator: torch.Generator | None = None) -> MVGOutput:

@@ -34,7 +34,7 @@ def test_loads_encoder_and_interpolates_position_embeddings(tmp_path):
     own = model.state_dict()
     for key in ("patch_embed.proj.weight", "blocks.3.attn.qkv.weight", "blocks.0.mlp.fc2.bias", "norm.weight"):
         assert torch.equal(own[key], state[key]), key
-    assert own["pos_embed"].shape == (1, 16 * 16, 32)  # 4x4 grid -> the 2x2 canvas of 8x8 slots
+    assert own["pos_embed"].shape == (1, 8 * 8, 32)  # 4x4 grid -> the 8x8 grid of a 64 px slot
     assert "cls_token" in report.ignored and "decoder_embed.weight" in report.ignored
     assert report.not_in_checkpoint == []
     same = interpolate_pos_embed(state["pos_embed"], 4, 4)

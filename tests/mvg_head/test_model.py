@@ -59,6 +59,15 @@ def test_autoregressive_label_cannot_see_later_pairs():
                 assert same == (label <= perturbed), (perturbed, label)
 
 
+def test_position_embedding_is_shared_by_slots(small_model):
+    pairs, grid = 2, small_model.config.grid
+    position = small_model.position_embedding(pairs)
+    assert position.shape == (1, pairs * 2 * grid**2, small_model.config.width)
+    x_first, y_first = position[0, 0], position[0, grid]  # first patch of the prompt image and of its label
+    slots = small_model.slot_embed[0]
+    assert torch.allclose(x_first - slots[0], y_first - slots[1])
+
+
 def test_predict_ignores_the_query_label_slot(small_model):
     images = sentence(batch=1)
     other = images.clone()
@@ -104,3 +113,16 @@ def test_sentence_with_fewer_prompts_than_max():
     model = MVGModel(dataclasses.replace(small_config(), max_prompts=3)).eval()
     for pairs in (2, 3, 4):
         assert model.predict(sentence(batch=1, pairs=pairs)).shape == (1, 3, 64, 64)
+
+
+def test_foreground_and_background_weigh_the_same(small_model):
+    images = torch.zeros(1, 4, 3, 64, 64)
+    images[:, 3, :, :8, :8] = 1.0  # a small structure (64 of 4096 pixels) on the query label
+    supervised = torch.zeros(1, 4, 1, 64, 64, dtype=torch.bool)
+    supervised[:, 3] = True
+    weights = small_model.pixel_weights(images, supervised)
+    foreground = weights[0, 3, 0, :8, :8].sum()
+    assert torch.isclose(foreground, weights[0, 3].sum() - foreground)
+    assert weights[:, :3].sum() == 0
+    plain = dataclasses.replace(small_model.config, balance_foreground=False)
+    assert torch.equal(MVGModel(plain).pixel_weights(images, supervised), supervised.float())
