@@ -173,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     segment.set_defaults(handler=command_segment)
     from mvg_head.cli import add_mvg_commands  # MVG engine: `segicl mvg`, `segicl mvg-eval`
     add_mvg_commands(commands)
+    from segicl.bench import add_bench_commands  # `segicl bench quality|speed|training|report`
+    add_bench_commands(commands, add_dataset_arguments, open_dataset, DEFAULT_WEIGHTS)
 
     for name, handler, help_text in (
         ("baseline", command_baseline, "copy-the-example baseline (k = 1) on the test split"),

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
 from segicl.baselines import predict_copy
-from segicl.metrics import dice
+from segicl.metrics import dice, hd95, iou
 
 
 @torch.no_grad()
@@ -24,27 +26,58 @@ def segment_episodes(model, episodes: list[Episode], num_steps: int, num_samples
     return samples.mean(dim=1).numpy(), samples.std(dim=1, unbiased=False).numpy()
 
 
+def overlap_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Dice, IoU and HD95 (in pixels of the model grid) of one binary prediction."""
+    return {"dice": dice(prediction, truth), "iou": iou(prediction, truth), "hd95": hd95(prediction, truth)}
+
+
+def score_episodes(model, sampler: EpisodeSampler, episodes: int, num_steps: int = 10, num_samples: int = 5,
+                   batch_size: int = 16, seed: int = 0, keep: int = 0,
+                   other_methods: dict[str, Callable[[list[Episode]], np.ndarray]] | None = None,
+                   progress: bool = False) -> tuple[list[dict], list]:
+    """Per-episode scores of SegICL, of the copy baseline (k >= 1) and of `other_methods` (name -> a function
+    mapping a list of episodes to one binary prediction [S, S] or None (no answer) per episode), all on the
+    SAME episodes.
+
+    Returns (records, kept): one record per episode {"task", "structure", "k", "<method>": {dice, iou, hd95}},
+    and up to `keep` (episode, probability, uncertainty) triples for overlays."""
+    generator = torch.Generator().manual_seed(seed)
+    records, kept = [], []
+    for first in tqdm(range(0, episodes, batch_size), desc="episodes", disable=None if progress else True):
+        chunk = [sampler[i] for i in range(first, min(first + batch_size, episodes))]
+        probabilities, spread = segment_episodes(model, chunk, num_steps, num_samples, generator)
+        others = {name: method(chunk) for name, method in (other_methods or {}).items()}
+        for index, (episode, probability, std) in enumerate(zip(chunk, probabilities, spread)):
+            truth = episode.query_mask[0]
+            record = {"task": episode.meta["task"], "structure": episode.structure, "k": episode.k,
+                      "segicl": overlap_scores((probability > 0.5).astype(np.float32), truth)}
+            if episode.k:
+                record["copy_example"] = overlap_scores(predict_copy(episode), truth)
+            for name, predictions in others.items():
+                if predictions[index] is not None:
+                    record[name] = overlap_scores(predictions[index], truth)
+            records.append(record)
+            if len(kept) < keep:
+                kept.append((episode, probability, std))
+    return records, kept
+
+
+def mean_score(records: list[dict], method: str, metric: str = "dice") -> float | None:
+    """Mean of one metric of one method over the records that have it (None when none has)."""
+    values = [r[method][metric] for r in records if method in r]
+    return float(np.mean(values)) if values else None
+
+
 def evaluate_episodes(model, dataset, config: EpisodeConfig, episodes: int, num_steps: int = 10,
                       num_samples: int = 5, batch_size: int = 16, seed: int = 0, keep: int = 0) -> dict:
     """Mean Dice of the model (and of the copy baseline when k >= 1) over `episodes` test episodes."""
-    sampler = EpisodeSampler(dataset, config)
-    generator = torch.Generator().manual_seed(seed)
-    scores, copy_scores, kept = [], [], []
     start = time.perf_counter()
-    for first in range(0, episodes, batch_size):
-        chunk = [sampler[i] for i in range(first, min(first + batch_size, episodes))]
-        probabilities, spread = segment_episodes(model, chunk, num_steps, num_samples, generator)
-        for episode, probability, std in zip(chunk, probabilities, spread):
-            truth = episode.query_mask[0]
-            scores.append(dice((probability > 0.5).astype(np.float32), truth))
-            if episode.k:
-                copy_scores.append(dice(predict_copy(episode), truth))
-            if len(kept) < keep:
-                kept.append((episode, probability, std))
-    result = {"dice": float(np.mean(scores)), "episodes": len(scores),
-              "seconds_per_episode": (time.perf_counter() - start) / max(len(scores), 1)}
-    if copy_scores:
-        result["copy_baseline_dice"] = float(np.mean(copy_scores))
+    records, kept = score_episodes(model, EpisodeSampler(dataset, config), episodes, num_steps, num_samples,
+                                   batch_size, seed, keep)
+    result = {"dice": mean_score(records, "segicl"), "episodes": len(records),
+              "seconds_per_episode": (time.perf_counter() - start) / max(len(records), 1)}
+    if any("copy_example" in r for r in records):
+        result["copy_baseline_dice"] = mean_score(records, "copy_example")
     if keep:
         result["examples"] = kept
     return result

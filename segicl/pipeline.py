@@ -131,12 +131,12 @@ class SegICLPipeline:
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
         example_images, example_masks = self.prepare_examples(examples, normalization)
         text_ids, _ = self.model.tokenize([text])
-        start = time.perf_counter()
-        example_image_tokens = self.model.image_tokens(example_images)
-        example_mask_tokens = self.model.image_tokens(example_masks)
-        timings["vision_s"] += time.perf_counter() - start
         cache = None
         if use_cache:
+            start = time.perf_counter()
+            example_image_tokens = self.model.image_tokens(example_images)
+            example_mask_tokens = self.model.image_tokens(example_masks)
+            timings["vision_s"] += time.perf_counter() - start
             start = time.perf_counter()
             cache = self.model.encoder.encode_prefix(text_ids.to(self.device), example_image_tokens, example_mask_tokens)
             timings["llm_s"] += time.perf_counter() - start
@@ -147,12 +147,14 @@ class SegICLPipeline:
             chunk = self._resize(normalized[first: first + batch_size], nearest=False).clamp(0, 1)
             start = time.perf_counter()
             query_tokens = self.model.image_tokens(chunk)
+            if cache is None:
+                per_slice_examples = self._per_slice_example_tokens(example_images, example_masks, query_tokens)
             timings["vision_s"] += time.perf_counter() - start
             start = time.perf_counter()
             if cache is not None:
                 states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
             else:
-                states = self._uncached_states(text_ids, example_image_tokens, example_mask_tokens, query_tokens)
+                states = self._uncached_states(text_ids, *per_slice_examples, query_tokens)
             condition = self.model.projector(states)
             timings["llm_s"] += time.perf_counter() - start
             start = time.perf_counter()
@@ -167,16 +169,23 @@ class SegICLPipeline:
         mask = (probabilities > threshold).astype(np.uint8)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
 
-    def _uncached_states(self, text_ids, example_image_tokens, example_mask_tokens, query_tokens) -> torch.Tensor:
-        """The LLM over the full sequence for every slice (what the cache saves)."""
-        count, k = query_tokens.shape[0], example_image_tokens.shape[0]
-        if k == 0:  # one all-invalid example slot: the encoder's batch layout needs K >= 1
-            example_image_tokens = example_mask_tokens = query_tokens.new_zeros(1, *query_tokens.shape[1:])
-        valid = torch.full((count, max(k, 1)), k > 0, dtype=torch.bool, device=self.device)
-        images = example_image_tokens[None].expand(count, -1, -1, -1)
-        masks = example_mask_tokens[None].expand(count, -1, -1, -1)
-        ids = text_ids.to(self.device).expand(count, -1)
-        return self.model.encoder(ids, torch.ones_like(ids), images, masks, valid, query_tokens)
+    def _per_slice_example_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
+                                  query_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Without the cache every slice encodes its own copy of the examples: tokens [count, K, N, H] (K >= 1:
+        the encoder's batch layout needs one slot, all-invalid when k = 0) and validity [count, K]."""
+        count, k = query_tokens.shape[0], example_images.shape[0]
+        if k == 0:
+            empty = torch.zeros_like(query_tokens[:, None])
+            return empty, empty, torch.zeros(count, 1, dtype=torch.bool, device=self.device)
+        tokens = [self.model.image_tokens(images.expand(count, *images.shape)) for images in (example_images, example_masks)]
+        return tokens[0], tokens[1], torch.ones(count, k, dtype=torch.bool, device=self.device)
+
+    def _uncached_states(self, text_ids, example_image_tokens, example_mask_tokens, valid, query_tokens
+                         ) -> torch.Tensor:
+        """The LLM over the full sequence of every slice (what the prefix cache saves)."""
+        ids = text_ids.to(self.device).expand(query_tokens.shape[0], -1)
+        return self.model.encoder(ids, torch.ones_like(ids), example_image_tokens, example_mask_tokens, valid,
+                                  query_tokens)
 
     def _to_input_grid(self, maps: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
         """[S, size, size] model-grid maps -> [S, H, W] on the query's grid."""

@@ -159,7 +159,9 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        values = {name: float(value.detach()) for name, value in losses.items()}
+        # Logged values are means over all processes, so a multi-process run logs the same quantity.
+        values = {name: float(accelerator.reduce(value.detach().reshape(1), "mean") if world > 1 else value.detach())
+                  for name, value in losses.items()}
         recent = (recent + [values])[-50:]
         if log and (step + 1) % args.log_every == 0:
             log.write(json.dumps({"step": step + 1, **values, "lr": lr_scheduler.get_last_lr()[0],

@@ -1,0 +1,201 @@
+"""`segicl bench {quality,speed,training,report}`: the benchmark commands, and the README "Results" section
+generated from their JSON files (never typed by hand)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+from pathlib import Path
+
+import psutil
+import torch
+
+BENCH_DIR = Path("runs/bench")
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_weights: Path) -> None:
+    """Register the bench family; `add_dataset_arguments`/`open_dataset` are the CLI's dataset flags and loader."""
+    bench = commands.add_parser("bench", help="benchmarks: quality, speed, training throughput, README results",
+                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+
+    quality = kinds.add_parser("quality", help="Dice/IoU/HD95 for k = 0, 1, 3, 5 beside copy, MVG, specialist UNet")
+    add_dataset_arguments(quality)
+    quality.add_argument("--episodes", type=int, default=48, help="test episodes per (structures, k) cell")
+    quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
+    quality.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
+    quality.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
+    quality.add_argument("--mvg", type=Path, default=REPO / "weights" / "mvg-tiny",
+                         help="MVG weights folder ('' to leave MVG out)")
+    quality.add_argument("--specialists", type=int, default=4,
+                         help="structures per group that get a specialist UNet (0: none)")
+    quality.add_argument("--specialist-seconds", type=float, default=90.0,
+                         help="training budget of each specialist UNet, in seconds")
+    quality.set_defaults(handler=command_quality)
+
+    speed = kinds.add_parser("speed", help="per-slice vision/LLM/decoder time with and without the example cache; "
+                                           "sampler steps and samples against Dice")
+    add_dataset_arguments(speed)
+    speed.add_argument("--slices", type=int, default=64, help="slices of the test volume (at least 64)")
+    speed.add_argument("--structure", default="brain/brain", help="task key whose examples are used")
+    speed.add_argument("--steps", type=int, default=10, help="decoder steps of the timed volume runs")
+    speed.add_argument("--samples", type=int, default=5, help="decoder samples of the timed volume runs")
+    speed.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    speed.add_argument("--episodes", type=int, default=48, help="held-out k=3 episodes of the sampler sweeps")
+    speed.add_argument("--min-area", type=int, default=64)
+    speed.set_defaults(handler=command_speed)
+
+    training = kinds.add_parser("training", help="stage 1/2 steps per second: 1 process vs DeepSpeed ZeRO-2 x 2")
+    training.add_argument("--steps", type=int, default=20, help="steps per run")
+    training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
+    training.set_defaults(handler=command_training)
+
+    report = kinds.add_parser("report", help="regenerate the README 'Results' section from runs/bench/*.json")
+    report.add_argument("--readme", type=Path, default=Path("README.md"))
+    report.set_defaults(handler=command_report)
+
+    for parser in (quality, speed, training):
+        parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
+        parser.add_argument("--seed", type=int, default=0)
+        parser.set_defaults(open_dataset=open_dataset)
+    for parser in (quality, speed, training, report):
+        parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
+
+
+def command_quality(args) -> int:
+    from segicl.bench_quality import run_quality
+
+    args.mvg = args.mvg if str(args.mvg) else None
+    result = run_quality(args, args.open_dataset(args))
+    print((args.out_dir / "quality.md").read_text())
+    return 0 if result else 1
+
+
+def command_speed(args) -> int:
+    from segicl.bench_speed import run_speed
+
+    if args.slices < 1:
+        raise ValueError(f"--slices must be >= 1, got {args.slices}")
+    result = run_speed(args, args.open_dataset(args))
+    print(json.dumps({k: result[k] for k in ("llm_ms_per_slice", "volume_s", "steps_dice", "ratios")}, indent=1))
+    return 0
+
+
+def command_training(args) -> int:
+    from segicl.bench_training import run_training
+
+    run_training(args)
+    return 0
+
+
+def command_report(args) -> int:
+    section = results_section(args.out_dir)
+    write_results(args.readme, section)
+    print(section)
+    return 0
+
+
+def hardware() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores available, {psutil.virtual_memory().total / 2**30:.0f} GiB "
+            f"RAM, no GPU; torch {torch.__version__}")
+
+
+def _read(folder: Path, name: str) -> dict | None:
+    path = folder / name
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def quality_lines(quality: dict) -> list[str]:
+    lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], "",
+             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | MVG (1 prompt) | specialist UNet |",
+             "|---|---|---|---|---|---|---|---|"]
+    for group in ("train_structures", "held_out_structures"):
+        row = quality[group]
+        value = lambda key: f"{row[key]:.3f}" if key in row else "n/a"  # noqa: E731
+        lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(f"{row['segicl'][k]:.3f}" for k in ("0", "1", "3", "5"))
+                     + f" | {value('copy_baseline')} | {value('mvg')} | {value('specialist_unet')} |")
+    lines += ["", "Mean Dice. The specialist column is over the episodes of the structures that got a specialist; "
+              "on those same episodes:", ""]
+    for group in ("train_structures", "held_out_structures"):
+        comparison = quality[group].get("specialist_comparison")
+        if comparison:
+            segicl = comparison["segicl_same_episodes"]
+            gap = comparison["specialist_unet"] - segicl["3"]
+            lines.append(f"- {group.replace('_', ' ')}: specialist UNet {comparison['specialist_unet']:.3f} vs SegICL "
+                         f"k=3 {segicl['3']:.3f} (gap {gap:+.3f}) on {comparison['episodes']} episodes of "
+                         f"{', '.join(comparison['structures'])}")
+    held = quality["held_out_structures"]["segicl"]
+    ordered = held["3"] > held["1"] > held["0"]
+    lines += ["", f"Held-out structures, k=3 > k=1 > k=0: **{'yes' if ordered else 'no'}** "
+              f"({held['0']:.3f} / {held['1']:.3f} / {held['3']:.3f}).", "", "![quality](runs/bench/quality.png)", ""]
+    return lines
+
+
+def speed_lines(speed: dict) -> list[str]:
+    runs, ratios = speed["per_run"], speed["ratios"]
+    lines = ["### Inference cost (`segicl bench speed`)", "", speed["setting"], "",
+             "| k | cache | vision ms/slice | LLM ms/slice | decoder ms/slice | volume s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for k in sorted(runs["cached"], key=int):
+        for label in ("cached", "uncached"):
+            row = runs[label][k]
+            lines.append(f"| {k} | {label} | {row['vision_ms_per_slice']:.2f} | {row['llm_ms_per_slice']:.2f} | "
+                         f"{row['decoder_ms_per_slice']:.1f} | {row['volume_s']:.2f} | {row['peak_rss_mib']:.0f} |")
+    steps = speed["steps_dice"]
+    samples = speed["samples"]
+    lines += ["", f"- LLM per slice with the cache, k=3 over k=0: **{ratios['llm_cached_k3_over_k0']:.2f}x** "
+              f"(target <= 1.3x).",
+              f"- Whole volume at k=3, without over with the cache: **{ratios['volume_uncached_over_cached_k3']:.2f}x** "
+              f"(target >= 3x); encoder part (vision + LLM) alone: {ratios['encoder_uncached_over_cached_k3']:.2f}x.",
+              "- Decoder steps vs Dice (held-out, k=3): " + ", ".join(f"{s}: {steps[s]:.3f}" for s in
+                                                                     sorted(steps, key=int, reverse=True)),
+              "- Samples vs Dice / uncertainty AUROC (spread over samples flagging wrong pixels): "
+              + ", ".join(f"{n}: {v['dice']:.3f} / {v['uncertainty_auroc']:.3f}" for n, v in samples.items()),
+              "", "![speed](runs/bench/speed.png)", ""]
+    return lines
+
+
+def training_lines(training: dict) -> list[str]:
+    lines = ["### Training throughput (`segicl bench training`)", "", training["setting"], "",
+             "| stage | setup | steps/s | loss (first third -> last third) |", "|---|---|---|---|"]
+    for stage in ("stage1", "stage2"):
+        for setup in ("single", "deepspeed_zero2"):
+            row = training[stage][setup]
+            lines.append(f"| {stage} | {setup} | {row['steps_per_s']:.3f} | {row['loss_first_third']:.3f} -> "
+                         f"{row['loss_last_third']:.3f} |")
+    lines += [""] + [f"- {stage}: DeepSpeed ZeRO-2 (2 x 1 thread) runs at "
+                     f"{training[stage]['deepspeed_over_single_speed']:.2f}x the single process's speed."
+                     for stage in ("stage1", "stage2")] + [""]
+    return lines
+
+
+def results_section(folder: Path) -> str:
+    """The README section, from whichever of quality/speed/training.json exist."""
+    parts = [RESULTS_START, "## Results", "",
+             f"Generated by `segicl bench report` from `{folder}/*.json` (do not edit by hand). Hardware: {hardware()}.",
+             "GPU (full-preset shapes): not measured, no GPU machine was available to this project.", ""]
+    for name, render in (("quality.json", quality_lines), ("speed.json", speed_lines),
+                         ("training.json", training_lines)):
+        data = _read(folder, name)
+        parts += render(data) if data else [f"_{name} not generated yet: run `segicl bench {name.split('.')[0]}`._", ""]
+    parts.append(RESULTS_END)
+    return "\n".join(parts)
+
+
+def write_results(readme: Path, section: str) -> None:
+    """Replace the section between the markers, or append it."""
+    text = readme.read_text() if readme.exists() else ""
+    pattern = re.compile(re.escape(RESULTS_START) + ".*?" + re.escape(RESULTS_END), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
+    readme.write_text(text)

@@ -1,0 +1,84 @@
+"""The benchmark commands: their JSON shapes, the README section they generate, and their helpers."""
+import json
+from argparse import Namespace
+
+import numpy as np
+import pytest
+
+from segicl.bench import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl.bench_speed import PeakMemory, uncertainty_auroc
+from segicl.bench_training import summarize_log
+from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+
+
+def test_uncertainty_auroc_ranks_wrong_pixels():
+    truth = np.zeros((1, 8, 8), np.float32)
+    probability = np.zeros((1, 8, 8), np.float32)
+    probability[0, :2] = 0.9  # two wrong rows
+    spread = np.zeros((1, 8, 8), np.float32)
+    spread[0, :2] = 0.4
+    assert uncertainty_auroc(probability, spread, truth) == pytest.approx(1.0)
+    assert uncertainty_auroc(probability, 0.4 - spread, truth) == pytest.approx(0.0)
+    assert np.isnan(uncertainty_auroc(truth, spread, truth))  # nothing wrong: undefined
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB
+        del block
+    with PeakMemory() as idle:
+        pass
+    assert memory.peak_mib > idle.peak_mib - 1 > 0
+
+
+def test_training_log_summary():
+    rows = [{"step": s, "loss": 1.0 / s, "elapsed_s": 10.0 + 2.0 * s} for s in range(1, 11)]
+    summary = summarize_log(rows, skip=2)
+    assert summary["steps_per_s"] == pytest.approx(0.5)
+    assert summary["loss_first_third"] > summary["loss_last_third"]
+    with pytest.raises(ValueError, match="logged steps"):
+        summarize_log(rows[:3], skip=2)
+
+
+def test_specialist_learns_one_structure(dataset):
+    images, masks = training_slices(dataset, "brain/brain", ("train",))
+    assert images.shape == masks.shape and images.shape[1:] == (1, 64, 64)
+    net, info = train_specialist(images, masks, SpecialistConfig(budget_s=600, max_steps=25, batch_size=8,
+                                                                 channels=(8, 16, 32)))
+    assert info["steps"] == 25 and info["last_loss"] < info["first_loss"]
+    prediction = predict_specialist(net, images[:4])
+    assert prediction.shape == (4, 64, 64) and set(np.unique(prediction)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="no slices"):
+        training_slices(dataset, "no/such_structure", ("train",))
+
+
+def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
+    from segicl.bench_quality import QUALITY_K, run_quality
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    args = Namespace(model=tmp_path / "model", mvg=None, episodes=2, min_area=64, steps=1, samples=1, specialists=1,
+                     specialist_seconds=1.0, seed=0, out_dir=tmp_path / "bench")
+    run_quality(args, dataset, log=lambda _: None)
+    result = json.loads((tmp_path / "bench" / "quality.json").read_text())
+    for group in ("train_structures", "held_out_structures"):
+        assert set(result[group]["segicl"]) == {str(k) for k in QUALITY_K}
+        assert 0 <= result[group]["copy_baseline"] <= 1 and 0 <= result[group]["specialist_unet"] <= 1
+        assert result[group]["per_structure"]
+    assert (tmp_path / "bench" / "quality.png").stat().st_size > 0
+    assert "| held out structures |" in (tmp_path / "bench" / "quality.md").read_text()
+
+
+def test_readme_results_are_generated_between_markers(tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps({
+        "setting": "2 steps", **{stage: {"single": {"steps_per_s": 1.0, "loss_first_third": 1.0, "loss_last_third": 0.5},
+                                         "deepspeed_zero2": {"steps_per_s": 0.8, "loss_first_third": 1.0,
+                                                             "loss_last_third": 0.5},
+                                         "deepspeed_over_single_speed": 0.8} for stage in ("stage1", "stage2")}}))
+    section = results_section(tmp_path)
+    assert "| stage1 | single | 1.000 |" in section and "quality.json not generated yet" in section
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n")
+    write_results(readme, section)
+    write_results(readme, section)  # idempotent: replaced, not appended twice
+    text = readme.read_text()
+    assert text.count(RESULTS_START) == 1 and text.count(RESULTS_END) == 1 and text.startswith("# Title")
