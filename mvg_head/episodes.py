@@ -246,7 +246,10 @@ class MVGEpisodeSampler:
             return data.mask(r, s).astype(np.int64)
 
         keys = [f"{task['label_set']}:{c}" for c in class_ids] if multiclass else [task["task"]]
-        table = colour_table(keys, o.colouring, rng, o.palette_levels)
+        # Colours from their own generator, drawn the same way for every colouring: the episodes (slices,
+        # transforms) of a random-colour and a pre-defined-colour evaluation are then identical.
+        colour_rng = np.random.default_rng(int(rng.integers(2**31)))
+        table = colour_table(keys, o.colouring, colour_rng, o.palette_levels)
         (p_image,), p_labels = self._transform([data.image(prompt_volume, p_slice)],
                                                labels_of(prompt_row, prompt_volume, p_slice), rng)
         (q_image,), q_labels = self._transform([data.image(task["volume"], query_slice)],
