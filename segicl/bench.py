@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+import shutil
 from pathlib import Path
 
 import psutil
@@ -93,6 +94,11 @@ def command_training(args) -> int:
 
 
 def command_report(args) -> int:
+    plots = args.readme.parent / "docs" / "results"  # the README's plots live in the repository, runs/ does not
+    plots.mkdir(parents=True, exist_ok=True)
+    for name in ("quality.png", "speed.png"):
+        if (args.out_dir / name).exists():
+            shutil.copyfile(args.out_dir / name, plots / name)
     section = results_section(args.out_dir)
     write_results(args.readme, section)
     print(section)
@@ -138,7 +144,7 @@ def quality_lines(quality: dict) -> list[str]:
     held = quality["held_out_structures"]["segicl"]
     ordered = held["3"] > held["1"] > held["0"]
     lines += ["", f"Held-out structures, k=3 > k=1 > k=0: **{'yes' if ordered else 'no'}** "
-              f"({held['0']:.3f} / {held['1']:.3f} / {held['3']:.3f}).", "", "![quality](runs/bench/quality.png)", ""]
+              f"({held['0']:.3f} / {held['1']:.3f} / {held['3']:.3f}).", "", "![quality](docs/results/quality.png)", ""]
     return lines
 
 
@@ -162,7 +168,7 @@ def speed_lines(speed: dict) -> list[str]:
                                                                      sorted(steps, key=int, reverse=True)),
               "- Samples vs Dice / uncertainty AUROC (spread over samples flagging wrong pixels): "
               + ", ".join(f"{n}: {v['dice']:.3f} / {v['uncertainty_auroc']:.3f}" for n, v in samples.items()),
-              "", "![speed](runs/bench/speed.png)", ""]
+              "", "![speed](docs/results/speed.png)", ""]
     return lines
 
 
