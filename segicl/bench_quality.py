@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler
+from mvg_head.model import CONFIG_NAME as MVG_CONFIG_NAME
 from segicl.evaluation import mean_score, score_episodes
 from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
@@ -126,25 +127,31 @@ def summarize(records: list[dict], specialist_tasks: list[str], specialist_info:
     return summary
 
 
-def write_markdown(path: Path, result: dict) -> None:
-    lines = ["# SegICL quality benchmark", "", result["setting"], "",
-             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | MVG (1 prompt) | specialist UNet* |",
+def quality_lines(quality: dict, plot: str = "docs/results/quality.png") -> list[str]:
+    """The quality table as markdown lines (quality.md and the README's Results section)."""
+    lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], "",
+             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | MVG (1 prompt) | specialist UNet |",
              "|---|---|---|---|---|---|---|---|"]
-    for group in GROUPS:
-        row = result[group]
-        cell = lambda key: f"{row[key]:.3f}" if key in row else "n/a"  # noqa: E731
-        lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(f"{row['segicl'][str(k)]:.3f}" for k in QUALITY_K)
-                     + f" | {cell('copy_baseline')} | {cell('mvg')} | {cell('specialist_unet')} |")
-    lines += ["", "Mean Dice over the same test episodes. *The specialist UNet is scored on the episodes of the "
-              "structures it was trained for; SegICL on those same episodes:", ""]
-    for group in GROUPS:
-        comparison = result[group].get("specialist_comparison")
+    for group in ("train_structures", "held_out_structures"):
+        row = quality[group]
+        value = lambda key: f"{row[key]:.3f}" if key in row else "n/a"  # noqa: E731
+        lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(f"{row['segicl'][k]:.3f}" for k in ("0", "1", "3", "5"))
+                     + f" | {value('copy_baseline')} | {value('mvg')} | {value('specialist_unet')} |")
+    lines += ["", "Mean Dice. The specialist column is over the episodes of the structures that got a specialist; "
+              "on those same episodes:", ""]
+    for group in ("train_structures", "held_out_structures"):
+        comparison = quality[group].get("specialist_comparison")
         if comparison:
             segicl = comparison["segicl_same_episodes"]
-            lines.append(f"- {group.replace('_', ' ')} ({', '.join(comparison['structures'])}; "
-                         f"{comparison['episodes']} episodes): specialist {comparison['specialist_unet']:.3f}, "
-                         f"SegICL k=1/3/5 {segicl['1']:.3f}/{segicl['3']:.3f}/{segicl['5']:.3f}")
-    path.write_text("\n".join(lines) + "\n")
+            gap = comparison["specialist_unet"] - segicl["3"]
+            lines.append(f"- {group.replace('_', ' ')}: specialist UNet {comparison['specialist_unet']:.3f} vs SegICL "
+                         f"k=3 {segicl['3']:.3f} (gap {gap:+.3f}) on {comparison['episodes']} episodes of "
+                         f"{', '.join(comparison['structures'])}")
+    held = quality["held_out_structures"]["segicl"]
+    ordered = held["3"] > held["1"] > held["0"]
+    lines += ["", f"Held-out structures, k=3 > k=1 > k=0: **{'yes' if ordered else 'no'}** "
+              f"({held['0']:.3f} / {held['1']:.3f} / {held['3']:.3f}).", "", f"![quality]({plot})", ""]
+    return lines
 
 
 def plot_curve(path: Path, result: dict) -> None:
@@ -179,7 +186,7 @@ def run_quality(args, dataset, log=print) -> dict:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = SegICLModel.from_pretrained(args.model).eval()
-    mvg = mvg_method(args.mvg) if args.mvg and (Path(args.mvg) / "mvg_config.json").exists() else None
+    mvg = mvg_method(args.mvg) if args.mvg and (Path(args.mvg) / MVG_CONFIG_NAME).exists() else None
     if args.mvg and mvg is None:
         log(f"  no MVG weights at {args.mvg}: MVG column left out")
     result: dict = {}
@@ -193,6 +200,6 @@ def run_quality(args, dataset, log=print) -> dict:
         f"Total {time.perf_counter() - start:.0f} s.")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "quality.json").write_text(json.dumps(result, indent=1))
-    write_markdown(args.out_dir / "quality.md", result)
+    (args.out_dir / "quality.md").write_text("\n".join(quality_lines(result, plot="quality.png")) + "\n")
     plot_curve(args.out_dir / "quality.png", result)
     return result
