@@ -179,7 +179,9 @@ class DatasetBuilder:
     def build(self, force: bool = False) -> Path:
         if (self.root / "manifest.jsonl").exists() and not force:
             return self.root
-        staging = self.root.with_name(self.root.name + ".partial")
+        # One staging folder per process: concurrent builds (a test run beside a demo, or the ranks of a
+        # multi-process training) must not write into each other's half-built folders.
+        staging = self.root.with_name(f"{self.root.name}.partial-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         structures = tasks.all_structures()
@@ -197,8 +199,21 @@ class DatasetBuilder:
         with (staging / "manifest.jsonl").open("w") as handle:
             for row in task_rows:
                 handle.write(json.dumps(row) + "\n")
+        return self._publish(staging, replace=force)
+
+    def _publish(self, staging: Path, replace: bool) -> Path:
+        """Move a finished build into place; unless `replace`, a complete build that another process
+        published meanwhile wins and this one is discarded."""
+        if (self.root / "manifest.jsonl").exists() and not replace:
+            shutil.rmtree(staging, ignore_errors=True)
+            return self.root
         shutil.rmtree(self.root, ignore_errors=True)
-        staging.rename(self.root)
+        try:
+            staging.rename(self.root)
+        except OSError:
+            if not (self.root / "manifest.jsonl").exists():
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
         return self.root
 
     def _build_volume(self, volume: str, structures: list[tasks.Structure], out: Path) -> tuple[dict, list[dict]]:

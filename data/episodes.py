@@ -53,7 +53,12 @@ class EpisodeConfig:
         position_tolerance: examples come from slices within this relative position of the query's,
             or the nearest slice when none is that close.
         transform: the spatial transform, or None for none.
-        seed: base seed; episode i is a function of (seed, i) only.
+        seed: base seed; episode i is a function of (seed, i) only. Episodes are NESTED in k: for the
+            same seed and index, the k-example episode's query (with its transform) and first examples
+            are those of the K-example episode, so cells with different k compare like with like.
+        anonymous_name_prob: probability that an episode with k >= 1 calls its structure by a made-up
+            name, so that only the examples say what to segment (as for held-out structures, whose
+            names the model never saw). Training only.
     """
 
     split: str = "train"
@@ -64,6 +69,7 @@ class EpisodeConfig:
     position_tolerance: float = 0.1
     transform: SpatialTransformConfig | None = field(default_factory=SpatialTransformConfig)
     seed: int = 0
+    anonymous_name_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -74,6 +80,8 @@ class EpisodeConfig:
             raise ValueError("training episodes can only use training structures (held-out ones never enter training)")
         if self.num_examples is not None and not 0 <= self.num_examples <= self.max_examples:
             raise ValueError(f"num_examples must be in 0..{self.max_examples}, got {self.num_examples}")
+        if not 0.0 <= self.anonymous_name_prob <= 1.0:
+            raise ValueError(f"anonymous_name_prob must be in [0, 1], got {self.anonymous_name_prob}")
 
 
 @dataclass
@@ -132,14 +140,18 @@ class EpisodeSampler:
         """The episode of a given query slice with k examples, randomness from `rng`."""
         data = self.dataset
         task = data.rows[query.row]
-        examples = self._choose_examples(query, k, rng)
+        # Always draw K examples and keep the first k: the random stream, hence the query and its
+        # transform, is then the same for every k (nested episodes).
+        examples = self._choose_examples(query, max(k, self.config.max_examples), rng)
         pairs = [(data.image(data.rows[r]["volume"], s), data.mask(r, s)) for r, s in examples]
         pairs = [self._transform(image, mask, rng) for image, mask in pairs]
+        examples, pairs = examples[:k], pairs[:k]
         query_image, query_mask = self._transform(data.image(task["volume"], query.slice), data.mask(query.row, query.slice), rng)
         template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
+        name = made_up_name(rng) if rng.random() < self.config.anonymous_name_prob and k else task["name"]
         size = data.resolution
         return Episode(
-            instruction=template.format(name=task["name"], modality=task["modality"]),
+            instruction=template.format(name=name, modality=task["modality"]),
             structure=task["name"],
             example_images=np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
             example_masks=np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
@@ -192,6 +204,18 @@ class EpisodeSampler:
             if new_mask.any():
                 return np.asarray(out["image"], dtype=np.float32), new_mask
         return image[None].astype(np.float32), mask[None].astype(np.float32)
+
+
+def made_up_name(rng: np.random.Generator) -> str:
+    """A pronounceable name of one or two words that names no structure ("the valdric norem")."""
+    consonants, vowels = "bdfgklmnprstvz", "aeiou"
+
+    def word() -> str:
+        syllables = int(rng.integers(2, 4))
+        return "".join(consonants[rng.integers(len(consonants))] + vowels[rng.integers(len(vowels))]
+                       for _ in range(syllables)) + consonants[rng.integers(len(consonants))]
+
+    return " ".join(word() for _ in range(int(rng.integers(1, 3))))
 
 
 def make_affine(config: SpatialTransformConfig, size: int) -> RandAffined:

@@ -37,6 +37,24 @@ class Projector(nn.Module):
                          bh=self.block, bw=self.block, d=self.token_dim)
 
 
+class ExamplePriorGate(nn.Module):
+    """LLM output-query states [B, M, H] -> weight in (0, 1) [B, grid*grid, 1] per condition token, in the
+    Projector's token order: how much that token follows the examples' fused mask instead of the LLM."""
+
+    def __init__(self, hidden: int, config: SegICLConfig):
+        super().__init__()
+        self.query_grid = config.query_grid
+        self.block = config.condition.grid // config.query_grid
+        self.linear = nn.Linear(hidden, self.block**2)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        logits = rearrange(self.linear(states), "b (qh qw) (bh bw) -> b (qh bh qw bw) 1", qh=self.query_grid,
+                           bh=self.block, bw=self.block)
+        return torch.sigmoid(logits)
+
+
 class SegICLModel(nn.Module):
     """Vision tower + multimodal encoder + projector (stage 2) and condition encoder + decoder (stage 1)."""
 
@@ -50,6 +68,13 @@ class SegICLModel(nn.Module):
         self.projector = projector
         self.condition_encoder = condition_encoder
         self.decoder = decoder
+        self.example_gate = ExamplePriorGate(encoder.hidden_size, config) if config.example_prior else None
+
+    def add_example_prior(self) -> None:
+        """Switch the example prior on for a model trained without it (its gate starts at 0.5 everywhere)."""
+        if self.example_gate is None:
+            self.config.example_prior = True
+            self.example_gate = ExamplePriorGate(self.encoder.hidden_size, self.config)
 
     @classmethod
     def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
@@ -89,7 +114,34 @@ class SegICLModel(nn.Module):
             example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
         states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                               self.image_tokens(query_image))
-        return self.projector(states)
+        return self.condition_from_states(states, self.example_prior_tokens(example_masks, example_valid),
+                                          example_valid.any(dim=1))
+
+    @torch.no_grad()
+    def example_prior_tokens(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
+        """The frozen condition encoder's tokens of the union of each sample's valid example masks [B, T, D]
+        (the empty mask's tokens where a sample has none); None when the model has no example prior."""
+        if self.example_gate is None:
+            return None
+        valid = example_valid[..., None, None, None].to(example_masks.dtype)
+        if example_masks.shape[1] == 0:
+            union = example_masks.new_zeros(example_masks.shape[0], *example_masks.shape[2:])
+        else:
+            union = (example_masks * valid).amax(dim=1)
+        return self.condition_encoder(union)
+
+    def condition_from_states(self, states: torch.Tensor, prior: torch.Tensor | None = None,
+                              has_examples: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition tokens from the output-query states: the projection, mixed with the example prior
+        (per-token gate) for the samples that have examples. `has_examples` [B] defaults to "prior given"
+        where `prior` is not None; pass it when some samples of a batch have k = 0."""
+        projected = self.projector(states)
+        if prior is None or self.example_gate is None:
+            return projected
+        gate = self.example_gate(states)
+        if has_examples is not None:
+            gate = gate * has_examples.to(gate.dtype)[:, None, None]
+        return projected + gate * (prior - projected)
 
     # ------------------------------------------------------------------ persistence
     def _excluded_prefixes(self) -> tuple[str, ...]:

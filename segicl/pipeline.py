@@ -131,6 +131,8 @@ class SegICLPipeline:
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
         example_images, example_masks = self.prepare_examples(examples, normalization)
         text_ids, _ = self.model.tokenize([text])
+        prior = self.model.example_prior_tokens(example_masks[None], torch.ones(1, len(example_masks), dtype=torch.bool,
+                                                                                 device=self.device)) if len(examples) else None
         cache = None
         if use_cache:
             start = time.perf_counter()
@@ -155,7 +157,8 @@ class SegICLPipeline:
                 states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
             else:
                 states = self._uncached_states(text_ids, *per_slice_examples, query_tokens)
-            condition = self.model.projector(states)
+            condition = self.model.condition_from_states(
+                states, None if prior is None else prior.expand(states.shape[0], -1, -1))
             timings["llm_s"] += time.perf_counter() - start
             start = time.perf_counter()
             samples = self.model.decoder.sample(condition, num_steps, num_samples, generator, scheduler)

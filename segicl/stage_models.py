@@ -30,6 +30,8 @@ def set_stage2_trainable(model: SegICLModel) -> None:
     for name, parameter in model.encoder.llm.named_parameters():
         parameter.requires_grad_("lora_" in name or train_base)
     model.projector.requires_grad_(True)
+    if model.example_gate is not None:
+        model.example_gate.requires_grad_(True)
 
 
 class Stage1Model(nn.Module):

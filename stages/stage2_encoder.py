@@ -29,18 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra loss weight of condition tokens whose patch holds foreground")
     parser.add_argument("--decoder-loss-weight", type=float, default=0.0,
                         help="weight of the frozen decoder's reconstruction loss on the predicted tokens (0: off)")
+    parser.add_argument("--anonymous-name-prob", type=float, default=0.0,
+                        help="probability that an episode with examples names its structure with a made-up word, "
+                             "so that only the examples say what to segment")
+    parser.add_argument("--example-prior", action="store_true",
+                        help="add the example prior (gate over the union of the example masks) to an --init model "
+                             "trained without it")
     parser.add_argument("--data-seed", type=int, default=0)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage2"))
     return parser
 
 
-def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int):
+def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
+                    anonymous_name_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
     from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
-                                                    seed=seed))
+                                                    seed=seed, anonymous_name_prob=anonymous_name_prob))
 
     def make_batch(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * batch_size
@@ -63,10 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = make_accelerator()
     torch.manual_seed(training.seed)
     model = SegICLModel.from_pretrained(args.init)
+    if args.example_prior:
+        model.add_example_prior()
     dataset = SliceDataset.build(DatasetConfig(resolution=model.config.condition.mask_size, seed=args.data_seed),
                                  progress=accelerator.is_main_process)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
-    make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed)
+    make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
+                                 args.anonymous_name_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

@@ -112,3 +112,24 @@ def test_config_round_trips_through_the_folder(dataset):
     saved = json.loads((dataset.root / "config.json").read_text())
     assert saved["resolution"] == dataset.config.resolution == 64
     assert dataset.config.folder_name() == dataset.root.name
+
+
+def _finished_staging(builder: DatasetBuilder, name: str, marker: str):
+    staging = builder.root.with_name(name)
+    staging.mkdir(parents=True)
+    (staging / "manifest.jsonl").write_text(marker)
+    return staging
+
+
+def test_concurrent_builds_publish_one_complete_folder(tmp_path):
+    """Each process stages in its own folder; the first complete build published stays, later ones are dropped."""
+    builder = DatasetBuilder(DatasetConfig(), tmp_path, progress=False)
+    first = _finished_staging(builder, "first.partial", "first")
+    second = _finished_staging(builder, "second.partial", "second")
+    assert builder._publish(first, replace=False) == builder.root
+    assert builder._publish(second, replace=False) == builder.root
+    assert (builder.root / "manifest.jsonl").read_text() == "first"
+    assert not first.exists() and not second.exists()
+    forced = _finished_staging(builder, "forced.partial", "forced")
+    builder._publish(forced, replace=True)
+    assert (builder.root / "manifest.jsonl").read_text() == "forced"

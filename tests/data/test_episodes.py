@@ -94,3 +94,46 @@ def test_collate_pads_variable_k(dataset):
 def test_bad_episode_config_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         EpisodeConfig(**kwargs)
+
+
+def test_episodes_are_nested_in_k(dataset):
+    """The same index gives the same query (and transform) for every k, and k=1's example is k=3's first."""
+    samplers = {k: EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=k,
+                                                         max_examples=3, min_area=20, seed=5)) for k in (0, 1, 3)}
+    for index in range(4):
+        episodes = {k: sampler[index] for k, sampler in samplers.items()}
+        for k in (1, 3):
+            np.testing.assert_array_equal(episodes[k].query_image, episodes[0].query_image)
+            np.testing.assert_array_equal(episodes[k].query_mask, episodes[0].query_mask)
+        np.testing.assert_array_equal(episodes[3].example_masks[:1], episodes[1].example_masks)
+        np.testing.assert_array_equal(episodes[3].example_images[:1], episodes[1].example_images)
+        assert episodes[3].meta["examples"][:1] == episodes[1].meta["examples"]
+
+
+def test_anonymous_names_replace_the_structure_only_when_examples_show_it(dataset):
+    always = EpisodeSampler(dataset, EpisodeConfig(anonymous_name_prob=1.0, seed=2))
+    never = EpisodeSampler(dataset, EpisodeConfig(anonymous_name_prob=0.0, seed=2))
+    renamed = 0
+    for index in range(30):
+        episode, named = always[index], never[index]
+        np.testing.assert_array_equal(episode.query_mask, named.query_mask)
+        assert episode.structure == named.structure and named.structure in named.instruction
+        if episode.k == 0:
+            assert episode.instruction == named.instruction
+        else:
+            renamed += episode.structure not in episode.instruction
+    assert renamed >= 10
+
+
+def test_made_up_names_are_words_and_deterministic():
+    from data.episodes import made_up_name
+
+    names = [made_up_name(np.random.default_rng(seed)) for seed in range(20)]
+    assert names == [made_up_name(np.random.default_rng(seed)) for seed in range(20)]
+    assert len(set(names)) == 20
+    assert all(1 <= len(n.split()) <= 2 and n.replace(" ", "").isalpha() for n in names)
+
+
+def test_anonymous_name_probability_is_checked():
+    with pytest.raises(ValueError, match="anonymous_name_prob"):
+        EpisodeConfig(anonymous_name_prob=1.5)

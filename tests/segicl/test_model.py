@@ -62,3 +62,51 @@ def test_load_refuses_missing_and_foreign_weights(tiny_model, tmp_path):
     save_file(state, folder / "model.safetensors")
     with pytest.raises(ValueError, match="lacks weights"):
         SegICLModel.from_pretrained(folder)
+
+
+def mixed_k_batch(model):
+    """Sample 0 has k = 2 (its third slot invalid, holding a different mask), sample 1 has k = 0."""
+    batch = episode_batch(model, 3)
+    batch["example_valid"] = torch.tensor([[True, True, False], [False, False, False]])
+    return batch
+
+
+def test_example_prior_follows_the_gate(tiny_model):
+    batch = mixed_k_batch(tiny_model)
+    gate = tiny_model.example_gate.linear
+    union = batch["example_masks"][0, :2].amax(dim=0, keepdim=True)
+    with torch.no_grad():
+        states = tiny_model.encoder(batch["text_ids"], batch["text_mask"],
+                                    tiny_model.image_tokens(batch["example_images"]),
+                                    tiny_model.image_tokens(batch["example_masks"]), batch["example_valid"],
+                                    tiny_model.image_tokens(batch["query_image"]))
+        projected = tiny_model.projector(states)
+        try:
+            for bias, expected_first in ((30.0, tiny_model.condition_encoder(union)[0]), (-30.0, projected[0])):
+                gate.bias.fill_(bias)
+                tokens = tiny_model.predict_condition_tokens(**batch)
+                torch.testing.assert_close(tokens[0], expected_first, atol=1e-5, rtol=0)
+                torch.testing.assert_close(tokens[1], projected[1])  # k = 0: the prior never enters
+            gate.bias.zero_()
+            halfway = tiny_model.predict_condition_tokens(**batch)[0]
+            torch.testing.assert_close(halfway, 0.5 * (projected[0] + tiny_model.condition_encoder(union)[0]))
+        finally:
+            gate.bias.zero_()
+
+
+def test_example_prior_can_be_switched_off_and_added(tokenizer):
+    from segicl.config import tiny_config
+
+    config = tiny_config()
+    config.example_prior = False
+    model = SegICLModel.from_config(config, tokenizer).eval()
+    assert model.example_gate is None
+    batch = mixed_k_batch(model)
+    with torch.no_grad():
+        assert model.example_prior_tokens(batch["example_masks"], batch["example_valid"]) is None
+        before = model.predict_condition_tokens(**batch)
+        model.add_example_prior()
+        after = model.predict_condition_tokens(**batch)
+    assert model.config.example_prior and model.example_gate is not None
+    torch.testing.assert_close(after[1], before[1])
+    assert not torch.allclose(after[0], before[0])
