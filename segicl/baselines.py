@@ -30,6 +30,13 @@ def predict_copy(episode: Episode) -> np.ndarray:
     return copy_example_baseline(episode.example_masks[0], episode.query_mask.shape[-2:])
 
 
+def predict_union(episode: Episode) -> np.ndarray:
+    """Label fusion of all examples: the union of their masks (the example prior's mask; k >= 1)."""
+    if episode.k == 0:
+        raise ValueError("the union-of-examples baseline needs at least one example (k >= 1)")
+    return np.stack([copy_example_baseline(mask, episode.query_mask.shape[-2:]) for mask in episode.example_masks]).max(0)
+
+
 def evaluate_copy_baseline(dataset: SliceDataset, config: EpisodeConfig, episodes: int = 200,
                            progress: bool = False) -> dict:
     """Mean Dice of the copy baseline over `episodes` test episodes drawn with `config` (k forced to >= 1)."""

@@ -46,6 +46,8 @@ def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_we
     speed.add_argument("--steps", type=int, default=10, help="decoder steps of the timed volume runs")
     speed.add_argument("--samples", type=int, default=5, help="decoder samples of the timed volume runs")
     speed.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    speed.add_argument("--repeats", type=int, default=3,
+                       help="timed runs of every volume setting, interleaved; the median of each is reported")
     speed.add_argument("--episodes", type=int, default=48, help="held-out k=3 episodes of the sampler sweeps")
     speed.add_argument("--min-area", type=int, default=64)
     speed.set_defaults(handler=command_speed)

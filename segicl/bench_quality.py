@@ -3,7 +3,8 @@
 For training structures and for held-out structures, and k in {0, 1, 3, 5}, every method is scored on the
 SAME test episodes (held-out subject, independent random affines on examples and query):
 - SegICL (the trained pipeline; k = 5 is beyond the K = 3 it was trained with: extrapolation),
-- the copy-example baseline (first example's mask),
+- the copy-example baseline (first example's mask) and, at k = 3, the union of the examples' masks (label
+  fusion: the mask behind SegICL's example prior),
 - MVG (its first example as the prompt pair, the paper's one in-context sample), when weights are given,
 - a specialist MONAI UNet per structure (`segicl.specialist`) for the `specialists` most frequent
   structures of the test episodes, each trained with the same CPU time budget; it is compared with SegICL
@@ -109,7 +110,8 @@ def run_group(model, dataset, structures: str, args, mvg, log) -> tuple[dict, li
 def summarize(records: list[dict], specialist_tasks: list[str], specialist_info: dict) -> dict:
     by_k = {k: [r for r in records if r["k"] == k] for k in QUALITY_K}
     summary = {"segicl": {str(k): round(mean_score(rows, "segicl"), 4) for k, rows in by_k.items()},
-               "copy_baseline": round(mean_score(by_k[1], "copy_example"), 4)}
+               "copy_baseline": round(mean_score(by_k[1], "copy_example"), 4),
+               "union_baseline": round(mean_score(by_k[3], "union_examples"), 4)}
     for metric in ("iou", "hd95"):
         summary[f"segicl_{metric}"] = {str(k): round(mean_score(rows, "segicl", metric), 4) for k, rows in by_k.items()}
     if mean_score(by_k[1], "mvg") is not None:
@@ -130,13 +132,15 @@ def summarize(records: list[dict], specialist_tasks: list[str], specialist_info:
 def quality_lines(quality: dict, plot: str = "docs/results/quality.png") -> list[str]:
     """The quality table as markdown lines (quality.md and the README's Results section)."""
     lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], "",
-             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | MVG (1 prompt) | specialist UNet |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | union of 3 examples | MVG (1 prompt) "
+             "| specialist UNet |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for group in ("train_structures", "held_out_structures"):
         row = quality[group]
         value = lambda key: f"{row[key]:.3f}" if key in row else "n/a"  # noqa: E731
         lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(f"{row['segicl'][k]:.3f}" for k in ("0", "1", "3", "5"))
-                     + f" | {value('copy_baseline')} | {value('mvg')} | {value('specialist_unet')} |")
+                     + f" | {value('copy_baseline')} | {value('union_baseline')} | {value('mvg')} "
+                       f"| {value('specialist_unet')} |")
     lines += ["", "Mean Dice. The specialist column is over the episodes of the structures that got a specialist; "
               "on those same episodes:", ""]
     for group in ("train_structures", "held_out_structures"):
@@ -168,6 +172,8 @@ def plot_curve(path: Path, result: dict) -> None:
                                   ("specialist_unet", "specialist UNet", ":")):
             if key in row:
                 axis.plot([1, max(QUALITY_K)], [row[key]] * 2, style, label=label)
+        if "union_baseline" in row:
+            axis.plot([3], [row["union_baseline"]], "s", label="union of 3 examples")
         axis.set_title(group.replace("_", " "))
         axis.set_xlabel("examples k")
         axis.set_xticks(QUALITY_K)

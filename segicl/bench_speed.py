@@ -4,7 +4,8 @@ All settings run in ONE process on the same inputs, so their ratios are meaningf
 - a 3-D volume (the held-out subject, `--slices` middle axial slices) at k = 0, 1, 3, with and without the
   example cache (cache: example vision tokens + the LLM prefix KV computed once per volume; without it,
   every slice encodes its examples and runs the LLM over its whole sequence): per-slice vision / LLM /
-  decoder milliseconds, the whole-volume seconds and the peak resident memory of each run;
+  decoder milliseconds, the whole-volume seconds and the peak resident memory, each the median of
+  `--repeats` runs interleaved across the settings;
 - decoder steps in {50, 20, 10, 5} against Dice, and samples in {1, 3, 5} against Dice and against how well
   the per-pixel spread over samples flags the wrong pixels (AUROC; one sample has no spread: 0.5), on the
   same held-out test episodes at k = 3.
@@ -80,6 +81,32 @@ def time_volume(pipeline, query, text: str, examples, use_cache: bool, args) -> 
             "peak_rss_mib": memory.peak_mib}
 
 
+def median_run(runs: list[dict]) -> dict:
+    """The per-key median of repeated timings (peak memory: the maximum), with the repeat count."""
+    merged = {key: round(float(np.median([run[key] for run in runs])), 3) for key in runs[0] if key != "peak_rss_mib"}
+    return {**merged, "peak_rss_mib": max(run["peak_rss_mib"] for run in runs), "repeats": len(runs)}
+
+
+def time_volumes(pipeline, dataset, args, log) -> dict:
+    """Every (cache, k) volume setting timed `args.repeats` times, interleaved so that a slow spell of the
+    machine hits all settings alike; the median of each setting."""
+    settings = []
+    for k in SPEED_K:
+        query, examples, name = volume_and_examples(dataset, args.structure, args.slices, k)
+        text = f"Segment the {name} in this T1-weighted MRI slice."
+        settings += [(label, k, query, text, examples, use_cache) for label, use_cache in (("cached", True),
+                                                                                            ("uncached", False))]
+    runs: dict = {}
+    for _ in range(args.repeats):
+        for label, k, query, text, examples, use_cache in settings:
+            runs.setdefault((label, k), []).append(time_volume(pipeline, query, text, examples, use_cache, args))
+    volumes: dict = {"cached": {}, "uncached": {}}
+    for (label, k), rows in runs.items():
+        volumes[label][str(k)] = median_run(rows)
+        log(f"  k={k} {label:8s}: " + ", ".join(f"{key} {value}" for key, value in volumes[label][str(k)].items()))
+    return volumes
+
+
 def uncertainty_auroc(probabilities: np.ndarray, spread: np.ndarray, truths: np.ndarray) -> float:
     """How well the spread ranks wrong pixels above right ones (0.5 = no better than chance)."""
     wrong = torch.from_numpy((probabilities > 0.5) != (truths > 0.5)).flatten().long()
@@ -112,16 +139,10 @@ def run_speed(args, dataset, log=print) -> dict:
 
     start = time.perf_counter()
     pipeline = SegICLPipeline.from_pretrained(args.model)
-    volumes: dict = {"cached": {}, "uncached": {}}
     query, examples, _ = volume_and_examples(dataset, args.structure, 2, max(SPEED_K))
     for use_cache in (True, False):  # warm-up: first calls pay one-off allocation and kernel selection
         pipeline(query, "warm up", examples, num_samples=1, num_steps=1, use_cache=use_cache, normalization="none")
-    for k in SPEED_K:
-        query, examples, name = volume_and_examples(dataset, args.structure, args.slices, k)
-        text = f"Segment the {name} in this T1-weighted MRI slice."
-        for label, use_cache in (("cached", True), ("uncached", False)):
-            volumes[label][str(k)] = time_volume(pipeline, query, text, examples, use_cache, args)
-            log(f"  k={k} {label:8s}: " + ", ".join(f"{key} {value}" for key, value in volumes[label][str(k)].items()))
+    volumes = time_volumes(pipeline, dataset, args, log)
     steps = {str(s): sampler_quality(pipeline.model, dataset, args, s, args.samples)["dice"] for s in STEPS}
     log("  Dice by decoder steps: " + ", ".join(f"{s}: {d:.3f}" for s, d in steps.items()))
     samples = {str(n): sampler_quality(pipeline.model, dataset, args, args.steps, n) for n in SAMPLES}
@@ -147,7 +168,8 @@ def run_speed(args, dataset, log=print) -> dict:
         "peak_rss_mib": max(row["peak_rss_mib"] for rows in volumes.values() for row in rows.values()),
         "setting": (f"Model `{args.model}`; volume: {args.slices} axial slices of the held-out subject at "
                     f"{pipeline.size} px, examples of {args.structure}, batches of {args.batch_size} slices, decoder "
-                    f"{args.steps} steps x {args.samples} samples; sampler sweeps on {args.episodes} held-out k=3 "
+                    f"{args.steps} steps x {args.samples} samples, median of {args.repeats} interleaved runs per "
+                    f"setting; sampler sweeps on {args.episodes} held-out k=3 "
                     f"test episodes; {torch.get_num_threads()} CPU threads. Total "
                     f"{time.perf_counter() - start:.0f} s."),
     }

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
-from segicl.baselines import predict_copy
+from segicl.baselines import predict_copy, predict_union
 from segicl.metrics import dice, hd95, iou
 
 
@@ -35,9 +35,9 @@ def score_episodes(model, sampler: EpisodeSampler, episodes: int, num_steps: int
                    batch_size: int = 16, seed: int = 0, keep: int = 0,
                    other_methods: dict[str, Callable[[list[Episode]], np.ndarray]] | None = None,
                    progress: bool = False) -> tuple[list[dict], list]:
-    """Per-episode scores of SegICL, of the copy baseline (k >= 1) and of `other_methods` (name -> a function
-    mapping a list of episodes to one binary prediction [S, S] or None (no answer) per episode), all on the
-    SAME episodes.
+    """Per-episode scores of SegICL, of the copy and union-of-examples baselines (k >= 1) and of `other_methods`
+    (name -> a function mapping a list of episodes to one binary prediction [S, S] or None (no answer) per
+    episode), all on the SAME episodes.
 
     Returns (records, kept): one record per episode {"task", "structure", "k", "<method>": {dice, iou, hd95}},
     and up to `keep` (episode, probability, uncertainty) triples for overlays."""
@@ -53,6 +53,7 @@ def score_episodes(model, sampler: EpisodeSampler, episodes: int, num_steps: int
                       "segicl": overlap_scores((probability > 0.5).astype(np.float32), truth)}
             if episode.k:
                 record["copy_example"] = overlap_scores(predict_copy(episode), truth)
+                record["union_examples"] = overlap_scores(predict_union(episode), truth)
             for name, predictions in others.items():
                 if predictions[index] is not None:
                     record[name] = overlap_scores(predictions[index], truth)
@@ -70,7 +71,7 @@ def mean_score(records: list[dict], method: str, metric: str = "dice") -> float 
 
 def evaluate_episodes(model, dataset, config: EpisodeConfig, episodes: int, num_steps: int = 10,
                       num_samples: int = 5, batch_size: int = 16, seed: int = 0, keep: int = 0) -> dict:
-    """Mean Dice of the model (and of the copy baseline when k >= 1) over `episodes` test episodes."""
+    """Mean Dice of the model (and of the copy and union baselines when k >= 1) over `episodes` test episodes."""
     start = time.perf_counter()
     records, kept = score_episodes(model, EpisodeSampler(dataset, config), episodes, num_steps, num_samples,
                                    batch_size, seed, keep)
@@ -78,6 +79,7 @@ def evaluate_episodes(model, dataset, config: EpisodeConfig, episodes: int, num_
               "seconds_per_episode": (time.perf_counter() - start) / max(len(records), 1)}
     if any("copy_example" in r for r in records):
         result["copy_baseline_dice"] = mean_score(records, "copy_example")
+        result["union_baseline_dice"] = mean_score(records, "union_examples")
     if keep:
         result["examples"] = kept
     return result

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from data.episodes import Episode, EpisodeConfig
-from segicl.baselines import copy_example_baseline, evaluate_copy_baseline, predict_copy
+from segicl.baselines import copy_example_baseline, evaluate_copy_baseline, predict_copy, predict_union
 
 
 def test_copy_resamples_to_the_query_grid():
@@ -27,3 +27,17 @@ def test_copy_baseline_falls_under_transforms(dataset):
     moved = evaluate_copy_baseline(dataset, EpisodeConfig(split="test", num_examples=1, min_area=20), 60)
     assert plain["episodes"] == moved["episodes"] == 60
     assert 0.0 < moved["mean_dice"] < plain["mean_dice"] < 1.0
+
+
+def test_union_of_examples_is_the_pixelwise_or_on_the_query_grid():
+    masks = np.zeros((2, 1, 8, 8), np.float32)
+    masks[0, 0, :2, :2] = 1
+    masks[1, 0, 6:, 6:] = 1
+    episode = Episode("x", "x", np.zeros((2, 1, 8, 8)), masks, np.zeros((1, 16, 16)), np.zeros((1, 16, 16)), {})
+    union = predict_union(episode)
+    assert union.shape == (16, 16) and union.sum() == 4 * masks.sum()
+    assert union[:4, :4].all() and union[12:, 12:].all() and not union[4:12].any()
+    np.testing.assert_array_equal(predict_union(Episode("x", "x", masks[:1], masks[:1], masks[0], masks[0], {})),
+                                  masks[0, 0])
+    with pytest.raises(ValueError, match="at least one example"):
+        predict_union(Episode("x", "x", masks[:0], masks[:0], masks[0], masks[0], {}))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segicl.bench import RESULTS_END, RESULTS_START, results_section, write_results
-from segicl.bench_speed import PeakMemory, uncertainty_auroc
+from segicl.bench_speed import PeakMemory, median_run, uncertainty_auroc
 from segicl.bench_training import summarize_log
 from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
@@ -29,6 +29,27 @@ def test_peak_memory_sees_an_allocation():
     with PeakMemory() as idle:
         pass
     assert memory.peak_mib > idle.peak_mib - 1 > 0
+
+
+def test_median_run_takes_the_median_timing_and_the_peak_memory():
+    runs = [{"llm_ms_per_slice": v, "volume_s": 10 * v, "peak_rss_mib": m} for v, m in ((3.0, 100), (1.0, 300), (2.0, 200))]
+    assert median_run(runs) == {"llm_ms_per_slice": 2.0, "volume_s": 20.0, "peak_rss_mib": 300, "repeats": 3}
+
+
+def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
+    from segicl.bench_speed import SPEED_K, STEPS, run_speed
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,
+                     repeats=2, episodes=2, min_area=64, seed=0, out_dir=tmp_path / "bench")
+    run_speed(args, dataset, log=lambda _: None)
+    result = json.loads((tmp_path / "bench" / "speed.json").read_text())
+    for label in ("cached", "uncached"):
+        assert set(result["llm_ms_per_slice"][label]) == {str(k) for k in SPEED_K}
+        assert all(run["repeats"] == 2 for run in result["per_run"][label].values())
+    assert set(result["volume_s"]) == {"cached_k3", "uncached_k3"} and min(result["volume_s"].values()) > 0
+    assert set(result["steps_dice"]) == {str(s) for s in STEPS}
+    assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
 
 
 def test_training_log_summary():
@@ -63,6 +84,7 @@ def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pa
     for group in ("train_structures", "held_out_structures"):
         assert set(result[group]["segicl"]) == {str(k) for k in QUALITY_K}
         assert 0 <= result[group]["copy_baseline"] <= 1 and 0 <= result[group]["specialist_unet"] <= 1
+        assert 0 <= result[group]["union_baseline"] <= 1
         assert result[group]["per_structure"]
     assert (tmp_path / "bench" / "quality.png").stat().st_size > 0
     assert "| held out structures |" in (tmp_path / "bench" / "quality.md").read_text()

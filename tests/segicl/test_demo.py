@@ -16,6 +16,7 @@ def test_demo_report_has_the_promised_keys(dataset, tiny_model, tmp_path):
     for structures in ("train_structures", "held_out_structures"):
         assert set(report["dice"][structures]) == {"0", "1", "3"}
         assert 0.0 < report["copy_baseline"][structures] <= 1.0
+        assert 0.0 < report["union_baseline"][structures] <= 1.0
     assert report["wall_time_s"] > 0
     assert len(list((tmp_path / "demo" / "overlays").glob("*.png"))) == 6
     assert "| held out structures |" in (tmp_path / "demo" / "report.md").read_text()
