@@ -57,8 +57,8 @@ class EpisodeConfig:
             same seed and index, the k-example episode's query (with its transform) and first examples
             are those of the K-example episode, so cells with different k compare like with like.
         anonymous_name_prob: probability that an episode with k >= 1 calls its structure by a made-up
-            name, so that only the examples say what to segment (as for held-out structures, whose
-            names the model never saw). Training only.
+            name (`made_up_name`: training-name words in a new combination), so that only the examples
+            say what to segment, as for held-out structures, whose names the model never saw. Training only.
     """
 
     split: str = "train"
@@ -121,6 +121,7 @@ class EpisodeSampler:
         if not self.queries:
             raise ValueError(f"no query slices for {config} in {dataset.root}")
         self._rows_of_queries = sorted({q.row for q in self.queries})
+        self._training_names = sorted({row["name"] for row in dataset.rows if not row["held_out"]})
         self._queries_by_row: dict[int, list[TaskSlice]] = {}
         for query in self.queries:
             self._queries_by_row.setdefault(query.row, []).append(query)
@@ -148,7 +149,8 @@ class EpisodeSampler:
         examples, pairs = examples[:k], pairs[:k]
         query_image, query_mask = self._transform(data.image(task["volume"], query.slice), data.mask(query.row, query.slice), rng)
         template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
-        name = made_up_name(rng) if rng.random() < self.config.anonymous_name_prob and k else task["name"]
+        anonymous = rng.random() < self.config.anonymous_name_prob and k
+        name = made_up_name(rng, self._training_names) if anonymous else task["name"]
         size = data.resolution
         return Episode(
             instruction=template.format(name=name, modality=task["modality"]),
@@ -206,16 +208,23 @@ class EpisodeSampler:
         return image[None].astype(np.float32), mask[None].astype(np.float32)
 
 
-def made_up_name(rng: np.random.Generator) -> str:
-    """A pronounceable name of one or two words that names no structure ("the valdric norem")."""
-    consonants, vowels = "bdfgklmnprstvz", "aeiou"
-
-    def word() -> str:
-        syllables = int(rng.integers(2, 4))
-        return "".join(consonants[rng.integers(len(consonants))] + vowels[rng.integers(len(vowels))]
-                       for _ in range(syllables)) + consonants[rng.integers(len(consonants))]
-
-    return " ".join(word() for _ in range(int(rng.integers(1, 3))))
+def made_up_name(rng: np.random.Generator, names: list[str], attempts: int = 20) -> str:
+    """A name that sounds like the given ones but is none of them: a random one of them with some of its
+    words swapped for words of the others ("left postcentral gyrus" from "left precentral gyrus",
+    "Brodmann area 31"). Held-out structures look like this to a model trained on `names`: familiar words
+    in a combination it never saw."""
+    if not names:
+        raise ValueError("made_up_name needs at least one real name to imitate")
+    vocabulary = sorted({word for name in names for word in name.split()})
+    known = set(names)
+    for _ in range(attempts):
+        words = names[rng.integers(len(names))].split()
+        for position in rng.choice(len(words), size=int(rng.integers(1, len(words) + 1)), replace=False):
+            words[position] = vocabulary[rng.integers(len(vocabulary))]
+        name = " ".join(words)
+        if name not in known:
+            return name
+    return name + " " + vocabulary[rng.integers(len(vocabulary))]
 
 
 def make_affine(config: SpatialTransformConfig, size: int) -> RandAffined:

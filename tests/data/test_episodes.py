@@ -125,13 +125,17 @@ def test_anonymous_names_replace_the_structure_only_when_examples_show_it(datase
     assert renamed >= 10
 
 
-def test_made_up_names_are_words_and_deterministic():
+def test_made_up_names_recombine_real_words_into_new_names():
     from data.episodes import made_up_name
 
-    names = [made_up_name(np.random.default_rng(seed)) for seed in range(20)]
-    assert names == [made_up_name(np.random.default_rng(seed)) for seed in range(20)]
-    assert len(set(names)) == 20
-    assert all(1 <= len(n.split()) <= 2 and n.replace(" ", "").isalpha() for n in names)
+    real = ["left caudate", "right caudate", "left putamen", "Brodmann area 6", "insula"]
+    names = [made_up_name(np.random.default_rng(seed), real) for seed in range(40)]
+    assert names == [made_up_name(np.random.default_rng(seed), real) for seed in range(40)]
+    words = {w for n in real for w in n.split()}
+    assert not set(names) & set(real) and len(set(names)) >= 20
+    assert all(set(n.split()) <= words for n in names)
+    with pytest.raises(ValueError, match="at least one real name"):
+        made_up_name(np.random.default_rng(0), [])
 
 
 def test_anonymous_name_probability_is_checked():
