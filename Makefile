@@ -18,6 +18,11 @@ STAGE2_MINUTES ?= 50
 # reconstruction loss on the predicted tokens added (runs/ab comparison in the README).
 STAGE2B_STEPS ?= 1400
 STAGE2B_MINUTES ?= 85
+# Stage 2c switches the example prior on (a gate, predicted by the LLM, over the condition tokens of the
+# union of the example masks) and names the structure with a made-up word in half the episodes that have
+# examples, so that the examples are the only cue there (README: "Reading the examples").
+STAGE2C_STEPS ?= 1500
+STAGE2C_MINUTES ?= 60
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 
@@ -55,7 +60,10 @@ train-demo: install
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2/model --output-dir $(TRAIN_DIR)/stage2b \
 		--min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
 		--steps $(STAGE2B_STEPS) --max-minutes $(STAGE2B_MINUTES) --resume
-	$(PY) -m segicl.export $(TRAIN_DIR)/stage2b/model $(WEIGHTS)
+	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2b/model --output-dir $(TRAIN_DIR)/stage2c \
+		--example-prior --anonymous-name-prob 0.5 --min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
+		--steps $(STAGE2C_STEPS) --max-minutes $(STAGE2C_MINUTES) --checkpoint-every 250 --resume
+	$(PY) -m segicl.export $(TRAIN_DIR)/stage2c/model $(WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl
