@@ -50,6 +50,14 @@ def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path
     assert set(result["volume_s"]) == {"cached_k3", "uncached_k3"} and min(result["volume_s"].values()) > 0
     assert set(result["steps_dice"]) == {str(s) for s in STEPS}
     assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
+    assert "of the cached k=3 time per slice" in results_section(tmp_path / "bench")
+
+
+def test_decoder_share_of_a_run():
+    from segicl.bench import decoder_share
+
+    run = {"vision_ms_per_slice": 1.0, "llm_ms_per_slice": 3.0, "decoder_ms_per_slice": 12.0}
+    assert decoder_share(run) == pytest.approx(0.75)
 
 
 def test_training_log_summary():
