@@ -349,12 +349,15 @@ class TaskMix:
         segmentation_autoregressive: fraction of segmentation episodes trained autoregressively (paper: 1.0).
         other_autoregressive: fraction of the other tasks trained autoregressively (paper: 0.1; the rest masked).
         tasks: the tasks to draw from (a subset for ablations).
+        other_weights: relative draw weights of the non-segmentation tasks, by name (missing: 1; empty: the
+            paper's even split).
     """
 
     segmentation_probability: float = 0.5
     segmentation_autoregressive: float = 1.0
     other_autoregressive: float = 0.1
     tasks: tuple[str, ...] = TASKS
+    other_weights: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = set(self.tasks) - set(TASKS)
@@ -363,12 +366,17 @@ class TaskMix:
         for name in ("segmentation_probability", "segmentation_autoregressive", "other_autoregressive"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if set(self.other_weights) - (set(TASKS) - {"segmentation"}) or min(self.other_weights.values(), default=1) <= 0:
+            raise ValueError(f"other_weights must give non-segmentation tasks positive weights, got {self.other_weights}")
 
     def draw(self, rng: np.random.Generator) -> tuple[str, str]:
         """(task, mode) of one training episode."""
         others = [t for t in self.tasks if t != "segmentation"]
         if "segmentation" in self.tasks and (not others or rng.random() < self.segmentation_probability):
             task = "segmentation"
+        elif self.other_weights:
+            weights = np.array([self.other_weights.get(t, 1.0) for t in others])
+            task = others[rng.choice(len(others), p=weights / weights.sum())]
         else:
             task = others[rng.integers(len(others))]
         share = self.segmentation_autoregressive if task == "segmentation" else self.other_autoregressive

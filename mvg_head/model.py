@@ -30,6 +30,8 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "mvg_config.json"
 MODES = ("masked", "autoregressive")
 SMOOTH_L1_BETA = 0.01  # Painter's smooth-L1 threshold, in normalised pixel units
+COPY_TOLERANCE = 1e-4  # a label pixel this close to its input image's pixel ([0, 1] units) is a copy
+FOREGROUND_LEVEL = 0.02  # a pixel is foreground (not black) when a channel exceeds this ([0, 1] units)
 
 
 @dataclass
@@ -37,7 +39,8 @@ class MVGOutput:
     """What a training forward returns.
 
     Attributes:
-        loss: smooth-L1 over the supervised pixels (masked patches, or every label image), see `pixel_weights`.
+        loss: smooth-L1 over the supervised pixels (masked patches, or every label image), see `pixel_weights`;
+            with `pixel_skip`, plus that of the coarse prediction (`MVGConfig.coarse_loss_weight`).
         prediction: predicted images [B, n, 3, H, W] in normalised units (masked: image j at slot j;
             autoregressive: label i at slot 2i + 1, predicted from the features of image 2i).
         supervised: bool [B, n, 1, H, W], the pixels the loss covers.
@@ -63,20 +66,49 @@ def sincos_position_embedding(width: int, rows: int, cols: int) -> torch.Tensor:
 
 
 class ConvHead(nn.Module):
-    """Four feature maps (each normalised) concatenated -> 3x3 conv -> GELU -> 1x1 conv -> pixels (pixel shuffle)."""
+    """Four feature maps (each normalised) concatenated -> 3x3 conv -> GELU -> 1x1 conv -> pixels (pixel shuffle).
 
-    def __init__(self, width: int, channels: int, patch_size: int, out_chans: int = 3):
+    With `skip_channels` > 0 (`MVGConfig.pixel_skip`) the head also reads the input pixels at full resolution. The
+    1x1 conv then emits, per pixel, the coarse prediction, a gate logit and `skip_channels` feature channels, and
+    three full-resolution 3x3 conv layers over [coarse prediction, feature channels, input pixels] emit a correction
+    and a local term of the gate logit. The gate blends the coarse prediction with the input pixels (copying the
+    input is one gate away: denoising, inpainting outside the hole); its local term lets it close where the pixels
+    say so (a filled hole), the correction adds what neither has (filtering, contrast changes). Both start at zero.
+    The coarse prediction is also returned: an open gate starves it of gradient, so the model supervises it too
+    (`MVGConfig.coarse_loss_weight`).
+    """
+
+    def __init__(self, width: int, channels: int, patch_size: int, out_chans: int = 3, skip_channels: int = 0):
         super().__init__()
         self.norms = nn.ModuleList([nn.LayerNorm(width, eps=1e-6) for _ in range(4)])
         self.conv1 = nn.Conv2d(4 * width, channels, kernel_size=3, padding=1)
-        self.conv2 = nn.Conv2d(channels, out_chans * patch_size**2, kernel_size=1)
+        extra = 1 + skip_channels if skip_channels else 0  # the gate and the feature channels
+        self.conv2 = nn.Conv2d(channels, (out_chans + extra) * patch_size**2, kernel_size=1)
         self.patch_size = patch_size
+        self.out_chans = out_chans
+        self.skip_channels = skip_channels
+        if skip_channels:
+            self.refine = nn.Sequential(
+                nn.Conv2d(2 * out_chans + skip_channels, skip_channels, kernel_size=3, padding=1), nn.GELU(),
+                nn.Conv2d(skip_channels, skip_channels, kernel_size=3, padding=1), nn.GELU(),
+                nn.Conv2d(skip_channels, out_chans + 1, kernel_size=3, padding=1))
+            nn.init.zeros_(self.refine[-1].weight)
+            nn.init.zeros_(self.refine[-1].bias)
 
-    def forward(self, maps: list[torch.Tensor]) -> torch.Tensor:
-        """maps: four [M, D, g, g] -> pixels [M, 3, g p, g p]."""
+    def forward(self, maps: list[torch.Tensor], pixels: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """maps: four [M, D, g, g]; pixels: [M, 3, g p, g p] (needed with skip channels) -> (pixels [M, 3, g p, g p],
+        the coarse prediction before the skip, or None without one)."""
         normed = [norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for norm, m in zip(self.norms, maps)]
         hidden = F.gelu(self.conv1(torch.cat(normed, dim=1)))
-        return F.pixel_shuffle(self.conv2(hidden), self.patch_size)
+        upsampled = F.pixel_shuffle(self.conv2(hidden), self.patch_size)
+        if not self.skip_channels:
+            return upsampled, None
+        if pixels is None:
+            raise ValueError("this head has a pixel skip: pass the input pixels")
+        coarse, gate, features = upsampled.split([self.out_chans, 1, self.skip_channels], dim=1)
+        correction, local_gate = self.refine(torch.cat([coarse, features, pixels], dim=1)).split([self.out_chans, 1], 1)
+        return coarse + torch.sigmoid(gate + local_gate) * (pixels - coarse) + correction, coarse
 
 
 class MVGModel(nn.Module):
@@ -94,7 +126,7 @@ class MVGModel(nn.Module):
         self.blocks = nn.ModuleList([Block(c.width, c.heads, c.mlp_ratio, qkv_bias=True,
                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(c.depth)])
         self.norm = nn.LayerNorm(c.width, eps=1e-6)
-        self.head = ConvHead(c.width, c.head_channels, c.patch_size, c.in_chans)
+        self.head = ConvHead(c.width, c.head_channels, c.patch_size, c.in_chans, c.skip_channels if c.pixel_skip else 0)
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 1, 3, 1, 1), persistent=False)
         self._init_weights()
@@ -169,13 +201,34 @@ class MVGModel(nn.Module):
                 features.append(self.norm(tokens) if index == self.config.depth - 1 else tokens)
         return features
 
-    def forward_head(self, features: list[torch.Tensor], pairs: int) -> torch.Tensor:
-        """Four [B, N, D] -> one predicted image per sentence slot [B, n, 3, H, W] (normalised units)."""
+    def forward_head(self, features: list[torch.Tensor], pairs: int, images: torch.Tensor | None = None,
+                     token_mask: torch.Tensor | None = None, slots: list[int] | None = None, with_coarse: bool = False
+                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
+        """Four [B, N, D] -> one predicted image per sentence slot [B, n, 3, H, W] (normalised units).
+
+        slots: the sentence slots to predict (default: all), [B, len(slots), 3, H, W]. With `pixel_skip` the head
+        also reads `images` (the normalised sentence): each slot gets the pixels of its pair's input image, with the
+        patches of `token_mask` blanked (they are what masked image modelling asks for). with_coarse: also return
+        the head's coarse prediction before the skip (None without `pixel_skip`).
+        """
         grid = self.config.grid
-        maps = [image_tokens(f, pairs, grid) for f in features]
+        slots = list(range(2 * pairs)) if slots is None else list(slots)
+        maps = [image_tokens(f, pairs, grid)[:, slots] for f in features]
         batch, n = maps[0].shape[:2]
-        pixels = self.head([m.reshape(batch * n, *m.shape[2:]) for m in maps])
-        return pixels.reshape(batch, n, *pixels.shape[1:])
+        pixels = None
+        if self.config.pixel_skip:
+            pixels = self.skip_pixels(images, pairs, token_mask)[:, slots].flatten(0, 1)
+        output, coarse = (None if t is None else t.reshape(batch, n, *t.shape[1:])
+                          for t in self.head([m.flatten(0, 1) for m in maps], pixels))
+        return (output, coarse) if with_coarse else output
+
+    def skip_pixels(self, images: torch.Tensor | None, pairs: int, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, n, 3, H, W]: for every slot the visible pixels of its pair's input image (normalised; masked = 0)."""
+        if images is None:
+            raise ValueError("pixel_skip: forward_head needs the sentence's images")
+        if token_mask is not None:
+            images = images.masked_fill(self.token_mask_to_pixels(token_mask, pairs), 0.0)
+        return images[:, 0::2].repeat_interleave(2, dim=1)
 
     def token_mask_to_pixels(self, token_mask: torch.Tensor, pairs: int) -> torch.Tensor:
         """[B, N] canvas-token mask -> [B, n, 1, H, W] pixel mask per sentence slot."""
@@ -189,11 +242,17 @@ class MVGModel(nn.Module):
         With `balance_foreground`, the non-black supervised pixels of each image carry half of its weight and the
         black ones the other half (a structure of 2% of the slice otherwise teaches "all background" first: measured
         here, Dice 0.0 after 250 segmentation steps without it). Without it, every supervised pixel weighs 1.
+        Then `copy_weight` (see `down_weight_copies`).
         """
         weights = supervised.float()
-        if not self.config.balance_foreground:
-            return weights
-        foreground = (images.amax(dim=2, keepdim=True) > 0.02).float() * weights
+        if self.config.balance_foreground:
+            weights = self.balance_foreground(images, weights)
+        if self.config.copy_weight != 1.0:
+            weights = self.down_weight_copies(images, weights)
+        return weights
+
+    def balance_foreground(self, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        foreground = (images.amax(dim=2, keepdim=True) > FOREGROUND_LEVEL).float() * weights
         background = weights - foreground
         n_fg = foreground.sum(dim=(-1, -2), keepdim=True)
         n_bg = background.sum(dim=(-1, -2), keepdim=True)
@@ -201,6 +260,28 @@ class MVGModel(nn.Module):
         balanced = 0.5 * foreground / n_fg.clamp_min(1) + 0.5 * background / n_bg.clamp_min(1)
         plain = weights / (n_fg + n_bg).clamp_min(1)
         return torch.where(both, balanced, plain) * self.config.image_size**2
+
+    def down_weight_copies(self, images: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Pixels of a label equal to their pair's input image (copies) weigh `copy_weight` times as much, each image
+        keeping its total weight: what a task changes (an inpainted hole of 2-6% of the slice) then drives the loss.
+        Pixels clipped at the top of the range are not counted as copies: measured, down-weighting them cost low-dose
+        CT denoising (bone, clipped by the CT window in both the noisy and the clean image, was no longer kept white).
+        """
+        inputs = images[:, 0::2].repeat_interleave(2, dim=1)
+        level = images.amax(dim=2, keepdim=True)
+        unclipped = level < 1.0 - FOREGROUND_LEVEL
+        copies = ((images - inputs).abs().amax(dim=2, keepdim=True) < COPY_TOLERANCE) & unclipped
+        scaled = weights * torch.where(copies, self.config.copy_weight, 1.0)
+        total = weights.sum(dim=(-1, -2), keepdim=True)
+        return scaled * total / scaled.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
+
+    def supervised_loss(self, prediction: torch.Tensor, coarse: torch.Tensor | None, target: torch.Tensor,
+                        weights: torch.Tensor) -> torch.Tensor:
+        """The loss of the prediction plus, with `pixel_skip`, `coarse_loss_weight` times that of the coarse one."""
+        loss = self.loss(prediction, target, weights)
+        if coarse is not None and self.config.coarse_loss_weight:
+            loss = loss + self.config.coarse_loss_weight * self.loss(coarse, target, weights)
+        return loss
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """Smooth-L1 (Painter's beta) averaged over pixels and channels with the given pixel weights."""
@@ -221,23 +302,26 @@ class MVGModel(nn.Module):
         if token_mask is None:
             token_mask = self.random_token_mask(images.shape[0], pairs, generator or torch.Generator().manual_seed(0))
         target = self.normalize(images)
-        prediction = self.forward_head(self.forward_encoder(target, token_mask=token_mask), pairs)
+        features = self.forward_encoder(target, token_mask=token_mask)
+        prediction, coarse = self.forward_head(features, pairs, target, token_mask, with_coarse=True)
         supervised = self.token_mask_to_pixels(token_mask, pairs)
-        loss = self.loss(prediction, target, self.pixel_weights(images, supervised))
+        loss = self.supervised_loss(prediction, coarse, target, self.pixel_weights(images, supervised))
         return MVGOutput(loss, prediction, supervised)
 
     def forward_autoregressive(self, images: torch.Tensor) -> MVGOutput:
         """Every label predicted from the images before it: block-causal attention, label i read at image 2i."""
         pairs = self.check_input(images)
         target = self.normalize(images)
-        outputs = self.forward_head(self.forward_encoder(target, attn_mask=block_causal_mask(pairs, self.config.grid)),
-                                    pairs)
-        prediction = torch.zeros_like(outputs)
-        prediction[:, 1::2] = outputs[:, 0::2]  # the output at X_i is the prediction of Y_i
+        features = self.forward_encoder(target, attn_mask=block_causal_mask(pairs, self.config.grid))
+        output, coarse = self.forward_head(features, pairs, target, slots=range(0, 2 * pairs, 2), with_coarse=True)
+        prediction = torch.zeros_like(target)
+        prediction[:, 1::2] = output  # the output at X_i is the prediction of Y_i
+        if coarse is not None:
+            coarse = torch.zeros_like(target).index_copy(1, torch.arange(1, 2 * pairs, 2, device=target.device), coarse)
         supervised = torch.zeros(images.shape[0], images.shape[1], 1, *images.shape[-2:], dtype=torch.bool,
                                  device=images.device)
         supervised[:, 1::2] = True
-        loss = self.loss(prediction, target, self.pixel_weights(images, supervised))
+        loss = self.supervised_loss(prediction, coarse, target, self.pixel_weights(images, supervised))
         return MVGOutput(loss, prediction, supervised)
 
     def forward(self, images: torch.Tensor, mode: str = "autoregressive",
@@ -262,10 +346,12 @@ class MVGModel(nn.Module):
             tokens = pairs * 2 * self.config.grid**2
             token_mask = torch.zeros(images.shape[0], tokens, dtype=torch.bool, device=images.device)
             token_mask[:, self._query_label_tokens(pairs)] = True
-            output = self.forward_head(self.forward_encoder(normalized, token_mask=token_mask), pairs)[:, -1]
+            features = self.forward_encoder(normalized, token_mask=token_mask)
+            output = self.forward_head(features, pairs, normalized, token_mask, slots=[2 * pairs - 1])[:, 0]
         elif mode == "autoregressive":
             mask = block_causal_mask(pairs, self.config.grid)
-            output = self.forward_head(self.forward_encoder(normalized, attn_mask=mask), pairs)[:, -2]
+            features = self.forward_encoder(normalized, attn_mask=mask)
+            output = self.forward_head(features, pairs, normalized, slots=[2 * pairs - 2])[:, 0]
         else:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         return self.denormalize(output[:, None])[:, 0].clamp(0.0, 1.0)

@@ -30,10 +30,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--init", type=Path, default=None, help="start from a saved MVG model folder")
     for name in ("width", "depth", "heads", "head-channels"):
         parser.add_argument(f"--{name}", type=int, default=None, help=f"override the preset's ViT {name}")
+    parser.add_argument("--pixel-skip", action=argparse.BooleanOptionalAction, default=None,
+                        help="the head's full-resolution view of the input image (MVGConfig.pixel_skip); "
+                             "default: the preset's")
+    parser.add_argument("--copy-weight", type=float, default=None,
+                        help="loss weight of label pixels that copy the input (MVGConfig.copy_weight; 1: the paper's)")
     parser.add_argument("--colouring", choices=COLOURINGS, default="random", help="segmentation label colouring")
     parser.add_argument("--mask-ratio", type=float, default=0.75, help="masked image modelling ratio (paper: 0.75)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to train on")
     parser.add_argument("--segmentation-probability", type=float, default=0.5, help="share of segmentation episodes")
+    parser.add_argument("--task-weight", nargs=2, action="append", metavar=("TASK", "WEIGHT"), default=[],
+                        help="relative draw weight of a non-segmentation task (default 1 each), e.g. denoising 2")
     parser.add_argument("--other-autoregressive", type=float, default=0.1,
                         help="autoregressive share of the non-segmentation tasks (paper: 0.1)")
     parser.add_argument("--min-area", type=int, default=64, help="minimum structure area on training query slices")
@@ -47,8 +54,8 @@ def model_config(args: argparse.Namespace):
     from mvg_head.config import get_preset
 
     extra = {"mae_checkpoint": args.mae_checkpoint} if args.preset == "full" else {}
-    extra.update({name: getattr(args, name) for name in ("width", "depth", "heads", "head_channels")
-                  if getattr(args, name) is not None})
+    names = ("width", "depth", "heads", "head_channels", "pixel_skip", "copy_weight")
+    extra.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     return get_preset(args.preset, colouring=args.colouring, mask_ratio=args.mask_ratio, **extra)
 
 
@@ -75,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                                                         palette_levels=config.palette_levels,
                                                         min_area=args.min_area, seed=training.seed))
     mix = TaskMix(segmentation_probability=args.segmentation_probability,
-                  other_autoregressive=args.other_autoregressive, tasks=tuple(args.tasks))
+                  other_autoregressive=args.other_autoregressive, tasks=tuple(args.tasks),
+                  other_weights={task: float(weight) for task, weight in args.task_weight})
     make_batch = make_batch_fn(sampler, mix, training.batch_size, training.seed)
     record = {"model": config.to_dict(), "mix": dataclasses.asdict(mix), "min_area": args.min_area,
               "threads": torch.get_num_threads()}

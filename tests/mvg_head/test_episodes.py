@@ -82,6 +82,19 @@ def test_task_mix_follows_the_paper():
         TaskMix(tasks=("segmentation", "registration"))
 
 
+def test_task_mix_weights_the_other_tasks():
+    rng = np.random.default_rng(0)
+    draws = [TaskMix(other_weights={"denoising": 2.0}).draw(rng)[0] for _ in range(8000)]
+    shares = {task: draws.count(task) / len(draws) for task in TASKS}
+    assert abs(shares["segmentation"] - 0.5) < 0.02
+    assert abs(shares["denoising"] - 0.25) < 0.02
+    assert abs(shares["synthesis"] - 0.125) < 0.015 and abs(shares["inpainting"] - 0.125) < 0.015
+    with pytest.raises(ValueError, match="other_weights"):
+        TaskMix(other_weights={"segmentation": 2.0})
+    with pytest.raises(ValueError, match="other_weights"):
+        TaskMix(other_weights={"denoising": 0.0})
+
+
 def test_colourings_see_the_same_episodes(dataset):
     """Only the colours differ between a random- and a pre-defined-colour sampler (a fair ablation)."""
     samplers = [MVGEpisodeSampler(dataset, EpisodeOptions(split="test", min_area=64, colouring=c))

@@ -115,14 +115,32 @@ def test_sentence_with_fewer_prompts_than_max():
         assert model.predict(sentence(batch=1, pairs=pairs)).shape == (1, 3, 64, 64)
 
 
-def test_foreground_and_background_weigh_the_same(small_model):
+def test_foreground_and_background_weigh_the_same():
+    model = MVGModel(small_config(copy_weight=1.0))
     images = torch.zeros(1, 4, 3, 64, 64)
     images[:, 3, :, :8, :8] = 1.0  # a small structure (64 of 4096 pixels) on the query label
     supervised = torch.zeros(1, 4, 1, 64, 64, dtype=torch.bool)
     supervised[:, 3] = True
-    weights = small_model.pixel_weights(images, supervised)
+    weights = model.pixel_weights(images, supervised)
     foreground = weights[0, 3, 0, :8, :8].sum()
     assert torch.isclose(foreground, weights[0, 3].sum() - foreground)
     assert weights[:, :3].sum() == 0
-    plain = dataclasses.replace(small_model.config, balance_foreground=False)
+    plain = dataclasses.replace(model.config, balance_foreground=False)
     assert torch.equal(MVGModel(plain).pixel_weights(images, supervised), supervised.float())
+
+
+def test_label_pixels_that_copy_the_input_weigh_less():
+    """copy_weight: a changed region (an inpainted hole) outweighs the copied rest; each image keeps its total."""
+    model = MVGModel(small_config(copy_weight=0.1, balance_foreground=False))
+    images = 0.9 * torch.rand(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    images[:, 3] = images[:, 2]
+    images[:, 3, :, 10:20, 10:20] = 1.0 - images[:, 3, :, 10:20, 10:20]  # the label changes 100 pixels
+    images[:, 2:, :, 50:, 50:] = 1.0  # clipped white in both: not counted as a copy
+    supervised = torch.zeros(1, 4, 1, 64, 64, dtype=torch.bool)
+    supervised[:, 1::2] = True
+    weights = model.pixel_weights(images, supervised)[0, :, 0]
+    assert torch.isclose(weights[3, 15, 15] / weights[3, 40, 40], torch.tensor(10.0))
+    assert torch.isclose(weights[3, 55, 55], weights[3, 15, 15])
+    assert torch.isclose(weights[3].sum(), torch.tensor(64.0**2)) and torch.isclose(weights[1].sum(), weights[3].sum())
+    assert torch.allclose(weights[1], weights[1, 0, 0])  # no pixel of the prompt label copies the prompt image
+    assert weights[0::2].sum() == 0

@@ -10,10 +10,12 @@ from mvg_head.training import MVGTrainingModule, make_batch_fn
 from tests.mvg_head.conftest import small_config
 
 
-def test_loss_falls_on_real_data(dataset):
+@pytest.mark.parametrize("head, fall", [({"pixel_skip": False, "copy_weight": 1.0}, 0.8), ({}, 0.9)],
+                         ids=["paper", "pixel_skip"])
+def test_loss_falls_on_real_data(dataset, head, fall):
     """A few dozen AdamW steps on real episodes of every task (mixed masked / autoregressive batches)."""
     torch.manual_seed(0)
-    module = MVGTrainingModule(MVGModel(small_config()))
+    module = MVGTrainingModule(MVGModel(small_config(**head)))
     sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", seed=0))
     make_batch = make_batch_fn(sampler, TaskMix(other_autoregressive=0.5), batch_size=6, seed=0)
     batches = [make_batch(step, 0, 1) for step in range(4)]
@@ -25,7 +27,8 @@ def test_loss_falls_on_real_data(dataset):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4]), losses  # measured: 1.59 -> 1.10
+    # measured: paper's head 1.59 -> 1.10; pixel skip (its loss adds the coarse prediction's) 2.80 -> 2.36
+    assert np.mean(losses[-4:]) < fall * np.mean(losses[:4]), losses
 
 
 def test_batches_are_deterministic(dataset):
