@@ -2,6 +2,26 @@ import pytest
 import torch
 
 
+def sentence(batch=2, pairs=2, seed=0):
+    """A visual sentence of random images [batch, 2 * pairs, 3, 64, 64]."""
+    return torch.rand(batch, 2 * pairs, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_labels_see_only_earlier_images(model, pairs: int = 3) -> None:
+    """Under autoregressive training, label L is predicted from images 0 .. L - 1 only: perturbing label L itself
+    or any later image leaves it unchanged, perturbing an earlier one changes it."""
+    images = sentence(batch=1, pairs=pairs)
+    with torch.no_grad():
+        reference = model.forward_autoregressive(images).prediction
+        for perturbed in range(2 * pairs):
+            changed = images.clone()
+            changed[:, perturbed] = torch.rand_like(changed[:, perturbed])
+            prediction = model.forward_autoregressive(changed).prediction
+            for label in range(1, 2 * pairs, 2):
+                same = torch.allclose(prediction[:, label], reference[:, label], atol=1e-6)
+                assert same == (label <= perturbed), (perturbed, label)
+
+
 def small_config(**overrides):
     """The tiny preset's slots (64 px, patch 8) with a much smaller ViT, for fast tests."""
     from mvg_head.config import tiny_config
