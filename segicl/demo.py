@@ -44,8 +44,8 @@ def evaluate_all(model, dataset, episodes: int, min_area: int, num_steps: int, n
                 table["union_baseline"][key] = round(result["union_baseline_dice"], 4)
             for index, (episode, probability, std) in enumerate(result.get("examples", [])):
                 save_overlay(overlay_dir / f"{key}_k{k}_{index}.png", episode, probability, std)
-            baseline = {1: f"  (copy example {result.get('copy_baseline_dice', 0):.3f})",
-                        3: f"  (union of examples {result.get('union_baseline_dice', 0):.3f})"}.get(k, "")
+            baseline = (f"  (copy example {result['copy_baseline_dice']:.3f})" if k == 1 else
+                        f"  (union of examples {result['union_baseline_dice']:.3f})" if k == 3 else "")
             print(f"  {key:22s} k={k}: Dice {result['dice']:.3f}{baseline}", flush=True)
     return table
 

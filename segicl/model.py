@@ -18,6 +18,12 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "segicl_config.json"
 
 
+def to_condition_order(per_query: torch.Tensor, query_grid: int, block: int) -> torch.Tensor:
+    """[B, M, block*block*C] values per output query -> [B, grid*grid, C] in the condition grid's row order:
+    output query i sits on a sqrt(M) x sqrt(M) grid and covers the block x block tokens under it."""
+    return rearrange(per_query, "b (qh qw) (bh bw c) -> b (qh bh qw bw) c", qh=query_grid, bh=block, bw=block)
+
+
 class Projector(nn.Module):
     """LLM output-query states [B, M, H] -> condition tokens [B, grid*grid, D] in the condition grid's order.
 
@@ -33,8 +39,7 @@ class Projector(nn.Module):
                                  nn.Linear(hidden, self.block**2 * self.token_dim))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return rearrange(self.mlp(states), "b (qh qw) (bh bw d) -> b (qh bh qw bw) d", qh=self.query_grid,
-                         bh=self.block, bw=self.block, d=self.token_dim)
+        return to_condition_order(self.mlp(states), self.query_grid, self.block)
 
 
 class ExamplePriorGate(nn.Module):
@@ -50,9 +55,7 @@ class ExamplePriorGate(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        logits = rearrange(self.linear(states), "b (qh qw) (bh bw) -> b (qh bh qw bw) 1", qh=self.query_grid,
-                           bh=self.block, bw=self.block)
-        return torch.sigmoid(logits)
+        return torch.sigmoid(to_condition_order(self.linear(states), self.query_grid, self.block))
 
 
 class SegICLModel(nn.Module):
