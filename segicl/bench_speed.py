@@ -4,7 +4,8 @@ All settings run in ONE process on the same inputs, so their ratios are meaningf
 - a 3-D volume (the held-out subject, `--slices` middle axial slices) at k = 0, 1, 3, with and without the
   example cache (cache: example vision tokens + the LLM prefix KV computed once per volume; without it,
   every slice encodes its examples and runs the LLM over its whole sequence): per-slice vision / LLM /
-  decoder milliseconds, the whole-volume seconds and the peak resident memory, each the median of
+  decoder milliseconds (vision: query and example tokens, and the example prior, computed once per volume),
+  the whole-volume seconds and the peak resident memory, each the median of
   `--repeats` runs interleaved across the settings;
 - decoder steps in {50, 20, 10, 5} against Dice, and samples in {1, 3, 5} against Dice and against how well
   the per-pixel spread over samples flags the wrong pixels (AUROC; one sample has no spread: 0.5), on the

@@ -131,8 +131,10 @@ class SegICLPipeline:
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
         example_images, example_masks = self.prepare_examples(examples, normalization)
         text_ids, _ = self.model.tokenize([text])
+        start = time.perf_counter()
         prior = self.model.example_prior_tokens(example_masks[None], torch.ones(1, len(example_masks), dtype=torch.bool,
                                                                                  device=self.device)) if len(examples) else None
+        timings["vision_s"] += time.perf_counter() - start  # example encoding, once per volume: not the LLM's
         cache = None
         if use_cache:
             start = time.perf_counter()
@@ -142,24 +144,14 @@ class SegICLPipeline:
             start = time.perf_counter()
             cache = self.model.encoder.encode_prefix(text_ids.to(self.device), example_image_tokens, example_mask_tokens)
             timings["llm_s"] += time.perf_counter() - start
+        # Two passes: every slice's condition tokens first (small: [S, tokens, channels]), then the decoder. The LLM
+        # then runs its batches back to back on the cached prefix instead of between decoder runs that evict it.
+        starts = range(0, volume.shape[0], batch_size)
+        conditions = [self._condition_tokens(normalized[first: first + batch_size], text_ids, example_images,
+                                             example_masks, cache, prior, timings) for first in starts]
         generator = torch.Generator(device=self.device).manual_seed(seed)
         means, spreads = [], []
-        starts = range(0, volume.shape[0], batch_size)
-        for first in tqdm(starts, desc="slices", disable=None if progress else True):
-            chunk = self._resize(normalized[first: first + batch_size], nearest=False).clamp(0, 1)
-            start = time.perf_counter()
-            query_tokens = self.model.image_tokens(chunk)
-            if cache is None:
-                per_slice_examples = self._per_slice_example_tokens(example_images, example_masks, query_tokens)
-            timings["vision_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            if cache is not None:
-                states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
-            else:
-                states = self._uncached_states(text_ids, *per_slice_examples, query_tokens)
-            condition = self.model.condition_from_states(
-                states, None if prior is None else prior.expand(states.shape[0], -1, -1))
-            timings["llm_s"] += time.perf_counter() - start
+        for condition in tqdm(conditions, desc="slices", unit="batch", disable=None if progress else True):
             start = time.perf_counter()
             samples = self.model.decoder.sample(condition, num_steps, num_samples, generator, scheduler)
             timings["decoder_s"] += time.perf_counter() - start
@@ -171,6 +163,27 @@ class SegICLPipeline:
             probabilities, uncertainty = probabilities[0], uncertainty[0]
         mask = (probabilities > threshold).astype(np.uint8)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
+
+    def _condition_tokens(self, slices: np.ndarray, text_ids: torch.Tensor, example_images: torch.Tensor,
+                          example_masks: torch.Tensor, cache, prior: torch.Tensor | None, timings: dict
+                          ) -> torch.Tensor:
+        """The decoder's condition tokens for a batch of normalised slices [S, H, W], adding to the vision and LLM
+        timings."""
+        chunk = self._resize(slices, nearest=False).clamp(0, 1)
+        start = time.perf_counter()
+        query_tokens = self.model.image_tokens(chunk)
+        if cache is None:
+            per_slice_examples = self._per_slice_example_tokens(example_images, example_masks, query_tokens)
+        timings["vision_s"] += time.perf_counter() - start
+        start = time.perf_counter()
+        if cache is not None:
+            states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
+        else:
+            states = self._uncached_states(text_ids, *per_slice_examples, query_tokens)
+        condition = self.model.condition_from_states(
+            states, None if prior is None else prior.expand(states.shape[0], -1, -1))
+        timings["llm_s"] += time.perf_counter() - start
+        return condition
 
     def _per_slice_example_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
                                   query_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
