@@ -17,7 +17,7 @@ TASKS = ("segmentation", "synthesis", "denoising", "inpainting")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Fields added after MVG weights had been saved: a saved config without them describes a model built before them.
-LEGACY_DEFAULTS = {"pixel_skip": False, "copy_weight": 1.0}
+LEGACY_DEFAULTS = {"pixel_skip": False, "copy_weight": 1.0, "prompt_label_skip": False}
 
 
 @dataclass
@@ -44,6 +44,15 @@ class MVGConfig:
             the measurements); False: the paper's head. Configs saved before this field existed load with False
             (`LEGACY_DEFAULTS`).
         skip_channels: feature channels of the full-resolution layers of `pixel_skip`.
+        prompt_label_skip: with `pixel_skip`, the head of every pair also reads the label image of the pair before
+            it at full resolution (for the query label: the last prompt's label; blank for the first pair), through
+            three more full-resolution conv layers that emit a per-pixel amount `a` and a second correction:
+            output = skip output + a * (previous label - skip output) + correction (`ConvHead.label_refine`). The
+            prompt's label is part of the prompt, so the model stays in-context and task-agnostic; at 64 px the
+            coarse per-patch path alone cannot draw a label finer than its 8 px patches, the skip gives it the
+            prompt's boundaries to move. Both terms start at zero (a model switched on by
+            `MVGModel.add_prompt_label_skip` predicts as before). Ours, not the paper's; configs saved before this
+            field existed load with False.
         coarse_loss_weight: with `pixel_skip`, the weight of the same loss on the head's coarse prediction (before
             the skip) added to the loss: deep supervision that keeps the ViT predicting the whole label (measured:
             without it, the coarse inpainting fill fell below the mean fill, 17.8 against 21.3 dB).
@@ -83,6 +92,7 @@ class MVGConfig:
     head_channels: int = 128
     pixel_skip: bool = True
     skip_channels: int = 32
+    prompt_label_skip: bool = False
     coarse_loss_weight: float = 1.0
     mae_checkpoint: str | None = None
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -128,6 +138,8 @@ class MVGConfig:
             raise ValueError(f"unknown colouring {self.colouring!r}; expected one of {COLOURINGS}")
         if self.pixel_skip and self.skip_channels < 1:
             raise ValueError(f"skip_channels must be >= 1 with pixel_skip, got {self.skip_channels}")
+        if self.prompt_label_skip and not self.pixel_skip:
+            raise ValueError("prompt_label_skip needs pixel_skip (it refines the pixel-skip head's output)")
         if not 0.0 < self.copy_weight <= 1.0:
             raise ValueError(f"copy_weight must be in (0, 1], got {self.copy_weight}")
         if self.coarse_loss_weight < 0:

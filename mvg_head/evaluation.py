@@ -105,12 +105,20 @@ def evaluate(model: MVGModel, dataset, episodes: int = 200, image_episodes: int 
     return result
 
 
+def training_budget(training: dict) -> str:
+    """"trained N steps in M min ..." from a train_summary.json, the whole chain for a model fine-tuned from another."""
+    steps = training.get("total_steps", training["steps"])
+    minutes = training.get("total_train_wall_time_s", training["train_wall_time_s"]) / 60
+    text = f"trained {steps} steps in {minutes:.1f} min with {training['threads']} thread(s), batch {training['batch_size']}"
+    if "total_steps" in training:
+        text += f" (the last {training['steps']} steps from `{training['init']['path']}`)"
+    return text
+
+
 def write_report(out_dir: Path, result: dict, model_dir: str, training: dict | None = None) -> Path:
     """report.md beside eval.json: one table, model beside baseline."""
     lines = ["# MVG evaluation (test split)", "",
-             f"Model: `{model_dir}`" + (f", trained {training['steps']} steps in {training['train_wall_time_s'] / 60:.1f} "
-                                        f"min with {training['threads']} thread(s), batch {training['batch_size']}"
-                                        if training else "") + ".",
+             f"Model: `{model_dir}`" + (", " + training_budget(training) if training else "") + ".",
              f"Setup: {result['setup']['test_volume']}; {result['setup']['transforms']}; "
              f"segmentation structures >= {result['setup']['min_area_px']} px, colouring {result['setup']['colouring']}.",
              "", "| task | metric | model | trivial baseline |", "|---|---|---|---|"]

@@ -94,11 +94,25 @@ class ConvHead(nn.Module):
                 nn.Conv2d(skip_channels, out_chans + 1, kernel_size=3, padding=1))
             nn.init.zeros_(self.refine[-1].weight)
             nn.init.zeros_(self.refine[-1].bias)
+        self.label_refine: nn.Sequential | None = None
 
-    def forward(self, maps: list[torch.Tensor], pixels: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """maps: four [M, D, g, g]; pixels: [M, 3, g p, g p] (needed with skip channels) -> (pixels [M, 3, g p, g p],
-        the coarse prediction before the skip, or None without one)."""
+    def add_label_refine(self) -> None:
+        """The prompt-label skip (`MVGConfig.prompt_label_skip`): three full-resolution conv layers over [skip
+        output, feature channels, input pixels, previous label] emitting an amount and a correction, both zero at
+        the start (the last layer is zero-initialised), so adding it leaves the head's output unchanged."""
+        channels, out = self.skip_channels, self.out_chans
+        self.label_refine = nn.Sequential(
+            nn.Conv2d(3 * out + channels, channels, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.GELU(),
+            nn.Conv2d(channels, out + 1, kernel_size=3, padding=1))
+        nn.init.zeros_(self.label_refine[-1].weight)
+        nn.init.zeros_(self.label_refine[-1].bias)
+
+    def forward(self, maps: list[torch.Tensor], pixels: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """maps: four [M, D, g, g]; pixels: [M, 3, g p, g p] (needed with skip channels); labels: [M, 3, g p, g p],
+        the previous pair's label (needed with `label_refine`) -> (pixels [M, 3, g p, g p], the coarse prediction
+        before the skips, or None without them)."""
         normed = [norm(m.permute(0, 2, 3, 1)).permute(0, 3, 1, 2) for norm, m in zip(self.norms, maps)]
         hidden = F.gelu(self.conv1(torch.cat(normed, dim=1)))
         upsampled = F.pixel_shuffle(self.conv2(hidden), self.patch_size)
@@ -108,7 +122,14 @@ class ConvHead(nn.Module):
             raise ValueError("this head has a pixel skip: pass the input pixels")
         coarse, gate, features = upsampled.split([self.out_chans, 1, self.skip_channels], dim=1)
         correction, local_gate = self.refine(torch.cat([coarse, features, pixels], dim=1)).split([self.out_chans, 1], 1)
-        return coarse + torch.sigmoid(gate + local_gate) * (pixels - coarse) + correction, coarse
+        output = coarse + torch.sigmoid(gate + local_gate) * (pixels - coarse) + correction
+        if self.label_refine is None:
+            return output, coarse
+        if labels is None:
+            raise ValueError("this head has a prompt-label skip: pass the previous labels")
+        refined = self.label_refine(torch.cat([output, features, pixels, labels], dim=1))
+        label_correction, amount = refined.split([self.out_chans, 1], dim=1)
+        return output + amount * (labels - output) + label_correction, coarse
 
 
 class MVGModel(nn.Module):
@@ -127,6 +148,8 @@ class MVGModel(nn.Module):
                                            norm_layer=partial(nn.LayerNorm, eps=1e-6)) for _ in range(c.depth)])
         self.norm = nn.LayerNorm(c.width, eps=1e-6)
         self.head = ConvHead(c.width, c.head_channels, c.patch_size, c.in_chans, c.skip_channels if c.pixel_skip else 0)
+        if c.prompt_label_skip:
+            self.head.add_label_refine()
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 1, 3, 1, 1), persistent=False)
         self._init_weights()
@@ -141,6 +164,13 @@ class MVGModel(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+
+    def add_prompt_label_skip(self) -> None:
+        """Switch `MVGConfig.prompt_label_skip` on for a model trained without it (predictions unchanged until
+        trained: the new layers start at zero)."""
+        if self.head.label_refine is None:
+            self.config = dataclasses.replace(self.config, prompt_label_skip=True).validate()
+            self.head.add_label_refine()
 
     @classmethod
     def from_config(cls, config: MVGConfig) -> "MVGModel":
@@ -215,20 +245,37 @@ class MVGModel(nn.Module):
         slots = list(range(2 * pairs)) if slots is None else list(slots)
         maps = [image_tokens(f, pairs, grid)[:, slots] for f in features]
         batch, n = maps[0].shape[:2]
-        pixels = None
+        pixels = labels = None
         if self.config.pixel_skip:
             pixels = self.skip_pixels(images, pairs, token_mask)[:, slots].flatten(0, 1)
+        if self.config.prompt_label_skip:
+            labels = self.previous_labels(images, pairs, token_mask)[:, slots].flatten(0, 1)
         output, coarse = (None if t is None else t.reshape(batch, n, *t.shape[1:])
-                          for t in self.head([m.flatten(0, 1) for m in maps], pixels))
+                          for t in self.head([m.flatten(0, 1) for m in maps], pixels, labels))
         return (output, coarse) if with_coarse else output
 
-    def skip_pixels(self, images: torch.Tensor | None, pairs: int, token_mask: torch.Tensor | None) -> torch.Tensor:
-        """[B, n, 3, H, W]: for every slot the visible pixels of its pair's input image (normalised; masked = 0)."""
+    def visible_images(self, images: torch.Tensor | None, pairs: int, token_mask: torch.Tensor | None
+                       ) -> torch.Tensor:
+        """The normalised sentence with the patches of `token_mask` blanked (0): what the skips may read."""
         if images is None:
             raise ValueError("pixel_skip: forward_head needs the sentence's images")
         if token_mask is not None:
             images = images.masked_fill(self.token_mask_to_pixels(token_mask, pairs), 0.0)
-        return images[:, 0::2].repeat_interleave(2, dim=1)
+        return images
+
+    def skip_pixels(self, images: torch.Tensor | None, pairs: int, token_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, n, 3, H, W]: for every slot the visible pixels of its pair's input image (normalised; masked = 0)."""
+        return self.visible_images(images, pairs, token_mask)[:, 0::2].repeat_interleave(2, dim=1)
+
+    def previous_labels(self, images: torch.Tensor | None, pairs: int, token_mask: torch.Tensor | None
+                        ) -> torch.Tensor:
+        """[B, n, 3, H, W]: for both slots of pair i the visible pixels of pair i-1's label (pair 0: blank, 0).
+
+        Under block-causal attention the label of pair i-1 precedes X_i, so autoregressive training reads no
+        future; in masked modelling a masked label patch stays blank here too."""
+        labels = self.visible_images(images, pairs, token_mask)[:, 1::2]
+        previous = torch.cat([torch.zeros_like(labels[:, :1]), labels[:, :-1]], dim=1)
+        return previous.repeat_interleave(2, dim=1)
 
     def token_mask_to_pixels(self, token_mask: torch.Tensor, pairs: int) -> torch.Tensor:
         """[B, N] canvas-token mask -> [B, n, 1, H, W] pixel mask per sentence slot."""

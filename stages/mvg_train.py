@@ -33,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-skip", action=argparse.BooleanOptionalAction, default=None,
                         help="the head's full-resolution view of the input image (MVGConfig.pixel_skip); "
                              "default: the preset's")
+    parser.add_argument("--prompt-label-skip", action=argparse.BooleanOptionalAction, default=None,
+                        help="the head also reads the previous pair's label at full resolution (MVGConfig."
+                             "prompt_label_skip; with --init, switches it on for a model trained without it)")
     parser.add_argument("--copy-weight", type=float, default=None,
                         help="loss weight of label pixels that copy the input (MVGConfig.copy_weight; 1: the paper's)")
     parser.add_argument("--colouring", choices=COLOURINGS, default="random", help="segmentation label colouring")
@@ -54,9 +57,22 @@ def model_config(args: argparse.Namespace):
     from mvg_head.config import get_preset
 
     extra = {"mae_checkpoint": args.mae_checkpoint} if args.preset == "full" else {}
-    names = ("width", "depth", "heads", "head_channels", "pixel_skip", "copy_weight")
+    names = ("width", "depth", "heads", "head_channels", "pixel_skip", "prompt_label_skip", "copy_weight")
     extra.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
     return get_preset(args.preset, colouring=args.colouring, mask_ratio=args.mask_ratio, **extra)
+
+
+def chain_summary(summary: dict, init: Path) -> dict:
+    """A run started from `init` adds that model's budget: total steps and wall time of the whole chain, with the
+    earlier run's summary under "init" (so exported weights carry what they cost)."""
+    path = Path(init) / "train_summary.json"
+    if not path.exists():
+        return {**summary, "init": str(init)}
+    before = json.loads(path.read_text())
+    return {**summary, "total_steps": before.get("total_steps", before["steps"]) + summary["steps"],
+            "total_train_wall_time_s": round(before.get("total_train_wall_time_s", before["train_wall_time_s"])
+                                             + summary["train_wall_time_s"], 1),
+            "init": {"path": str(init), **before}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.init:
         model = MVGModel.from_pretrained(args.init).train()
         model.config = dataclasses.replace(model.config, colouring=args.colouring, mask_ratio=args.mask_ratio)
+        if args.prompt_label_skip:
+            model.add_prompt_label_skip()
     else:
         model = MVGModel.from_config(model_config(args))
     config = model.config
@@ -94,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = {"steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
                    "threads": torch.get_num_threads(), "batch_size": training.batch_size,
                    "final_losses": state["recent_losses"][-1] if state["recent_losses"] else {}}
+        if args.init:
+            summary = chain_summary(summary, args.init)
         for folder in (output, output / "model"):  # the model folder carries its training budget into exports
             (folder / "train_summary.json").write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))

@@ -10,8 +10,9 @@ from mvg_head.training import MVGTrainingModule, make_batch_fn
 from tests.mvg_head.conftest import small_config
 
 
-@pytest.mark.parametrize("head, fall", [({"pixel_skip": False, "copy_weight": 1.0}, 0.8), ({}, 0.9)],
-                         ids=["paper", "pixel_skip"])
+@pytest.mark.parametrize("head, fall", [({"pixel_skip": False, "copy_weight": 1.0}, 0.8), ({}, 0.9),
+                                        ({"prompt_label_skip": True}, 0.9)],
+                         ids=["paper", "pixel_skip", "prompt_label_skip"])
 def test_loss_falls_on_real_data(dataset, head, fall):
     """A few dozen AdamW steps on real episodes of every task (mixed masked / autoregressive batches)."""
     torch.manual_seed(0)
@@ -27,7 +28,8 @@ def test_loss_falls_on_real_data(dataset, head, fall):
         optimizer.step()
         optimizer.zero_grad()
         losses.append(float(loss.detach()))
-    # measured: paper's head 1.59 -> 1.10; pixel skip (its loss adds the coarse prediction's) 2.80 -> 2.36
+    # measured: paper's head 1.59 -> 1.10; pixel skip (its loss adds the coarse prediction's) 2.80 -> 2.36;
+    # with the prompt-label skip too 2.74 -> 2.23
     assert np.mean(losses[-4:]) < fall * np.mean(losses[:4]), losses
 
 
@@ -72,3 +74,24 @@ def test_stage_entry_point_trains_saves_and_resumes(tmp_path, dataset, monkeypat
     assert all(torch.equal(a[k], b[k]) for k in a)
     summary = json.loads((tmp_path / "a" / "train_summary.json").read_text())
     assert summary["steps"] == 4
+
+
+def test_fine_tuning_with_the_prompt_label_skip_adds_it_and_chains_the_budget(tmp_path, dataset):
+    """--init A --prompt-label-skip: the model gains the skip, starts from A's weights, and its summary (and the
+    evaluation report's budget line) counts A's steps too."""
+    from mvg_head.evaluation import training_budget
+    from stages import mvg_train
+
+    common = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16", "--batch-size", "2",
+              "--warmup-steps", "1", "--checkpoint-every", "2", "--log-every", "1"]
+    assert mvg_train.main(common + ["--steps", "2", "--output-dir", str(tmp_path / "a")]) == 0
+    assert mvg_train.main(common + ["--steps", "3", "--init", str(tmp_path / "a" / "model"), "--prompt-label-skip",
+                                    "--output-dir", str(tmp_path / "b")]) == 0
+    a = MVGModel.from_pretrained(tmp_path / "a" / "model")
+    b = MVGModel.from_pretrained(tmp_path / "b" / "model")
+    assert not a.config.prompt_label_skip and b.config.prompt_label_skip
+    assert b.head.label_refine[-1].weight.abs().sum() > 0  # trained, not left at its zero start
+    summary = json.loads((tmp_path / "b" / "model" / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["total_steps"] == 5 and summary["init"]["steps"] == 2
+    assert training_budget(summary).startswith("trained 5 steps in ")
+    assert "the last 3 steps from" in training_budget(summary)
