@@ -144,10 +144,20 @@ def speed_lines(speed: dict) -> list[str]:
               f"k=3 time per slice.",
               "- Decoder steps vs Dice (held-out, k=3): " + ", ".join(f"{s}: {steps[s]:.3f}" for s in
                                                                      sorted(steps, key=int, reverse=True)),
+              "- " + few_step_settings(steps),
               "- Samples vs Dice / uncertainty AUROC (spread over samples flagging wrong pixels): "
               + ", ".join(f"{n}: {v['dice']:.3f} / {v['uncertainty_auroc']:.3f}" for n, v in samples.items()),
               "", "![speed](docs/results/speed.png)", ""]
     return lines
+
+
+def few_step_settings(steps_dice: dict) -> str:
+    """Which settings of at most 10 decoder steps stay within 0.01 Dice below 50 steps (the sampler target)."""
+    reference = steps_dice["50"]
+    good = [f"{s} ({steps_dice[s] - reference:+.3f})" for s in sorted(steps_dice, key=int, reverse=True)
+            if int(s) <= 10 and steps_dice[s] >= reference - 0.01]
+    return ("At most 10 steps within 0.01 Dice of 50 steps (target): "
+            + (f"**yes**: {', '.join(good)}" if good else "**no**"))
 
 
 def decoder_share(run: dict) -> float:

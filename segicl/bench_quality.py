@@ -107,6 +107,15 @@ def run_group(model, dataset, structures: str, args, mvg, log) -> tuple[dict, li
     return summarize(records, specialist_tasks, specialist_info), records
 
 
+def specialist_budget(training: dict) -> str:
+    """"; the specialists trained 740-754 steps ..." (a time budget buys fewer steps on a busier machine)."""
+    if not training:
+        return ""
+    steps = [info["steps"] for info in training.values()]
+    seconds = max(info["seconds"] for info in training.values())
+    return f"; the specialists trained {min(steps)}-{max(steps)} steps each in their {seconds:.0f} s"
+
+
 def summarize(records: list[dict], specialist_tasks: list[str], specialist_info: dict) -> dict:
     by_k = {k: [r for r in records if r["k"] == k] for k in QUALITY_K}
     summary = {"segicl": {str(k): round(mean_score(rows, "segicl"), 4) for k, rows in by_k.items()},
@@ -150,7 +159,7 @@ def quality_lines(quality: dict, plot: str = "docs/results/quality.png") -> list
             gap = comparison["specialist_unet"] - segicl["3"]
             lines.append(f"- {group.replace('_', ' ')}: specialist UNet {comparison['specialist_unet']:.3f} vs SegICL "
                          f"k=3 {segicl['3']:.3f} (gap {gap:+.3f}) on {comparison['episodes']} episodes of "
-                         f"{', '.join(comparison['structures'])}")
+                         f"{', '.join(comparison['structures'])}" + specialist_budget(comparison.get("training", {})))
     held = quality["held_out_structures"]["segicl"]
     ordered = held["3"] > held["1"] > held["0"]
     lines += ["", f"Held-out structures, k=3 > k=1 > k=0: **{'yes' if ordered else 'no'}** "

@@ -60,6 +60,14 @@ def test_decoder_share_of_a_run():
     assert decoder_share(run) == pytest.approx(0.75)
 
 
+def test_few_step_settings_against_fifty_steps():
+    from segicl.bench import few_step_settings
+
+    assert few_step_settings({"50": 0.371, "20": 0.377, "10": 0.390, "5": 0.355}) == (
+        "At most 10 steps within 0.01 Dice of 50 steps (target): **yes**: 10 (+0.019)")
+    assert few_step_settings({"50": 0.40, "20": 0.39, "10": 0.38, "5": 0.35}).endswith("**no**")
+
+
 def test_training_log_summary():
     rows = [{"step": s, "loss": 1.0 / s, "elapsed_s": 10.0 + 2.0 * s} for s in range(1, 11)]
     summary = summarize_log(rows, skip=2)
@@ -95,7 +103,18 @@ def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pa
         assert 0 <= result[group]["union_baseline"] <= 1
         assert result[group]["per_structure"]
     assert (tmp_path / "bench" / "quality.png").stat().st_size > 0
-    assert "| held out structures |" in (tmp_path / "bench" / "quality.md").read_text()
+    report = (tmp_path / "bench" / "quality.md").read_text()
+    assert "| held out structures |" in report
+    steps = result["held_out_structures"]["specialist_comparison"]["training"]
+    assert steps and "the specialists trained" in report  # the steps a time budget bought are stated
+
+
+def test_specialist_budget_states_the_steps():
+    from segicl.bench_quality import specialist_budget
+
+    training = {"a": {"steps": 740, "seconds": 90.04}, "b": {"steps": 754, "seconds": 90.1}}
+    assert specialist_budget(training) == "; the specialists trained 740-754 steps each in their 90 s"
+    assert specialist_budget({}) == ""
 
 
 def test_readme_results_are_generated_between_markers(tmp_path):
