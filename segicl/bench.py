@@ -141,7 +141,7 @@ def speed_lines(speed: dict) -> list[str]:
               f"- Whole volume at k=3, without over with the cache: **{ratios['volume_uncached_over_cached_k3']:.2f}x** "
               f"(target >= 3x); encoder part (vision + LLM) alone: {ratios['encoder_uncached_over_cached_k3']:.2f}x. "
               f"The decoder, which the cache cannot save, is {decoder_share(runs['cached']['3']):.0%} of the cached "
-              f"k=3 time per slice.",
+              f"k=3 time per slice; " + decoder_budget_for(3.0, runs["cached"]["3"], runs["uncached"]["3"]),
               "- Decoder steps vs Dice (held-out, k=3): " + ", ".join(f"{s}: {steps[s]:.3f}" for s in
                                                                      sorted(steps, key=int, reverse=True)),
               "- " + few_step_settings(steps),
@@ -158,6 +158,19 @@ def few_step_settings(steps_dice: dict) -> str:
             if int(s) <= 10 and steps_dice[s] >= reference - 0.01]
     return ("At most 10 steps within 0.01 Dice of 50 steps (target): "
             + (f"**yes**: {', '.join(good)}" if good else "**no**"))
+
+
+def decoder_budget_for(speedup: float, cached: dict, uncached: dict) -> str:
+    """The decoder time per slice under which the cache would make a whole volume `speedup` times faster, given the
+    measured vision + LLM costs: (uncached + d) / (cached + d) >= speedup  <=>  d <= (uncached - speedup cached) /
+    (speedup - 1)."""
+    encoder = {name: run["vision_ms_per_slice"] + run["llm_ms_per_slice"] for name, run in
+               (("cached", cached), ("uncached", uncached))}
+    limit = (encoder["uncached"] - speedup * encoder["cached"]) / (speedup - 1)
+    if limit <= 0:
+        return f"{speedup:g}x is out of reach at any decoder cost with these encoder costs."
+    return (f"{speedup:g}x would need a decoder of at most {limit:.1f} ms per slice with these encoder costs "
+            f"(it takes {cached['decoder_ms_per_slice']:.1f}).")
 
 
 def decoder_share(run: dict) -> float:

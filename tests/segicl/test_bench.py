@@ -60,6 +60,17 @@ def test_decoder_share_of_a_run():
     assert decoder_share(run) == pytest.approx(0.75)
 
 
+def test_decoder_budget_for_a_volume_speedup():
+    from segicl.bench import decoder_budget_for
+
+    cached = {"vision_ms_per_slice": 2.0, "llm_ms_per_slice": 5.0, "decoder_ms_per_slice": 280.0}
+    uncached = {"vision_ms_per_slice": 12.0, "llm_ms_per_slice": 13.0, "decoder_ms_per_slice": 280.0}
+    # (25 + d) / (7 + d) = 3 at d = 2
+    assert decoder_budget_for(3.0, cached, uncached) == ("3x would need a decoder of at most 2.0 ms per slice with "
+                                                         "these encoder costs (it takes 280.0).")
+    assert "out of reach" in decoder_budget_for(5.0, cached, uncached)
+
+
 def test_few_step_settings_against_fifty_steps():
     from segicl.bench import few_step_settings
 
