@@ -43,7 +43,7 @@ def command_mvg_eval(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no MVG model at {args.model} (train one with `make train-mvg`)")
     dataset = open_dataset(args)
     result = run_evaluation(args.model, args.out_dir, dataset, args.episodes, args.image_episodes, args.seed,
-                            args.min_area, progress=True, tasks=tuple(args.tasks))
+                            args.min_area, progress=True, tasks=tuple(args.tasks), transforms=args.transforms)
     print((args.out_dir / "report.md").read_text())
     print(f"wrote {args.out_dir / 'eval.json'}")
     return 0 if result else 1
@@ -86,4 +86,7 @@ def add_mvg_commands(commands) -> None:
     evaluation.add_argument("--min-area", type=int, default=64, help="minimum query structure area (pixels)")
     evaluation.add_argument("--seed", type=int, default=0)
     evaluation.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to evaluate")
+    evaluation.add_argument("--transforms", action=argparse.BooleanOptionalAction, default=True,
+                            help="independent random affines on prompt and query pairs (default); --no-transforms: "
+                                 "the pairs as registered (templates and test subject share one space)")
     evaluation.set_defaults(handler=command_mvg_eval)

@@ -78,11 +78,14 @@ def evaluate_image_task(model: MVGModel, sampler: MVGEpisodeSampler, task: str, 
 
 def evaluate(model: MVGModel, dataset, episodes: int = 200, image_episodes: int = 100, seed: int = 0,
              min_area: int = 64, held_out: bool = True, progress: bool = True,
-             tasks: tuple[str, ...] = ("segmentation",) + IMAGE_TASKS) -> dict:
-    """The eval.json dictionary (see the module docstring), for the tasks named."""
+             tasks: tuple[str, ...] = ("segmentation",) + IMAGE_TASKS, transforms: bool = True) -> dict:
+    """The eval.json dictionary (see the module docstring), for the tasks named. transforms=False: prompt and query
+    pairs as they are (the templates and Colin27 are in one space: what registered data looks like)."""
     start = time.perf_counter()
     options = EpisodeOptions(split="test", colouring=model.config.colouring, palette_levels=model.config.palette_levels,
                              min_area=min_area, seed=seed)
+    if not transforms:
+        options = replace(options, transform=None)
     steps = (["segmentation"] + (["segmentation_held_out"] if held_out else []) if "segmentation" in tasks else []) \
         + [t for t in IMAGE_TASKS if t in tasks]
     result: dict = {}
@@ -100,7 +103,8 @@ def evaluate(model: MVGModel, dataset, episodes: int = 200, image_episodes: int 
     if "synthesis" in result:
         result["synthesis"]["note"] = SYNTHESIS_NOTE
     result["setup"] = {"test_volume": "colin27 (MRI); CT_small, explicit_VR-UN (CT)", "seed": seed,
-                       "min_area_px": min_area, "transforms": "independent random affines on prompt and query pairs",
+                       "min_area_px": min_area, "transforms": "independent random affines on prompt and query pairs" if transforms
+                       else "none (prompt and query pairs as registered)",
                        "colouring": model.config.colouring, "wall_time_s": round(time.perf_counter() - start, 1)}
     return result
 
@@ -147,9 +151,11 @@ def write_report(out_dir: Path, result: dict, model_dir: str, training: dict | N
 
 
 def run_evaluation(model_dir: Path, out_dir: Path, dataset, episodes: int, image_episodes: int, seed: int,
-                   min_area: int, progress: bool = True, tasks: tuple[str, ...] = ("segmentation",) + IMAGE_TASKS) -> dict:
+                   min_area: int, progress: bool = True, tasks: tuple[str, ...] = ("segmentation",) + IMAGE_TASKS,
+                   transforms: bool = True) -> dict:
     model = MVGModel.from_pretrained(model_dir)
-    result = evaluate(model, dataset, episodes, image_episodes, seed, min_area, progress=progress, tasks=tasks)
+    result = evaluate(model, dataset, episodes, image_episodes, seed, min_area, progress=progress, tasks=tasks,
+                      transforms=transforms)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     summary = Path(model_dir) / "train_summary.json"

@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="relative draw weight of a non-segmentation task (default 1 each), e.g. denoising 2")
     parser.add_argument("--other-autoregressive", type=float, default=0.1,
                         help="autoregressive share of the non-segmentation tasks (paper: 0.1)")
+    parser.add_argument("--registered-probability", type=float, default=0.0,
+                        help="share of segmentation episodes drawn without the random affines (registered pairs)")
     parser.add_argument("--min-area", type=int, default=64, help="minimum structure area on training query slices")
     parser.add_argument("--data-seed", type=int, default=0)
     add_training_arguments(parser, steps=1500, batch_size=8, learning_rate=1e-3, weight_decay=0.05, warmup_steps=75,
@@ -98,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
                                  progress=accelerator.is_main_process)
     sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", colouring=config.colouring,
                                                         palette_levels=config.palette_levels,
-                                                        min_area=args.min_area, seed=training.seed))
+                                                        min_area=args.min_area, seed=training.seed,
+                                                        registered_probability=args.registered_probability))
     mix = TaskMix(segmentation_probability=args.segmentation_probability,
                   other_autoregressive=args.other_autoregressive, tasks=tuple(args.tasks),
                   other_weights={task: float(weight) for task, weight in args.task_weight})
     make_batch = make_batch_fn(sampler, mix, training.batch_size, training.seed)
     record = {"model": config.to_dict(), "mix": dataclasses.asdict(mix), "min_area": args.min_area,
+              "registered_probability": args.registered_probability,
               "threads": torch.get_num_threads()}
     state = train(MVGTrainingModule(model), make_batch, training, accelerator, record, description="MVG")
     if accelerator.is_main_process:

@@ -56,3 +56,13 @@ def test_mvg_eval_writes_the_issue_shape(tmp_path, dataset):
         assert set(result[task]) >= {"psnr", "ssim", "mae", "baseline"}
         assert set(result[task]["baseline"]) >= {"psnr", "ssim", "mae"}
     assert (tmp_path / "eval" / "report.md").exists()
+
+
+def test_mvg_eval_without_transforms(tmp_path, dataset):
+    model = saved_model(tmp_path / "model")
+    code = main(["mvg-eval", "--model", str(model), "--out-dir", str(tmp_path / "eval"), "--episodes", "4",
+                 "--tasks", "segmentation", "--no-transforms"])
+    assert code == 0
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["setup"]["transforms"].startswith("none") and "denoising" not in result
+    assert "as registered" in (tmp_path / "eval" / "report.md").read_text()
