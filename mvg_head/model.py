@@ -65,6 +65,18 @@ def sincos_position_embedding(width: int, rows: int, cols: int) -> torch.Tensor:
     return torch.cat(parts, dim=1).float()
 
 
+def zero_started_refiner(in_channels: int, channels: int, out_channels: int) -> nn.Sequential:
+    """Three full-resolution 3x3 conv layers (GELU between) whose last layer starts at zero: a head branch that
+    changes nothing until trained."""
+    refiner = nn.Sequential(
+        nn.Conv2d(in_channels, channels, kernel_size=3, padding=1), nn.GELU(),
+        nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.GELU(),
+        nn.Conv2d(channels, out_channels, kernel_size=3, padding=1))
+    nn.init.zeros_(refiner[-1].weight)
+    nn.init.zeros_(refiner[-1].bias)
+    return refiner
+
+
 class ConvHead(nn.Module):
     """Four feature maps (each normalised) concatenated -> 3x3 conv -> GELU -> 1x1 conv -> pixels (pixel shuffle).
 
@@ -88,25 +100,15 @@ class ConvHead(nn.Module):
         self.out_chans = out_chans
         self.skip_channels = skip_channels
         if skip_channels:
-            self.refine = nn.Sequential(
-                nn.Conv2d(2 * out_chans + skip_channels, skip_channels, kernel_size=3, padding=1), nn.GELU(),
-                nn.Conv2d(skip_channels, skip_channels, kernel_size=3, padding=1), nn.GELU(),
-                nn.Conv2d(skip_channels, out_chans + 1, kernel_size=3, padding=1))
-            nn.init.zeros_(self.refine[-1].weight)
-            nn.init.zeros_(self.refine[-1].bias)
+            self.refine = zero_started_refiner(2 * out_chans + skip_channels, skip_channels, out_chans + 1)
         self.label_refine: nn.Sequential | None = None
 
     def add_label_refine(self) -> None:
         """The prompt-label skip (`MVGConfig.prompt_label_skip`): three full-resolution conv layers over [skip
         output, feature channels, input pixels, previous label] emitting an amount and a correction, both zero at
         the start (the last layer is zero-initialised), so adding it leaves the head's output unchanged."""
-        channels, out = self.skip_channels, self.out_chans
-        self.label_refine = nn.Sequential(
-            nn.Conv2d(3 * out + channels, channels, kernel_size=3, padding=1), nn.GELU(),
-            nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.GELU(),
-            nn.Conv2d(channels, out + 1, kernel_size=3, padding=1))
-        nn.init.zeros_(self.label_refine[-1].weight)
-        nn.init.zeros_(self.label_refine[-1].bias)
+        self.label_refine = zero_started_refiner(3 * self.out_chans + self.skip_channels, self.skip_channels,
+                                                 self.out_chans + 1)
 
     def forward(self, maps: list[torch.Tensor], pixels: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -247,9 +249,10 @@ class MVGModel(nn.Module):
         batch, n = maps[0].shape[:2]
         pixels = labels = None
         if self.config.pixel_skip:
-            pixels = self.skip_pixels(images, pairs, token_mask)[:, slots].flatten(0, 1)
-        if self.config.prompt_label_skip:
-            labels = self.previous_labels(images, pairs, token_mask)[:, slots].flatten(0, 1)
+            visible = self.visible_images(images, pairs, token_mask)  # blanked once, read by both skips
+            pixels = self.skip_pixels(visible, pairs, None)[:, slots].flatten(0, 1)
+            if self.config.prompt_label_skip:
+                labels = self.previous_labels(visible, pairs, None)[:, slots].flatten(0, 1)
         output, coarse = (None if t is None else t.reshape(batch, n, *t.shape[1:])
                           for t in self.head([m.flatten(0, 1) for m in maps], pixels, labels))
         return (output, coarse) if with_coarse else output

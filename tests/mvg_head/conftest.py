@@ -22,6 +22,22 @@ def assert_labels_see_only_earlier_images(model, pairs: int = 3) -> None:
                 assert same == (label <= perturbed), (perturbed, label)
 
 
+def assert_reloads_bit_identical(model, folder):
+    """save_pretrained then from_pretrained: the same config, every tensor and both predictions bit-identical.
+    Returns the reloaded model."""
+    from mvg_head.model import MVGModel
+
+    model.save_pretrained(folder)
+    loaded = MVGModel.from_pretrained(folder)
+    assert loaded.config == model.config
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+    images = sentence(batch=1)
+    for mode in ("autoregressive", "masked"):
+        assert torch.equal(model.predict(images, mode), loaded.predict(images, mode))
+    return loaded
+
+
 def small_config(**overrides):
     """The tiny preset's slots (64 px, patch 8) with a much smaller ViT, for fast tests."""
     from mvg_head.config import tiny_config

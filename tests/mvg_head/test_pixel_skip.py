@@ -8,7 +8,8 @@ import torch
 from mvg_head.canvas import block_causal_mask
 from mvg_head.config import MVGConfig, full_config, tiny_config
 from mvg_head.model import CONFIG_NAME, MVGModel
-from tests.mvg_head.conftest import assert_labels_see_only_earlier_images, sentence, small_config
+from tests.mvg_head.conftest import (assert_labels_see_only_earlier_images, assert_reloads_bit_identical,
+                                     sentence, small_config)
 
 
 def live_model(pixel_skip=True, **overrides):
@@ -126,14 +127,7 @@ def test_masked_patches_do_not_leak_through_the_skip():
 
 def test_save_load_bit_identical_with_the_skip(tmp_path):
     model = live_model()
-    model.save_pretrained(tmp_path / "m")
-    loaded = MVGModel.from_pretrained(tmp_path / "m")
-    assert loaded.config == model.config and loaded.config.pixel_skip
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
-    images = sentence(batch=1)
-    for mode in ("autoregressive", "masked"):
-        assert torch.equal(model.predict(images, mode), loaded.predict(images, mode))
+    assert assert_reloads_bit_identical(model, tmp_path / "m").config.pixel_skip
 
 
 def test_configs_saved_before_the_field_load_as_the_plain_head(tmp_path):

@@ -6,7 +6,8 @@ import torch
 
 from mvg_head.config import MVGConfig, tiny_config
 from mvg_head.model import CONFIG_NAME, MVGModel
-from tests.mvg_head.conftest import assert_labels_see_only_earlier_images, sentence, small_config
+from tests.mvg_head.conftest import (assert_labels_see_only_earlier_images, assert_reloads_bit_identical,
+                                     sentence, small_config)
 
 
 def live_model(**overrides):
@@ -105,14 +106,7 @@ def test_masked_label_patches_stay_blank():
 
 def test_save_load_bit_identical(tmp_path):
     model = live_model()
-    model.save_pretrained(tmp_path / "m")
-    loaded = MVGModel.from_pretrained(tmp_path / "m")
-    assert loaded.config == model.config and loaded.config.prompt_label_skip
-    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
-        assert torch.equal(a, b), name
-    images = sentence(batch=1)
-    for mode in ("autoregressive", "masked"):
-        assert torch.equal(model.predict(images, mode), loaded.predict(images, mode))
+    assert assert_reloads_bit_identical(model, tmp_path / "m").config.prompt_label_skip
 
 
 def test_configs_saved_before_the_field_load_without_it(tmp_path):
