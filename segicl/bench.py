@@ -1,4 +1,4 @@
-"""`segicl bench {quality,speed,training,report}`: the benchmark commands, and the README "Results" section
+"""`segicl bench {quality,speed,full-shapes,training,report}`: the benchmark commands, and the README "Results" section
 generated from their JSON files (never typed by hand)."""
 from __future__ import annotations
 
@@ -52,6 +52,16 @@ def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_we
     speed.add_argument("--min-area", type=int, default=64)
     speed.set_defaults(handler=command_speed)
 
+    full = kinds.add_parser("full-shapes", help="the full preset's per-slice cost by part (random weights, paper "
+                                                "shapes), and the volume speed-up the cache would give")
+    full.add_argument("--vision-layers", type=int, default=2, help="ViT-bigG blocks built and timed (of 48; 0: all)")
+    full.add_argument("--llm-layers", type=int, default=1, help="Qwen-7B blocks built and timed (of 32; 0: all)")
+    full.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    full.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    full.add_argument("--repeats", type=int, default=3, help="timed runs per part (median)")
+    full.add_argument("--slices", type=int, default=64, help="volume length of the projection")
+    full.set_defaults(handler=command_full_shapes)
+
     training = kinds.add_parser("training", help="stage 1/2 steps per second: 1 process vs DeepSpeed ZeRO-2 x 2")
     training.add_argument("--steps", type=int, default=20, help="steps per run")
     training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
@@ -65,7 +75,7 @@ def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_we
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, speed, training, report):
+    for parser in (quality, speed, full, training, report):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
 
 
@@ -85,6 +95,16 @@ def command_speed(args) -> int:
         raise ValueError(f"--slices must be >= 1, got {args.slices}")
     result = run_speed(args, args.open_dataset(args))
     print(json.dumps({k: result[k] for k in ("llm_ms_per_slice", "volume_s", "steps_dice", "ratios")}, indent=1))
+    return 0
+
+
+def command_full_shapes(args) -> int:
+    from segicl.bench_full import FullShapeOptions, run_full_shapes
+
+    options = FullShapeOptions(vision_layers=args.vision_layers, llm_layers=args.llm_layers, device=args.device,
+                               dtype=args.dtype, repeats=args.repeats, slices=args.slices).validate()
+    result = run_full_shapes(options, args.out_dir)
+    print("\n".join(full_shape_lines(result)))
     return 0
 
 
@@ -142,6 +162,7 @@ def speed_lines(speed: dict) -> list[str]:
               f"(target >= 3x); encoder part (vision + LLM) alone: {ratios['encoder_uncached_over_cached_k3']:.2f}x. "
               f"The decoder, which the cache cannot save, is {decoder_share(runs['cached']['3']):.0%} of the cached "
               f"k=3 time per slice; " + decoder_budget_for(3.0, runs["cached"]["3"], runs["uncached"]["3"]),
+              *([fast_setting_line(speed["fast_setting"])] if "fast_setting" in speed else []),
               "- Decoder steps vs Dice (held-out, k=3): " + ", ".join(f"{s}: {steps[s]:.3f}" for s in
                                                                      sorted(steps, key=int, reverse=True)),
               "- " + few_step_settings(steps),
@@ -149,6 +170,31 @@ def speed_lines(speed: dict) -> list[str]:
               + ", ".join(f"{n}: {v['dice']:.3f} / {v['uncertainty_auroc']:.3f}" for n, v in samples.items()),
               "", "![speed](docs/results/speed.png)", ""]
     return lines
+
+
+def fast_setting_line(fast: dict) -> str:
+    return (f"- With the fast decoder setting ({fast['steps']} steps x {fast['samples']} sample, Dice "
+            f"{fast['dice']:.3f} on the sweep episodes) the k=3 volume takes {fast['volume_s']['uncached_k3']:.2f} s "
+            f"without and {fast['volume_s']['cached_k3']:.2f} s with the cache: "
+            f"**{fast['volume_uncached_over_cached_k3']:.2f}x**.")
+
+
+def full_shape_lines(full: dict) -> list[str]:
+    parts = full["parts"]
+    lines = ["### Full-preset shapes (`segicl bench full-shapes`)", "", full["setting"], "",
+             f"Per slice: vision {parts['vision_s_per_image']:.2f} s per image (an uncached k=3 slice encodes 7); "
+             f"LLM k=0 / k=3 without the cache {parts['llm_uncached_s_k0']:.2f} / {parts['llm_uncached_s_k3']:.2f} s "
+             f"({parts['sequence_tokens_k0']} / {parts['sequence_tokens_k3']} tokens), with it "
+             f"{parts['llm_cached_s_k0']:.2f} / {parts['llm_cached_s_k3']:.2f} s "
+             f"(**{full['llm_cached_k3_over_k0']:.2f}x**; the k=3 prefix, once per volume: "
+             f"{parts['llm_prefix_s_k3']:.2f} s); one denoiser evaluation (ControlNet + UNet) "
+             f"{parts['denoiser_s_per_evaluation']:.2f} s, one VAE decode {parts['vae_decode_s']:.2f} s.", "",
+             "| decoder steps x samples | volume k=3 without cache s | with cache s | speed-up | decoder share (cached) |",
+             "|---|---|---|---|---|"]
+    for setting, row in full["projection"].items():
+        lines.append(f"| {setting} | {row['volume_s_uncached_k3']:.0f} | {row['volume_s_cached_k3']:.0f} | "
+                     f"{row['volume_uncached_over_cached_k3']:.2f}x | {row['decoder_share_cached_k3']:.0%} |")
+    return lines + [""]
 
 
 def few_step_settings(steps_dice: dict) -> str:
@@ -199,11 +245,12 @@ def results_section(folder: Path) -> str:
 
     parts = [RESULTS_START, "## Results", "",
              f"Generated by `segicl bench report` from `{folder}/*.json` (do not edit by hand). Hardware: {hardware()}.",
-             "GPU (full-preset shapes): not measured, no GPU machine was available to this project.", ""]
+             "GPU: not measured, no GPU machine was available to this project (on one, `segicl bench full-shapes "
+             "--device cuda --dtype bfloat16 --vision-layers 0 --llm-layers 0` times the whole full-preset model).", ""]
     for name, render in (("quality.json", quality_lines), ("speed.json", speed_lines),
-                         ("training.json", training_lines)):
+                         ("full_shapes.json", full_shape_lines), ("training.json", training_lines)):
         data = _read(folder, name)
-        parts += render(data) if data else [f"_{name} not generated yet: run `segicl bench {name.split('.')[0]}`._", ""]
+        parts += render(data) if data else [f"_{name} not generated yet: run `segicl bench {name.split('.')[0].replace('_', '-')}`._", ""]
     parts.append(RESULTS_END)
     return "\n".join(parts)
 

@@ -7,6 +7,8 @@ All settings run in ONE process on the same inputs, so their ratios are meaningf
   decoder milliseconds (vision: query and example tokens, and the example prior, computed once per volume),
   the whole-volume seconds and the peak resident memory, each the median of
   `--repeats` runs interleaved across the settings;
+- the same k = 3 volume with the fast decoder setting (5 steps x 1 sample), with and without the cache, and its
+  Dice on the sweep episodes below;
 - decoder steps in {50, 20, 10, 5} against Dice, and samples in {1, 3, 5} against Dice and against how well
   the per-pixel spread over samples flags the wrong pixels (AUROC; one sample has no spread: 0.5), on the
   same held-out test episodes at k = 3.
@@ -30,6 +32,7 @@ from segicl.metrics import dice
 SPEED_K = (0, 1, 3)
 STEPS = (50, 20, 10, 5)
 SAMPLES = (1, 3, 5)
+FAST_SETTING = (5, 1)  # (steps, samples): the cheapest decoder setting also timed on the k = 3 volume
 
 
 class PeakMemory:
@@ -71,9 +74,9 @@ def volume_and_examples(dataset, structure: str, slices: int, k: int) -> tuple[n
     return query, examples, dataset.rows[rows[0]]["name"]
 
 
-def time_volume(pipeline, query, text: str, examples, use_cache: bool, args) -> dict:
+def time_volume(pipeline, query, text: str, examples, use_cache: bool, args, steps: int, samples: int) -> dict:
     with PeakMemory() as memory:
-        output = pipeline(query, text, examples, num_samples=args.samples, num_steps=args.steps,
+        output = pipeline(query, text, examples, num_samples=samples, num_steps=steps,
                           batch_size=args.batch_size, use_cache=use_cache, normalization="none")
     timings = output.timings
     per_slice = {key.replace("_s", "_ms_per_slice"): round(1000 * timings[key] / timings["slices"], 3)
@@ -88,24 +91,32 @@ def median_run(runs: list[dict]) -> dict:
     return {**merged, "peak_rss_mib": max(run["peak_rss_mib"] for run in runs), "repeats": len(runs)}
 
 
-def time_volumes(pipeline, dataset, args, log) -> dict:
-    """Every (cache, k) volume setting timed `args.repeats` times, interleaved so that a slow spell of the
-    machine hits all settings alike; the median of each setting."""
+def time_volumes(pipeline, dataset, args, log) -> tuple[dict, dict]:
+    """Every (cache, k) volume setting at the `args` decoder setting, and the k = 3 volume at FAST_SETTING, timed
+    `args.repeats` times, interleaved so that a slow spell of the machine hits all settings alike; the median of
+    each: ({cache: {k: run}}, {cache: run at the fast setting})."""
     settings = []
     for k in SPEED_K:
         query, examples, name = volume_and_examples(dataset, args.structure, args.slices, k)
         text = f"Segment the {name} in this T1-weighted MRI slice."
-        settings += [(label, k, query, text, examples, use_cache) for label, use_cache in (("cached", True),
-                                                                                            ("uncached", False))]
+        decoders = [(args.steps, args.samples)] + ([FAST_SETTING] if k == 3 else [])
+        settings += [(label, k, decoder, query, text, examples, use_cache) for decoder in decoders
+                     for label, use_cache in (("cached", True), ("uncached", False))]
     runs: dict = {}
     for _ in range(args.repeats):
-        for label, k, query, text, examples, use_cache in settings:
-            runs.setdefault((label, k), []).append(time_volume(pipeline, query, text, examples, use_cache, args))
+        for label, k, decoder, query, text, examples, use_cache in settings:
+            runs.setdefault((label, k, decoder), []).append(
+                time_volume(pipeline, query, text, examples, use_cache, args, *decoder))
     volumes: dict = {"cached": {}, "uncached": {}}
-    for (label, k), rows in runs.items():
-        volumes[label][str(k)] = median_run(rows)
-        log(f"  k={k} {label:8s}: " + ", ".join(f"{key} {value}" for key, value in volumes[label][str(k)].items()))
-    return volumes
+    fast: dict = {}
+    for (label, k, decoder), rows in runs.items():
+        run = median_run(rows)
+        if decoder == (args.steps, args.samples):
+            volumes[label][str(k)] = run
+        if decoder == FAST_SETTING:
+            fast[label] = run
+        log(f"  k={k} {label:8s} {decoder[0]}x{decoder[1]}: " + ", ".join(f"{key} {value}" for key, value in run.items()))
+    return volumes, fast
 
 
 def uncertainty_auroc(probabilities: np.ndarray, spread: np.ndarray, truths: np.ndarray) -> float:
@@ -143,7 +154,8 @@ def run_speed(args, dataset, log=print) -> dict:
     query, examples, _ = volume_and_examples(dataset, args.structure, 2, max(SPEED_K))
     for use_cache in (True, False):  # warm-up: first calls pay one-off allocation and kernel selection
         pipeline(query, "warm up", examples, num_samples=1, num_steps=1, use_cache=use_cache, normalization="none")
-    volumes = time_volumes(pipeline, dataset, args, log)
+    volumes, fast = time_volumes(pipeline, dataset, args, log)
+    fast_quality = sampler_quality(pipeline.model, dataset, args, *FAST_SETTING)
     steps = {str(s): sampler_quality(pipeline.model, dataset, args, s, args.samples)["dice"] for s in STEPS}
     log("  Dice by decoder steps: " + ", ".join(f"{s}: {d:.3f}" for s, d in steps.items()))
     samples = {str(n): sampler_quality(pipeline.model, dataset, args, args.steps, n) for n in SAMPLES}
@@ -165,6 +177,12 @@ def run_speed(args, dataset, log=print) -> dict:
             "encoder_uncached_over_cached_k3": round(
                 sum(volumes["uncached"]["3"][key] for key in ("vision_ms_per_slice", "llm_ms_per_slice"))
                 / sum(volumes["cached"]["3"][key] for key in ("vision_ms_per_slice", "llm_ms_per_slice")), 3),
+        },
+        "fast_setting": {
+            "steps": FAST_SETTING[0], "samples": FAST_SETTING[1], "dice": fast_quality["dice"],
+            "volume_s": {"cached_k3": fast["cached"]["volume_s"], "uncached_k3": fast["uncached"]["volume_s"]},
+            "volume_uncached_over_cached_k3": round(fast["uncached"]["volume_s"] / fast["cached"]["volume_s"], 3),
+            "per_run": fast,
         },
         "peak_rss_mib": max(row["peak_rss_mib"] for rows in volumes.values() for row in rows.values()),
         "setting": (f"Model `{args.model}`; volume: {args.slices} axial slices of the held-out subject at "

@@ -155,9 +155,11 @@ class MaskDecoder(nn.Module):
         target = side * 2 ** (len(self.config.conditioning_embedding_out_channels) - 1)
         return spatial if target == grid else F.interpolate(spatial, size=(target, target), mode="nearest")
 
-    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
-        """One denoiser evaluation: the ControlNet's residuals steer the UNet."""
-        states = self.keyword_states(noisy.shape[0])
+    def predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, control: torch.Tensor,
+                states: torch.Tensor | None = None) -> torch.Tensor:
+        """One denoiser evaluation: the ControlNet's residuals steer the UNet. `states`: the keyword states
+        (computed here when not given; a sampler passes them once for all its steps)."""
+        states = self.keyword_states(noisy.shape[0]) if states is None else states
         down, mid = self.controlnet(noisy, timesteps, encoder_hidden_states=states, controlnet_cond=control,
                                     return_dict=False)
         return self.unet(noisy, timesteps, encoder_hidden_states=states, down_block_additional_residuals=down,
@@ -202,9 +204,10 @@ class MaskDecoder(nn.Module):
         sampler.set_timesteps(num_steps, device=tokens.device)
         shape = (batch * num_samples, *self.codec.latent_shape(self.condition.mask_size))
         latent = torch.randn(shape, generator=generator, device=tokens.device) * sampler.init_noise_sigma
+        states = self.keyword_states(latent.shape[0])
         for timestep in sampler.timesteps:
             model_input = sampler.scale_model_input(latent, timestep)
-            output = self.predict(model_input, timestep.expand(latent.shape[0]), control)
+            output = self.predict(model_input, timestep.expand(latent.shape[0]), control, states)
             latent = sampler.step(output, timestep, latent).prev_sample
         probabilities = torch.sigmoid(self.codec.decode_logits(latent))
         return probabilities.view(batch, num_samples, 1, *probabilities.shape[-2:])

@@ -37,7 +37,7 @@ def test_median_run_takes_the_median_timing_and_the_peak_memory():
 
 
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from segicl.bench_speed import SPEED_K, STEPS, run_speed
+    from segicl.bench_speed import FAST_SETTING, SPEED_K, STEPS, run_speed
 
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,
@@ -49,8 +49,14 @@ def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path
         assert all(run["repeats"] == 2 for run in result["per_run"][label].values())
     assert set(result["volume_s"]) == {"cached_k3", "uncached_k3"} and min(result["volume_s"].values()) > 0
     assert set(result["steps_dice"]) == {str(s) for s in STEPS}
+    fast = result["fast_setting"]
+    assert (fast["steps"], fast["samples"]) == FAST_SETTING and 0 <= fast["dice"] <= 1
+    assert all(fast["per_run"][label]["repeats"] == 2 for label in ("cached", "uncached"))
+    assert fast["volume_uncached_over_cached_k3"] == pytest.approx(
+        fast["volume_s"]["uncached_k3"] / fast["volume_s"]["cached_k3"], abs=1e-3)
     assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
-    assert "of the cached k=3 time per slice" in results_section(tmp_path / "bench")
+    section = results_section(tmp_path / "bench")
+    assert "of the cached k=3 time per slice" in section and "With the fast decoder setting (5 steps x 1" in section
 
 
 def test_decoder_share_of_a_run():
