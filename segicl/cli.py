@@ -162,7 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--probabilities", type=Path, default=None, help="also write the probability map here")
     segment.add_argument("--uncertainty", type=Path, default=None, help="also write the per-pixel uncertainty here")
     segment.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="model folder (default: shipped tiny)")
-    segment.add_argument("--samples", type=int, default=5, help="diffusion samples averaged (default: 5)")
+    segment.add_argument("--samples", type=int, default=5,
+                         help="diffusion samples averaged; their spread is the uncertainty map (default: 5; "
+                              "--samples 1 --steps 5 runs a volume ~7x faster at the same Dice, without uncertainty: "
+                              "README 'Results')")
     segment.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
     segment.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     segment.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"),
