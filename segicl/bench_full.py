@@ -28,7 +28,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from segicl.config import LanguageModelConfig, SegICLConfig, VisionTowerConfig, full_config
 from segicl.decoder import MaskDecoder, VAECodec
-from segicl.encoder import MultimodalEncoder, build_llm
+from segicl.encoder import MultimodalEncoder, build_llm, repeated_cache
 from segicl.vision import VisionTower, build_backbone
 
 VIT_BIGG_14 = {"patch_size": 14, "width": 1664, "layers": 48, "heads": 16, "mlp_ratio": 8192 / 1664}
@@ -182,8 +182,11 @@ def measure_llm(config: LanguageModelConfig, num_tokens: int, num_queries: int, 
             result[f"llm_prefix_s_k{k}"] = time_part(lambda: encoder.encode_prefix(text, images[0], masks[0]),
                                                      blocks, built, QWEN_7B["num_layers"], options)
             cache, length = encoder.encode_prefix(text, images[0], masks[0])
-            result[f"llm_cached_s_k{k}"] = time_part(lambda: encoder.forward_with_prefix(cache, length, query),
-                                                     blocks, built, QWEN_7B["num_layers"], options)
+            suffix = time_part(lambda: encoder.forward_with_prefix(cache, length, query), blocks, built,
+                               QWEN_7B["num_layers"], options)
+            # forward_with_prefix copies the prefix KV of every block, outside the hooked blocks: scale that too
+            copy_per_built = time_part(lambda: repeated_cache(cache, 1), [], 1, 1, options)
+            result[f"llm_cached_s_k{k}"] = suffix + copy_per_built * (QWEN_7B["num_layers"] / built - 1)
             result[f"sequence_tokens_k{k}"] = TEXT_TOKENS + k * (2 * num_tokens + 3) + num_tokens + 2 + num_queries
     return result
 
@@ -236,10 +239,10 @@ def run_full_shapes(options: FullShapeOptions, out_dir: Path, log=print) -> dict
         log(f"timing the {name} ({options.repeats} runs + a warm-up) ...")
         parts.update(measure())
         log(f"  {time.perf_counter() - started:.0f} s so far")
-    parts = {key: round(value, 4) if isinstance(value, float) else value for key, value in parts.items()}
     device = torch.cuda.get_device_name() if options.device == "cuda" else "CPU"
     result = {
-        "parts": parts,
+        "parts": {key: round(value, 6) if isinstance(value, float) else value for key, value in parts.items()},
+        "device": device,
         "llm_cached_k3_over_k0": round(parts["llm_cached_s_k3"] / parts["llm_cached_s_k0"], 3),
         "projection": projection(parts, options.slices),
         "setting": (f"Random weights at the full preset's shapes (ViT-bigG-14 at 448 px, Qwen-7B shape, SD 1.5 UNet + "

@@ -128,13 +128,19 @@ class MultimodalEncoder(nn.Module):
         """Output-query states [S, M, H] for S query images that share a cached prefix."""
         count = query_tokens.shape[0]
         suffix = torch.stack([torch.cat(self.suffix_chunks(q)) for q in query_tokens])
-        batch_cache = copy.deepcopy(cache)
-        batch_cache.batch_repeat_interleave(count)
+        batch_cache = repeated_cache(cache, count)
         positions = (prefix_length + torch.arange(suffix.shape[1], device=suffix.device))[None].expand(count, -1)
         attention = torch.ones(count, prefix_length + suffix.shape[1], dtype=torch.long, device=suffix.device)
         states = self.decoder()(inputs_embeds=suffix, attention_mask=attention, position_ids=positions,
                                 past_key_values=batch_cache, use_cache=True).last_hidden_state
         return states[:, -self.output_queries.shape[0]:]
+
+
+def repeated_cache(cache, count: int):
+    """A copy of a one-sample KV cache for `count` samples (the cached prefix is never changed in place)."""
+    batch_cache = copy.deepcopy(cache)
+    batch_cache.batch_repeat_interleave(count)
+    return batch_cache
 
 
 def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -103,28 +103,51 @@ def test_cli_refuses_bad_layer_counts(capsys):
     assert "--llm-layers must be in 0..32" in capsys.readouterr().err
 
 
-def test_llm_parts_on_a_small_stand_in_count_the_sequence_it_runs():
-    """The small tiny-preset LLM stands in for Qwen-7B: every part is timed, and the token count reported is the
-    length of the sequence the blocks really see."""
-    config = tiny_config()
-    lengths = []
-    options = FullShapeOptions(repeats=1)
-    original = bench_full.build_llm
+class RecordingEncoder(bench_full.MultimodalEncoder):
+    """Records the sequence length the first block sees during whole-sequence (uncached) calls only."""
 
-    def build_and_watch(llm_config, vocab_size):
-        model = original(llm_config, vocab_size)
-        first = model.get_base_model().get_decoder().layers[0]
-        first.register_forward_pre_hook(lambda _, args, kwargs: lengths.append(kwargs.get(
-            "hidden_states", args[0] if args else None).shape[1]), with_kwargs=True)
-        return model
+    lengths: list = []
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(bench_full, "build_llm", build_and_watch)
-        parts = measure_llm(config.llm, num_tokens=4, num_queries=6, options=options, dtype=torch.float32)
+    def forward(self, *inputs):
+        first = self.decoder().layers[0]
+        handle = first.register_forward_pre_hook(lambda _, args, kwargs: self.lengths.append(
+            (kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]).shape[1]), with_kwargs=True)
+        try:
+            return super().forward(*inputs)
+        finally:
+            handle.remove()
+
+
+def test_llm_parts_on_a_small_stand_in_count_the_sequence_it_runs(monkeypatch):
+    """The tiny-preset LLM stands in for Qwen-7B: every part is timed, and the token count reported is the
+    length of the whole sequence the blocks really see without the cache."""
+    monkeypatch.setattr(bench_full, "MultimodalEncoder", RecordingEncoder)
+    RecordingEncoder.lengths = []
+    parts = measure_llm(tiny_config().llm, num_tokens=4, num_queries=6, options=FullShapeOptions(repeats=1),
+                        dtype=torch.float32)
+    assert set(RecordingEncoder.lengths) == {parts["sequence_tokens_k0"], parts["sequence_tokens_k3"]}
     for k in (0, 3):
-        assert parts[f"sequence_tokens_k{k}"] in lengths
         assert all(parts[f"llm_{kind}_s_k{k}"] > 0 for kind in ("uncached", "prefix", "cached"))
-    assert parts["sequence_tokens_k3"] - parts["sequence_tokens_k0"] == 3 * (2 * 4 + 3)
+
+
+def test_the_block_hooks_fire_and_are_scaled(monkeypatch):
+    """Each measured part passes the time spent inside its hooked blocks to the scaling, with the full count."""
+    seen = []
+
+    def record(total, inside_blocks, built, full):
+        seen.append((inside_blocks, built, full))
+        return scaled_seconds(total, inside_blocks, built, full)
+
+    monkeypatch.setattr(bench_full, "scaled_seconds", record)
+    config = tiny_config()
+    measure_vision(dataclasses.replace(config.vision, layers=2), hidden=32, options=FullShapeOptions(repeats=1),
+                   dtype=torch.float32)
+    assert seen and all(inside > 0 and (built, full) == (2, 48) for inside, built, full in seen)
+    seen.clear()
+    measure_llm(config.llm, num_tokens=4, num_queries=6, options=FullShapeOptions(repeats=1), dtype=torch.float32)
+    hooked = [(built, full) for inside, built, full in seen if inside > 0]
+    assert set(hooked) == {(config.llm.num_layers, 32)}
+    assert len(hooked) == 3 * 2  # uncached, prefix and suffix at k = 0 and 3, one timed run each (no warm-up)
 
 
 def test_vision_part_on_a_small_stand_in():
@@ -143,5 +166,6 @@ def test_results_section_renders_the_full_shape_table(tmp_path):
     (tmp_path / "full_shapes.json").write_text(json.dumps(result))
     section = results_section(tmp_path)
     assert "### Full-preset shapes" in section and "hand-made parts" in section
-    assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3']:.0f} |" in section
+    assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3']:.4g} |" in section
+    assert "vision 1 s per image" in section and "with it 1.5 s / 2 s" in section
     assert "speed.json not generated yet: run `segicl bench speed`" in section
