@@ -181,7 +181,11 @@ def fast_setting_line(fast: dict) -> str:
 
 
 def duration(seconds: float) -> str:
-    """Three significant figures, in ms below one second (GPU parts take milliseconds, CPU parts seconds)."""
+    """Three significant figures in a readable unit (GPU parts take milliseconds, CPU volumes hours)."""
+    if seconds >= 3600:
+        return f"{seconds / 3600:.3g} h"
+    if seconds >= 60:
+        return f"{seconds / 60:.3g} min"
     return f"{seconds:.3g} s" if seconds >= 1 else f"{1000 * seconds:.3g} ms"
 
 
@@ -195,10 +199,10 @@ def full_shape_lines(full: dict) -> list[str]:
              f"(**{full['llm_cached_k3_over_k0']:.2f}x**; the k=3 prefix, once per volume: "
              f"{duration(parts['llm_prefix_s_k3'])}); one denoiser evaluation (ControlNet + UNet) "
              f"{duration(parts['denoiser_s_per_evaluation'])}, one VAE decode {duration(parts['vae_decode_s'])}.", "",
-             "| decoder steps x samples | volume k=3 without cache s | with cache s | speed-up | decoder share (cached) |",
+             "| decoder steps x samples | volume k=3 without cache | with cache | speed-up | decoder share (cached) |",
              "|---|---|---|---|---|"]
     for setting, row in full["projection"].items():
-        lines.append(f"| {setting} | {row['volume_s_uncached_k3']:.4g} | {row['volume_s_cached_k3']:.4g} | "
+        lines.append(f"| {setting} | {duration(row['volume_s_uncached_k3'])} | {duration(row['volume_s_cached_k3'])} | "
                      f"{row['volume_uncached_over_cached_k3']:.2f}x | {row['decoder_share_cached_k3']:.0%} |")
     return lines + [""]
 

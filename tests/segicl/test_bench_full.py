@@ -156,6 +156,14 @@ def test_vision_part_on_a_small_stand_in():
     assert parts["vision_s_per_image"] > 0
 
 
+@pytest.mark.parametrize("seconds, shown", [(0.0123, "12.3 ms"), (8.222, "8.22 s"), (150, "2.5 min"),
+                                             (28780, "7.99 h")])
+def test_durations_are_shown_in_a_readable_unit(seconds, shown):
+    from segicl.bench import duration
+
+    assert duration(seconds) == shown
+
+
 def test_results_section_renders_the_full_shape_table(tmp_path):
     import json
 
@@ -166,6 +174,6 @@ def test_results_section_renders_the_full_shape_table(tmp_path):
     (tmp_path / "full_shapes.json").write_text(json.dumps(result))
     section = results_section(tmp_path)
     assert "### Full-preset shapes" in section and "hand-made parts" in section
-    assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3']:.4g} |" in section
+    assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3'] / 60:.3g} min |" in section
     assert "vision 1 s per image" in section and "with it 1.5 s / 2 s" in section
     assert "speed.json not generated yet: run `segicl bench speed`" in section
