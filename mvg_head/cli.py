@@ -66,8 +66,10 @@ def add_mvg_commands(commands) -> None:
     mvg.add_argument("--out", type=Path, required=True, help="output (.nii.gz, .nii, .png, .npy)")
     mvg.add_argument("--model", type=Path, default=DEFAULT_MVG_WEIGHTS, help="model folder (default: shipped tiny)")
     mvg.add_argument("--mode", choices=("masked", "autoregressive"), default=None,
-                     help="inference form (default: autoregressive for segmentation, masked otherwise)")
-    mvg.add_argument("--colouring", choices=COLOURINGS, default=None, help="override the model's label colouring")
+                     help="inference form (default: autoregressive, the form the shipped weights were trained "
+                          "for; masked: the paper's [P_x, P_y, X, mask] form)")
+    mvg.add_argument("--colouring", choices=COLOURINGS, default=None,
+                     help="segmentation: override the model's label colouring")
     mvg.add_argument("--region", type=Path, default=None, help="inpainting: the region to restore (mask file)")
     mvg.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"))
     mvg.add_argument("--normalization", default="percentile", choices=("percentile", "ct", "none"),

@@ -106,6 +106,10 @@ class MVGPipeline:
             colouring: override the model's colouring ("random" / "predefined" / "binary").
             region: inpainting only: the region to restore [H, W] or [S, H, W] (bool); outside it the input is kept.
         """
+        if region is not None and task != "inpainting":
+            raise ValueError(f"a region applies to inpainting only, not to {task!r}")
+        if colouring is not None and task != "segmentation":
+            raise ValueError(f"a label colouring applies to segmentation only, not to {task!r}")
         query = _stack(query, "query").astype(np.float32)
         prompt_images = _stack(prompt_images, "prompt image").astype(np.float32)
         prompt_targets = _stack(prompt_targets, "prompt target")
@@ -134,6 +138,10 @@ class MVGPipeline:
         colouring = colouring or config.colouring
         size = config.image_size
         labels = np.rint(prompt_labels).astype(np.int64)
+        if not np.array_equal(labels, prompt_labels):
+            fractional = np.unique(prompt_labels[labels != prompt_labels])[:3].tolist()
+            raise ValueError(f"a segmentation prompt target must be an integer label map (0 = background); found "
+                             f"non-integer values such as {fractional}")
         class_ids = [int(c) for c in np.unique(labels) if c != 0]
         if not class_ids:
             raise ValueError("the prompt target holds no labelled pixel (all 0)")

@@ -122,6 +122,10 @@ def command_segment(args: argparse.Namespace) -> int:
     from segicl.pipeline import SegICLPipeline
     from segicl.volumes import from_model_slices, load_example, to_model_slices
 
+    if args.steps < 1 or args.samples < 1:
+        raise ValueError(f"--steps and --samples must be >= 1, got {args.steps} and {args.samples}")
+    if args.uncertainty is not None and args.samples < 2:
+        raise ValueError("--uncertainty needs --samples >= 2: the uncertainty is the spread over the samples")
     if not args.model.exists():
         raise FileNotFoundError(f"model folder not found: {args.model} (train one with `make train-demo`)")
     query = read_image(args.image)

@@ -13,6 +13,7 @@ reused for every slice (`encode_prefix` / `forward_with_prefix`).
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ def build_llm(config: LanguageModelConfig, vocab_size: int):
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), bias="none")
-    model = get_peft_model(base, lora)
+    with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates; nothing for users to do
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        model = get_peft_model(base, lora)
     if config.train_base_model and not config.load_in_4bit:
         for name, parameter in model.named_parameters():
             if "lora_" not in name:

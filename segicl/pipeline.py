@@ -57,14 +57,21 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
     raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
 
 
+def as_binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    """A mask stored as 0 and one other positive value (0/1, a PNG's 0/255, a label value) as float 0/1; a mask with
+    more values, or negative ones, is refused."""
+    values = np.unique(mask)
+    if len(values) > 2 or values.min(initial=0) < 0 or (len(values) == 2 and values[0] != 0):
+        raise ValueError(f"{name} must be binary (0 and one other value); found values {values[:6].tolist()}")
+    return (mask > 0).astype(np.float32)
+
+
 def check_example(image: np.ndarray, mask: np.ndarray, index: int) -> None:
-    """Refuse an example whose image and mask disagree, or whose mask is not a non-empty binary 2-D mask."""
+    """Refuse an example whose image and mask disagree, or whose (binary) mask is empty or not 2-D."""
     if image.ndim != 2:
         raise ValueError(f"example {index}: image must be a 2-D slice, got shape {image.shape}")
     if mask.shape != image.shape:
         raise ValueError(f"example {index}: mask shape {mask.shape} does not match image shape {image.shape}")
-    if not np.isin(mask, (0, 1)).all():
-        raise ValueError(f"example {index}: mask must be binary (0/1); found values {np.unique(mask)[:5].tolist()}")
     if not mask.any():
         raise ValueError(f"example {index}: mask is empty (an example must show the structure)")
 
@@ -101,7 +108,7 @@ class SegICLPipeline:
         images, masks = [], []
         for index, (image, mask) in enumerate(examples):
             image = _as_float_array(image, f"example {index} image")
-            mask = _as_float_array(mask, f"example {index} mask")
+            mask = as_binary_mask(_as_float_array(mask, f"example {index} mask"), f"example {index}: mask")
             check_example(image, mask, index)
             images.append(normalize_intensity(image, normalization))
             masks.append(mask)

@@ -6,6 +6,7 @@ from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation
 
 from data.imageio import MedicalImage
 from data.preprocess import from_display_slices, to_display_slices
+from segicl.pipeline import as_binary_mask
 
 
 def to_model_slices(image: MedicalImage, axis: str = "axial") -> np.ndarray:
@@ -38,8 +39,4 @@ def load_example(image: MedicalImage, mask: MedicalImage) -> tuple[np.ndarray, n
     mask_array = np.squeeze(np.asarray(mask.array))
     if image_array.ndim != 2:
         raise ValueError(f"{image.path}: an example image must be a 2-D slice, got shape {image.array.shape}")
-    values = np.unique(mask_array)
-    if len(values) > 2 or (len(values) == 2 and values[0] != 0):
-        raise ValueError(f"{mask.path}: an example mask must be binary (0 and one other value); "
-                         f"found values {values[:6].tolist()}")
-    return image_array, (mask_array > 0).astype(np.float32)
+    return image_array, as_binary_mask(mask_array, f"{mask.path}: an example mask")

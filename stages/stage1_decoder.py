@@ -23,7 +23,8 @@ from stages.common import add_training_arguments, make_accelerator, train, train
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="model preset (tiny; full needs --sd-path)")
+    parser.add_argument("--preset", default="tiny", choices=("tiny", "full"),
+                        help="model preset (full needs --sd-path)")
     parser.add_argument("--sd-path", default=None, help="local Stable Diffusion 1.5 directory (full preset)")
     parser.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                         help="override the preset's diffusion parametrisation")

@@ -66,3 +66,12 @@ def test_bad_inputs_refused(pipeline):
         pipeline(image, image, np.zeros((64, 64)), task="segmentation")
     with pytest.raises(ValueError, match="2-D slice"):
         pipeline(np.zeros((1, 2, 64, 64)), image, image, task="synthesis")
+    soft = np.zeros((64, 64))
+    soft[10:20, 10:20] = 0.7  # a probability map, not labels: rounding would silently make it all background
+    with pytest.raises(ValueError, match=r"integer label map \(0 = background\); found non-integer values such as "
+                                         r"\[0.7\]"):
+        pipeline(image, image, soft, task="segmentation")
+    with pytest.raises(ValueError, match="a region applies to inpainting only, not to 'denoising'"):
+        pipeline(image, image, image, task="denoising", region=np.ones((64, 64), bool))
+    with pytest.raises(ValueError, match="a label colouring applies to segmentation only, not to 'synthesis'"):
+        pipeline(image, image, image, task="synthesis", colouring="binary")

@@ -69,3 +69,14 @@ def test_segment_reports_unreadable_files(tmp_path, capsys):
                  str(tmp_path / "o.nii.gz"), "--model", str(tmp_path / "model")])
     assert code == 2
     assert "broken.nii.gz" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "--steps and --samples must be >= 1, got 0 and 5"),
+    (["--samples", "1", "--uncertainty", "unc.nii.gz"], "--uncertainty needs --samples >= 2"),
+])
+def test_segment_refuses_sampler_flags_that_cannot_work(tmp_path, capsys, flags, message):
+    code = main(["segment", "--image", str(tmp_path / "q.nii.gz"), "--text", "x", "--out", str(tmp_path / "o.nii.gz"),
+                 *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err

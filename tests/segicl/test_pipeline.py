@@ -51,7 +51,9 @@ def bad(kind):
     if kind == "shape":
         return np.zeros((64, 64)), [(image, mask[:50])], "mask shape \\(50, 60\\) does not match image shape \\(70, 60\\)"
     if kind == "non-binary":
-        return np.zeros((64, 64)), [(image, mask * 0.5)], "must be binary"
+        three_values = mask.copy()
+        three_values[0, 0] = 0.5
+        return np.zeros((64, 64)), [(image, three_values)], "example 0: mask must be binary \\(0 and one other value\\)"
     if kind == "empty":
         return np.zeros((64, 64)), [(image, np.zeros_like(mask))], "mask is empty"
     if kind == "4d":
@@ -70,6 +72,17 @@ def test_bad_inputs_refused(pipeline, kind):
     query, examples, message = bad(kind)
     with pytest.raises(ValueError, match=message):
         pipeline(query, "Segment the brain", examples, num_samples=1, num_steps=1)
+
+
+def test_a_0_255_mask_reads_as_its_0_1_mask(pipeline):
+    """A PNG-style mask (0/255) is the same example as its 0/1 form, as on the command line."""
+    image, mask = example()
+    query = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    as_png = pipeline(query, "Segment the brain", [(image, mask * 255)], num_samples=2, num_steps=2, seed=1)
+    as_binary = pipeline(query, "Segment the brain", [(image, mask)], num_samples=2, num_steps=2, seed=1)
+    np.testing.assert_array_equal(as_png.probabilities, as_binary.probabilities)
+    with pytest.raises(ValueError, match="example 0: mask must be binary"):
+        pipeline(query, "Segment the brain", [(image, -mask)], num_samples=1, num_steps=1)
 
 
 def test_empty_instruction_refused(pipeline):

@@ -117,3 +117,11 @@ def test_deepspeed_zero2_two_processes_stay_in_sync(tokenizer, tmp_path):
     start = sum(float(p.double().sum()) for n, p in Stage2Model(fresh_model(tokenizer)).named_parameters()
                 if p.requires_grad)
     assert checksums[0]["sum"] != pytest.approx(start, abs=1e-6)
+
+
+def test_stage1_refuses_an_unknown_preset_with_the_known_ones(capsys):
+    from stages.stage1_decoder import build_parser
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--preset", "bogus", "--output-dir", "unused"])
+    assert "invalid choice: 'bogus' (choose from 'tiny', 'full')" in capsys.readouterr().err
