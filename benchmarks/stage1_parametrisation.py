@@ -42,7 +42,7 @@ def main() -> int:
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
     lines = ["| variant | steps | train s | reconstruction Dice (held-out, DDIM 10 x 1) |", "|---|---|---|---|"]
     for name, result in results.items():
-        lines.append(f"| {name} | {result['steps']} | {result['train_wall_time_s']} | {result['reconstruction_dice']:.3f} |")
+        lines.append(f"| {name} | {result['train_steps']} | {result['train_wall_time_s']} | {result['reconstruction_dice']:.3f} |")
     (args.out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -424,7 +424,8 @@ class MVGModel(nn.Module):
         """A saved model (float16 weights are cast back to float32); the MAE checkpoint is not re-read."""
         folder = Path(folder)
         if not (folder / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"no MVG model at {folder} ({CONFIG_NAME} missing)")
+            other = " (it holds a SegICL model: segicl_config.json)" if (folder / "segicl_config.json").exists() else ""
+            raise FileNotFoundError(f"no MVG model at {folder} ({CONFIG_NAME} missing){other}")
         config = MVGConfig.load(folder / CONFIG_NAME)
         model = cls(dataclasses.replace(config, mae_checkpoint=None))
         model.config = config

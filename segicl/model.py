@@ -189,7 +189,8 @@ class SegICLModel(nn.Module):
 
         folder = Path(folder)
         if not (folder / CONFIG_NAME).exists():
-            raise FileNotFoundError(f"no SegICL model at {folder} ({CONFIG_NAME} missing)")
+            other = " (it holds an MVG model: mvg_config.json)" if (folder / "mvg_config.json").exists() else ""
+            raise FileNotFoundError(f"no SegICL model at {folder} ({CONFIG_NAME} missing){other}")
         config = SegICLConfig.load(folder / CONFIG_NAME)
         tokenizer = load_tokenizer(folder / "tokenizer")
         model = cls.from_config(config, tokenizer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +55,22 @@ class TrainingArguments:
     max_minutes: float | None = None
     grad_clip: float = 1.0
 
+    def validate(self) -> "TrainingArguments":
+        """Refuse values the loop cannot use, naming the flag."""
+        at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1, "log_every": 1, "warmup_steps": 0}
+        for name, low in at_least.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError(f"--weight-decay and --grad-clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ValueError(f"--output-dir {self.output_dir} exists and is not a folder")
+        return self
+
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> None:
     """Command-line flags for every TrainingArguments field (stage-specific defaults override)."""
@@ -71,7 +88,16 @@ def add_training_arguments(parser: argparse.ArgumentParser, **defaults: Any) -> 
 
 def training_arguments(args: argparse.Namespace) -> TrainingArguments:
     fields = TrainingArguments.__dataclass_fields__
-    return TrainingArguments(**{name: getattr(args, name) for name in fields})
+    return TrainingArguments(**{name: getattr(args, name) for name in fields}).validate()
+
+
+def run_stage(main: Callable[[], int], program: str) -> int:
+    """A stage's entry point: a refused input or a missing file prints one line naming it and exits with 2."""
+    try:
+        return main()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
 
 
 def make_accelerator():
@@ -138,17 +164,22 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
         optimizer.load_state_dict(optimizer_state)
         lr_scheduler.load_state_dict(trainer_state["lr_scheduler"])
         start_step = trainer_state["step"]
+        recent = list(trainer_state.get("recent_losses", []))
+        if start_step > args.steps:
+            raise ValueError(f"the checkpoint in {checkpoint} is at step {start_step}, beyond --steps {args.steps}: "
+                             "raise --steps, or train into another --output-dir")
+    else:
+        recent = []
     if is_deepspeed(accelerator):
         # No dataloader goes through prepare(): DeepSpeed must be told the per-process batch size.
         accelerator.state.deepspeed_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = args.batch_size
     module, optimizer = accelerator.prepare(module, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     start_time = time.perf_counter()
-    recent: list[dict[str, float]] = []
     log = (output / "log.jsonl").open("a") if accelerator.is_main_process else None
     progress = tqdm(range(start_step, args.steps), desc=description, initial=start_step, total=args.steps,
                     disable=None if accelerator.is_main_process else True)
-    step = start_step
+    done = start_step
     for step in progress:
         module.train()
         batch = make_batch(step, rank, world)
@@ -168,6 +199,7 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
                                   "elapsed_s": round(time.perf_counter() - start_time, 2)}) + "\n")
             log.flush()
             progress.set_postfix(loss=f"{values['loss']:.4f}")
+        done = step + 1
         out_of_time = args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes
         if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
             _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step + 1, args, config, recent)
@@ -177,7 +209,7 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
         log.close()
     if world > 1:
         _write_rank_checksum(accelerator, module, output)
-    return {"step": step + 1, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}
+    return {"step": done, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}
 
 
 def _write_rank_checksum(accelerator, module, output: Path) -> None:

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, train, training_arguments  # noqa: E402
+from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,8 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "prompt_label_skip; with --init, switches it on for a model trained without it)")
     parser.add_argument("--copy-weight", type=float, default=None,
                         help="loss weight of label pixels that copy the input (MVGConfig.copy_weight; 1: the paper's)")
-    parser.add_argument("--colouring", choices=COLOURINGS, default="random", help="segmentation label colouring")
-    parser.add_argument("--mask-ratio", type=float, default=0.75, help="masked image modelling ratio (paper: 0.75)")
+    parser.add_argument("--colouring", choices=COLOURINGS, default=None,
+                        help="segmentation label colouring (default: the preset's, random; with --init: the model's)")
+    parser.add_argument("--mask-ratio", type=float, default=None,
+                        help="masked image modelling ratio (default: the preset's, 0.75 as the paper; with --init: "
+                             "the model's)")
     parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS), help="tasks to train on")
     parser.add_argument("--segmentation-probability", type=float, default=0.5, help="share of segmentation episodes")
     parser.add_argument("--task-weight", nargs=2, action="append", metavar=("TASK", "WEIGHT"), default=[],
@@ -59,9 +62,32 @@ def model_config(args: argparse.Namespace):
     from mvg_head.config import get_preset
 
     extra = {"mae_checkpoint": args.mae_checkpoint} if args.preset == "full" else {}
-    names = ("width", "depth", "heads", "head_channels", "pixel_skip", "prompt_label_skip", "copy_weight")
+    names = SHAPE_FLAGS + ("prompt_label_skip",) + TRAINING_FLAGS
     extra.update({name: getattr(args, name) for name in names if getattr(args, name) is not None})
-    return get_preset(args.preset, colouring=args.colouring, mask_ratio=args.mask_ratio, **extra)
+    return get_preset(args.preset, **extra)
+
+
+SHAPE_FLAGS = ("width", "depth", "heads", "head_channels", "pixel_skip")  # fixed by a saved model
+TRAINING_FLAGS = ("colouring", "mask_ratio", "copy_weight")  # a saved model keeps its own unless given
+
+
+def initial_model(args: argparse.Namespace):
+    """The model a run starts from: --init's (its shape kept; the training flags given replace its own), or a new
+    one from the preset."""
+    from mvg_head.model import MVGModel
+
+    if not args.init:
+        return MVGModel.from_config(model_config(args))
+    given = [name for name in SHAPE_FLAGS if getattr(args, name) is not None]
+    if given:
+        raise ValueError(f"--{given[0].replace('_', '-')} shapes a new model; with --init the saved model's shape "
+                         "is kept (drop the flag, or train from scratch)")
+    model = MVGModel.from_pretrained(args.init).train()
+    overrides = {name: getattr(args, name) for name in TRAINING_FLAGS if getattr(args, name) is not None}
+    model.config = dataclasses.replace(model.config, **overrides)
+    if args.prompt_label_skip:
+        model.add_prompt_label_skip()
+    return model
 
 
 def chain_summary(summary: dict, init: Path) -> dict:
@@ -88,13 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     training = training_arguments(args)
     accelerator = make_accelerator()
     torch.manual_seed(training.seed)
-    if args.init:
-        model = MVGModel.from_pretrained(args.init).train()
-        model.config = dataclasses.replace(model.config, colouring=args.colouring, mask_ratio=args.mask_ratio)
-        if args.prompt_label_skip:
-            model.add_prompt_label_skip()
-    else:
-        model = MVGModel.from_config(model_config(args))
+    model = initial_model(args)
     config = model.config
     dataset = SliceDataset.build(DatasetConfig(resolution=config.image_size, seed=args.data_seed),
                                  progress=accelerator.is_main_process)
@@ -125,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main, "mvg_train.py"))

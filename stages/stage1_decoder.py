@@ -18,14 +18,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, train, training_arguments  # noqa: E402
+from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=("tiny", "full"),
-                        help="model preset (full needs --sd-path)")
+                        help="model preset (full needs --sd-path, --llm-path and --clip-checkpoint)")
     parser.add_argument("--sd-path", default=None, help="local Stable Diffusion 1.5 directory (full preset)")
+    parser.add_argument("--llm-path", default=None, help="local Qwen 7B folder (full preset)")
+    parser.add_argument("--clip-checkpoint", default=None, help="local open_clip ViT-bigG-14 checkpoint (full preset)")
     parser.add_argument("--prediction-type", choices=("epsilon", "sample", "v_prediction"), default=None,
                         help="override the preset's diffusion parametrisation")
     parser.add_argument("--mask-loss-weight", type=float, default=None, help="override the preset's mask-loss weight")
@@ -43,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 def model_config(args: argparse.Namespace):
     from segicl.config import get_preset
 
-    config = get_preset(args.preset, sd_path=args.sd_path) if args.preset == "full" else get_preset(args.preset)
+    paths = {"sd_path": args.sd_path, "llm_path": args.llm_path, "clip_checkpoint": args.clip_checkpoint}
+    config = get_preset(args.preset, **paths) if args.preset == "full" else get_preset(args.preset)
     overrides = {k: v for k, v in (("prediction_type", args.prediction_type),
                                    ("mask_loss_weight", args.mask_loss_weight)) if v is not None}
     config.decoder = dataclasses.replace(config.decoder, **overrides)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation = evaluate_reconstruction(unwrapped, dataset, args.eval_masks, args.eval_min_area, args.eval_steps,
                                              args.eval_samples)
         result = {**evaluation,
-                  "steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
+                  "train_steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
                   "prediction_type": config.decoder.prediction_type,
                   "mask_loss_weight": config.decoder.mask_loss_weight}
         (output / "stage1_eval.json").write_text(json.dumps(result, indent=1))
@@ -99,4 +102,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main, "stage1_decoder.py"))

@@ -1,6 +1,6 @@
 """Stage 2: train the multimodal encoder to regress the frozen teacher's condition tokens.
 
-    accelerate launch --config_file accelerate_config.yaml stages/stage2_encoder.py \
+    accelerate launch --config_file accelerate_config.yaml stages/stage2_encoder.py \\
         --init runs/stage1/model --output-dir runs/stage2
 
 The decoder and condition encoder (from stage 1) stay frozen. Episodes come from the foundation's
@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, train, training_arguments  # noqa: E402
+from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,9 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")
-        print(f"stage 2: {state['step']} steps in {state['wall_time_s']:.0f} s; last losses {state['recent_losses'][-1]}")
+        last = state["recent_losses"][-1] if state["recent_losses"] else "none recorded"
+        print(f"stage 2: {state['step']} steps in {state['wall_time_s']:.0f} s; last losses {last}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_stage(main, "stage2_encoder.py"))

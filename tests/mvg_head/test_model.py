@@ -130,3 +130,11 @@ def test_label_pixels_that_copy_the_input_weigh_less():
     assert torch.isclose(weights[3].sum(), torch.tensor(64.0**2)) and torch.isclose(weights[1].sum(), weights[3].sum())
     assert torch.allclose(weights[1], weights[1, 0, 0])  # no pixel of the prompt label copies the prompt image
     assert weights[0::2].sum() == 0
+
+
+def test_loading_a_segicl_folder_says_what_it_holds(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MVG model at .*"):
+        MVGModel.from_pretrained(tmp_path)
+    (tmp_path / "segicl_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="it holds a SegICL model"):
+        MVGModel.from_pretrained(tmp_path)

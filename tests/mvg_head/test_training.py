@@ -82,11 +82,11 @@ def test_fine_tuning_with_the_prompt_label_skip_adds_it_and_chains_the_budget(tm
     from mvg_head.evaluation import training_budget
     from stages import mvg_train
 
-    common = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16", "--batch-size", "2",
-              "--warmup-steps", "1", "--checkpoint-every", "2", "--log-every", "1"]
-    assert mvg_train.main(common + ["--steps", "2", "--output-dir", str(tmp_path / "a")]) == 0
-    assert mvg_train.main(common + ["--steps", "3", "--init", str(tmp_path / "a" / "model"), "--prompt-label-skip",
-                                    "--output-dir", str(tmp_path / "b")]) == 0
+    shape = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16"]
+    loop = ["--batch-size", "2", "--warmup-steps", "1", "--checkpoint-every", "2", "--log-every", "1"]
+    assert mvg_train.main(shape + loop + ["--steps", "2", "--output-dir", str(tmp_path / "a")]) == 0
+    assert mvg_train.main(loop + ["--steps", "3", "--init", str(tmp_path / "a" / "model"), "--prompt-label-skip",
+                                  "--output-dir", str(tmp_path / "b")]) == 0
     a = MVGModel.from_pretrained(tmp_path / "a" / "model")
     b = MVGModel.from_pretrained(tmp_path / "b" / "model")
     assert not a.config.prompt_label_skip and b.config.prompt_label_skip
@@ -95,3 +95,23 @@ def test_fine_tuning_with_the_prompt_label_skip_adds_it_and_chains_the_budget(tm
     assert summary["steps"] == 3 and summary["total_steps"] == 5 and summary["init"]["steps"] == 2
     assert training_budget(summary).startswith("trained 5 steps in ")
     assert "the last 3 steps from" in training_budget(summary)
+
+
+def test_init_keeps_the_saved_training_settings_and_refuses_shape_flags(tmp_path, dataset, capsys):
+    """--init A: A's colouring stays unless a flag replaces it; a shape flag (which cannot apply) is refused."""
+    from stages import mvg_train
+    from stages.common import run_stage
+
+    shape = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16"]
+    loop = ["--batch-size", "2", "--warmup-steps", "1", "--log-every", "1", "--steps", "1"]
+    assert mvg_train.main(shape + loop + ["--colouring", "predefined", "--output-dir", str(tmp_path / "a")]) == 0
+    init = ["--init", str(tmp_path / "a" / "model")]
+    assert mvg_train.main(loop + init + ["--output-dir", str(tmp_path / "b")]) == 0
+    assert MVGModel.from_pretrained(tmp_path / "b" / "model").config.colouring == "predefined"
+    assert mvg_train.main(loop + init + ["--colouring", "random", "--output-dir", str(tmp_path / "c")]) == 0
+    assert MVGModel.from_pretrained(tmp_path / "c" / "model").config.colouring == "random"
+    code = run_stage(lambda: mvg_train.main(loop + init + ["--width", "64", "--output-dir", str(tmp_path / "d")]),
+                     "mvg_train.py")
+    assert code == 2
+    assert "mvg_train.py: error: --width shapes a new model; with --init the saved model's shape is kept" in \
+        capsys.readouterr().err

@@ -125,3 +125,49 @@ def test_stage1_refuses_an_unknown_preset_with_the_known_ones(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--preset", "bogus", "--output-dir", "unused"])
     assert "invalid choice: 'bogus' (choose from 'tiny', 'full')" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("steps", 0, "--steps must be >= 1, got 0"),
+    ("batch_size", 0, "--batch-size must be >= 1, got 0"),
+    ("checkpoint_every", 0, "--checkpoint-every must be >= 1, got 0"),
+    ("log_every", 0, "--log-every must be >= 1, got 0"),
+    ("learning_rate", 0.0, "--learning-rate must be > 0, got 0.0"),
+    ("learning_rate", -1.0, "--learning-rate must be > 0, got -1.0"),
+    ("max_minutes", 0.0, "--max-minutes must be > 0, got 0.0"),
+])
+def test_training_arguments_refuse_values_the_loop_cannot_use(tmp_path, field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainingArguments(output_dir=tmp_path, **{field: value}).validate()
+
+
+def test_an_output_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="afile exists and is not a folder"):
+        TrainingArguments(output_dir=tmp_path / "afile").validate()
+
+
+def test_resuming_a_finished_run_trains_nothing_and_reports_its_steps(dataset, tokenizer, tmp_path):
+    batches = stage1_batches(dataset, 2)
+    common = dict(output_dir=tmp_path, steps=3, batch_size=2, learning_rate=1e-3, warmup_steps=1, checkpoint_every=3)
+    first = train(Stage1Model(fresh_model(tokenizer)), batches, TrainingArguments(**common))
+    again = Stage1Model(fresh_model(tokenizer))
+    state = train(again, batches, TrainingArguments(resume=True, **common))
+    assert state["step"] == first["step"] == 3
+    assert state["recent_losses"] == first["recent_losses"][-10:]  # the checkpoint's, not an empty list
+    with pytest.raises(ValueError, match="is at step 3, beyond --steps 2"):
+        train(Stage1Model(fresh_model(tokenizer)), batches, TrainingArguments(resume=True, **{**common, "steps": 2}))
+
+
+def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys):
+    from stages.common import run_stage
+    from stages.stage2_encoder import main
+
+    mvg_folder = tmp_path / "mvg"
+    mvg_folder.mkdir()
+    (mvg_folder / "mvg_config.json").write_text("{}")
+    for folder, message in ((tmp_path / "nope", "no SegICL model at"), (mvg_folder, "it holds an MVG model")):
+        assert run_stage(lambda: main(["--init", str(folder), "--output-dir", str(tmp_path / "out")]),
+                         "stage2_encoder.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("stage2_encoder.py: error: ") and message in err and "Traceback" not in err
