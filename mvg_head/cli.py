@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from mvg_head.config import COLOURINGS, TASKS
+from segicl.arguments import check_at_least, check_model_folder, check_out_dir
 
 DEFAULT_MVG_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "mvg-tiny"
 
@@ -18,8 +19,7 @@ def command_mvg(args: argparse.Namespace) -> int:
     from mvg_head.pipeline import MVGPipeline
     from segicl.volumes import from_model_slices, to_model_slices
 
-    if not (args.model / "mvg_config.json").exists():
-        raise FileNotFoundError(f"no MVG model at {args.model} (train one with `make train-mvg`)")
+    check_model_folder(args.model, "MVG")
     start = time.perf_counter()
     query = read_image(args.image)
     slices = to_model_slices(query, args.axis)
@@ -39,8 +39,9 @@ def command_mvg_eval(args: argparse.Namespace) -> int:
     from mvg_head.evaluation import run_evaluation
     from segicl.cli import open_dataset
 
-    if not (args.model / "mvg_config.json").exists():
-        raise FileNotFoundError(f"no MVG model at {args.model} (train one with `make train-mvg`)")
+    check_model_folder(args.model, "MVG")
+    check_at_least(args, episodes=1, image_episodes=1, min_area=1)
+    check_out_dir(args.out_dir)
     dataset = open_dataset(args)
     result = run_evaluation(args.model, args.out_dir, dataset, args.episodes, args.image_episodes, args.seed,
                             args.min_area, progress=True, tasks=tuple(args.tasks), transforms=args.transforms)

@@ -25,6 +25,7 @@ from torch import nn
 
 from mvg_head.canvas import block_causal_mask, block_masking, check_sentence, image_tokens, to_canvas
 from mvg_head.config import MVGConfig
+from segicl.arguments import check_model_folder
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "mvg_config.json"
@@ -423,9 +424,7 @@ class MVGModel(nn.Module):
     def from_pretrained(cls, folder: Path | str) -> "MVGModel":
         """A saved model (float16 weights are cast back to float32); the MAE checkpoint is not re-read."""
         folder = Path(folder)
-        if not (folder / CONFIG_NAME).exists():
-            other = " (it holds a SegICL model: segicl_config.json)" if (folder / "segicl_config.json").exists() else ""
-            raise FileNotFoundError(f"no MVG model at {folder} ({CONFIG_NAME} missing){other}")
+        check_model_folder(folder, "MVG")
         config = MVGConfig.load(folder / CONFIG_NAME)
         model = cls(dataclasses.replace(config, mae_checkpoint=None))
         model.config = config

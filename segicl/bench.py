@@ -13,6 +13,8 @@ from pathlib import Path
 import psutil
 import torch
 
+from segicl.arguments import check_at_least, check_model_folder, check_out_dir
+
 BENCH_DIR = Path("runs/bench")
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -79,10 +81,20 @@ def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_we
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
 
 
+def check_common(args, **minimums: float) -> None:
+    """The checks every model benchmark makes before it starts: the flags' minimums, the output folder, the model."""
+    check_at_least(args, **minimums)
+    check_out_dir(args.out_dir)
+    check_model_folder(args.model, "SegICL")
+
+
 def command_quality(args) -> int:
     from segicl.bench_quality import run_quality
 
+    check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_seconds=1)
     args.mvg = args.mvg if str(args.mvg) else None
+    if args.mvg is not None:
+        check_model_folder(args.mvg, "MVG", flag="--mvg")
     result = run_quality(args, args.open_dataset(args))
     print((args.out_dir / "quality.md").read_text())
     return 0 if result else 1
@@ -91,8 +103,9 @@ def command_quality(args) -> int:
 def command_speed(args) -> int:
     from segicl.bench_speed import run_speed
 
-    if args.slices < 1:
-        raise ValueError(f"--slices must be >= 1, got {args.slices}")
+    check_common(args, slices=1, steps=1, samples=1, batch_size=1, repeats=1, episodes=1)
+    if args.slices < 64:
+        print(f"note: --slices {args.slices}: the volume figures the README reports use at least 64 slices")
     result = run_speed(args, args.open_dataset(args))
     print(json.dumps({k: result[k] for k in ("llm_ms_per_slice", "volume_s", "steps_dice", "ratios")}, indent=1))
     return 0
@@ -101,6 +114,7 @@ def command_speed(args) -> int:
 def command_full_shapes(args) -> int:
     from segicl.bench_full import FullShapeOptions, run_full_shapes
 
+    check_out_dir(args.out_dir)
     options = FullShapeOptions(vision_layers=args.vision_layers, llm_layers=args.llm_layers, device=args.device,
                                dtype=args.dtype, repeats=args.repeats, slices=args.slices).validate()
     result = run_full_shapes(options, args.out_dir)
@@ -111,6 +125,9 @@ def command_full_shapes(args) -> int:
 def command_training(args) -> int:
     from segicl.bench_training import run_training
 
+    check_common(args, steps=4, batch_size=2)  # the loss is compared over the first and last thirds of the steps
+    if args.batch_size % 2:
+        raise ValueError(f"--batch-size must be even (it is split over 2 DeepSpeed processes), got {args.batch_size}")
     run_training(args)
     return 0
 

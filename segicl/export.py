@@ -2,7 +2,8 @@
 
     python -m segicl.export runs/train-demo/stage2/model weights/segicl-tiny
 
-Loading casts them back to the model's float32 parameters (SegICLModel.from_pretrained).
+Loading casts them back to the model's float32 parameters (SegICLModel.from_pretrained). An existing target is
+replaced only when it is empty or an earlier export (a model folder).
 """
 from __future__ import annotations
 
@@ -12,12 +13,25 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
+from segicl.arguments import MODEL_CONFIGS
 from segicl.model import WEIGHTS_NAME
+
+
+def check_target(source: Path, target: Path) -> None:
+    """The target may be new, empty, or an earlier export (a model folder, replaced); anything else is refused so
+    that no unrelated file is deleted."""
+    if target.resolve() == source.resolve():
+        raise ValueError(f"the target {target} is the source itself")
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"the target {target} exists and is not a folder")
+    if target.exists() and any(target.iterdir()) and not any((target / name).exists() for name in MODEL_CONFIGS.values()):
+        raise ValueError(f"the target {target} is a non-empty folder that holds no saved model; choose a new folder")
 
 
 def export(source: Path, target: Path) -> Path:
     if not (source / WEIGHTS_NAME).exists():
         raise FileNotFoundError(f"no trained model at {source} ({WEIGHTS_NAME} missing)")
+    check_target(source, target)
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_NAME, "llm_adapter"))
@@ -32,4 +46,8 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         print(__doc__)
         sys.exit(2)
-    export(Path(sys.argv[1]), Path(sys.argv[2]))
+    try:
+        export(Path(sys.argv[1]), Path(sys.argv[2]))
+    except (ValueError, FileNotFoundError) as error:
+        print(f"segicl.export: error: {error}", file=sys.stderr)
+        sys.exit(2)

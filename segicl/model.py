@@ -13,6 +13,7 @@ from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder
 from segicl.encoder import MultimodalEncoder, build_llm
 from segicl.vision import VisionTower
+from segicl.arguments import check_model_folder
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "segicl_config.json"
@@ -188,9 +189,7 @@ class SegICLModel(nn.Module):
         from segicl.tokenizer import load_tokenizer
 
         folder = Path(folder)
-        if not (folder / CONFIG_NAME).exists():
-            other = " (it holds an MVG model: mvg_config.json)" if (folder / "mvg_config.json").exists() else ""
-            raise FileNotFoundError(f"no SegICL model at {folder} ({CONFIG_NAME} missing){other}")
+        check_model_folder(folder, "SegICL")
         config = SegICLConfig.load(folder / CONFIG_NAME)
         tokenizer = load_tokenizer(folder / "tokenizer")
         model = cls.from_config(config, tokenizer)

@@ -90,7 +90,7 @@ def train_specialist(images: np.ndarray, masks: np.ndarray, config: SpecialistCo
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         step += 1
     net.eval()
     return net, {"steps": step, "seconds": time.perf_counter() - start, "slices": len(images),

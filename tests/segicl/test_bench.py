@@ -1,6 +1,7 @@
 """The benchmark commands: their JSON shapes, the README section they generate, and their helpers."""
 import json
 from argparse import Namespace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,3 +149,33 @@ def test_readme_results_are_generated_between_markers(tmp_path):
     write_results(readme, section)  # idempotent: replaced, not appended twice
     text = readme.read_text()
     assert text.count(RESULTS_START) == 1 and text.count(RESULTS_END) == 1 and text.startswith("# Title")
+
+
+@pytest.mark.parametrize("command, message", [
+    (["bench", "quality", "--episodes", "0"], "--episodes must be >= 1, got 0"),
+    (["bench", "quality", "--specialist-seconds", "-5"], "--specialist-seconds must be >= 1, got -5.0"),
+    (["bench", "quality", "--specialists", "-1"], "--specialists must be >= 0, got -1"),
+    (["bench", "speed", "--repeats", "0"], "--repeats must be >= 1, got 0"),
+    (["bench", "training", "--steps", "2"], "--steps must be >= 4, got 2"),
+    (["bench", "training", "--batch-size", "3"], "--batch-size must be even"),
+    (["mvg-eval", "--episodes", "0"], "--episodes must be >= 1, got 0"),
+])
+def test_benchmarks_refuse_bad_flags_before_any_work(capsys, command, message):
+    from segicl.cli import main
+
+    assert main(command) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_path, capsys):
+    from segicl.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    assert main(["bench", "speed", "--out-dir", str(tmp_path / "afile")]) == 2
+    assert "--out-dir" in capsys.readouterr().err
+    shipped = Path(__file__).resolve().parents[2] / "weights" / "segicl-tiny"
+    assert main(["bench", "quality", "--mvg", str(shipped), "--out-dir", str(tmp_path / "q")]) == 2
+    assert f"--mvg: no MVG model at {shipped} (mvg_config.json missing); it holds a SegICL model" in \
+        capsys.readouterr().err
+    assert main(["mvg-eval", "--model", str(shipped), "--out-dir", str(tmp_path / "m")]) == 2
+    assert "it holds a SegICL model" in capsys.readouterr().err
