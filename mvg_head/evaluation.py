@@ -144,7 +144,7 @@ def write_report(out_dir: Path, result: dict, model_dir: str, training: dict | N
     if "by_modality" in result.get("denoising", {}):
         for name, values in result["denoising"]["by_modality"].items():
             lines.append(f"| denoising ({name}) | psnr | {values['psnr']:.4f} | {values['baseline']['psnr']:.4f} |")
-    lines += ["", f"Synthesis: {SYNTHESIS_NOTE}." if "synthesis" in result else "", f"Wall time: {result['setup']['wall_time_s']:.0f} s."]
+    lines += ["", f"Synthesis: {SYNTHESIS_NOTE}." if "synthesis" in result else "", f"Evaluation time (model and data already loaded): {result['setup']['wall_time_s']:.0f} s."]
     path = Path(out_dir) / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -37,6 +37,7 @@ def export(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(WEIGHTS_NAME, "llm_adapter"))
     state = load_file(source / WEIGHTS_NAME)
     save_file({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, target / WEIGHTS_NAME)
+    (target / WEIGHTS_NAME).chmod(0o644)  # shipped weights are world-readable like the rest of the repository
     size = (target / WEIGHTS_NAME).stat().st_size / 2**20
     print(f"exported {source} -> {target} ({size:.1f} MiB, float16)")
     return target
