@@ -3,14 +3,26 @@ with one line naming it."""
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Callable
 
 MODEL_CONFIGS = {"SegICL": "segicl_config.json", "MVG": "mvg_config.json"}
 ARTICLES = {"SegICL": "a SegICL", "MVG": "an MVG"}
 
 
+def exit_code(run: Callable[[], int], program: str) -> int:
+    """Run a command: a refused input or a missing file prints one line naming it (no traceback) and gives 2."""
+    try:
+        return run()
+    except (ValueError, FileNotFoundError) as error:
+        print(f"{program}: error: {error}", file=sys.stderr)
+        return 2
+
+
 def check_at_least(args: argparse.Namespace, **minimums: float) -> None:
-    """Refuse any flag below its minimum: check_at_least(args, episodes=1, repeats=1)."""
+    """Refuse any flag (an attribute of `args`, a Namespace or a config) below its minimum:
+    check_at_least(args, episodes=1, repeats=1)."""
     for name, low in minimums.items():
         value = getattr(args, name)
         if value < low:

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from segicl.arguments import exit_code
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -213,11 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.handler(args)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"segicl {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(lambda: args.handler(args), f"segicl {args.command}")
 
 
 if __name__ == "__main__":

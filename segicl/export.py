@@ -13,7 +13,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from segicl.arguments import MODEL_CONFIGS
+from segicl.arguments import MODEL_CONFIGS, check_out_dir, exit_code
 from segicl.model import WEIGHTS_NAME
 
 
@@ -22,8 +22,7 @@ def check_target(source: Path, target: Path) -> None:
     that no unrelated file is deleted."""
     if target.resolve() == source.resolve():
         raise ValueError(f"the target {target} is the source itself")
-    if target.exists() and not target.is_dir():
-        raise ValueError(f"the target {target} exists and is not a folder")
+    check_out_dir(target, flag="the target")
     if target.exists() and any(target.iterdir()) and not any((target / name).exists() for name in MODEL_CONFIGS.values()):
         raise ValueError(f"the target {target} is a non-empty folder that holds no saved model; choose a new folder")
 
@@ -43,12 +42,13 @@ def export(source: Path, target: Path) -> Path:
     return target
 
 
+def main(source: Path, target: Path) -> int:
+    export(source, target)
+    return 0
+
+
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         print(__doc__)
         sys.exit(2)
-    try:
-        export(Path(sys.argv[1]), Path(sys.argv[2]))
-    except (ValueError, FileNotFoundError) as error:
-        print(f"segicl.export: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_code(lambda: main(Path(sys.argv[1]), Path(sys.argv[2])), "segicl.export"))

@@ -8,12 +8,12 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from segicl.arguments import check_model_folder
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder
 from segicl.encoder import MultimodalEncoder, build_llm
 from segicl.vision import VisionTower
-from segicl.arguments import check_model_folder
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "segicl_config.json"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
+from segicl.arguments import check_at_least, check_out_dir, exit_code
 from segicl.checkpoint import load_checkpoint, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,18 +57,14 @@ class TrainingArguments:
 
     def validate(self) -> "TrainingArguments":
         """Refuse values the loop cannot use, naming the flag."""
-        at_least = {"steps": 1, "batch_size": 1, "checkpoint_every": 1, "log_every": 1, "warmup_steps": 0}
-        for name, low in at_least.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {getattr(self, name)}")
+        check_at_least(self, steps=1, batch_size=1, checkpoint_every=1, log_every=1, warmup_steps=0)
         if not self.learning_rate > 0:
             raise ValueError(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             raise ValueError(f"--weight-decay and --grad-clip must be >= 0, got {self.weight_decay} and {self.grad_clip}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max-minutes must be > 0, got {self.max_minutes}")
-        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
-            raise ValueError(f"--output-dir {self.output_dir} exists and is not a folder")
+        check_out_dir(self.output_dir, flag="--output-dir")
         return self
 
 
@@ -93,11 +89,7 @@ def training_arguments(args: argparse.Namespace) -> TrainingArguments:
 
 def run_stage(main: Callable[[], int], program: str) -> int:
     """A stage's entry point: a refused input or a missing file prints one line naming it and exits with 2."""
-    try:
-        return main()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return 2
+    return exit_code(main, program)
 
 
 def make_accelerator():
