@@ -26,17 +26,25 @@ STAGE2C_MINUTES ?= 60
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 
-.PHONY: install system-data demo test clean-cache train-demo
+.PHONY: install upgrade-lock system-data demo test clean-cache train-demo
 
 install: $(VENV)/.installed system-data
 
-# The stamp depends on pyproject.toml: editing dependencies reinstalls, a second `make install` only checks.
-$(VENV)/.installed: pyproject.toml
+# Every install goes through the lock (requirements/constraints.txt: the exact versions the suite passed with), so a
+# fresh machine gets what CI tested, not last night's releases. The stamp depends on pyproject.toml and the lock:
+# editing either reinstalls, a second `make install` only checks.
+LOCK := requirements/constraints.txt
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet $$(grep '^pip==' $(LOCK))
 	$(PIP) install --quiet $(TORCH_PIN)
-	$(PIP) install --quiet -e '.[dev]' $(TORCH_PIN)
+	$(PIP) install --quiet --constraint $(LOCK) -e '.[dev]' $(TORCH_PIN)
 	touch $@
+
+# Newest releases that pyproject.toml allows, in a throwaway venv; the lock is rewritten only if the whole suite
+# passes there (README: "Dependencies and the lock").
+upgrade-lock: system-data
+	bash requirements/upgrade-lock.sh "$(TORCH_PIN)"
 
 # Debian's mricron-data carries the Colin27 head and its atlases (../shared/DATA.md).
 system-data:

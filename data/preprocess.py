@@ -1,7 +1,7 @@
 """Volume -> slice preprocessing shared by the dataset builder and by inference on user volumes.
 
-Slices are cut along one anatomical axis of the volume reoriented to RAS+, rotated to the usual
-radiological display (anterior or superior at the top, the patient's right on the image's left),
+Slices are cut along one anatomical axis of the volume reoriented to RAS+, rotated for display (anterior or
+superior at the top, the patient's left on the image's left: the neurological convention),
 cropped to a square around the foreground and resized to the preset resolution.
 """
 from __future__ import annotations
@@ -25,8 +25,11 @@ def axis_index(axis: str) -> int:
 def normalize_mri(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """MRI intensities to [0, 1] between two percentiles of the volume, clipped."""
     lower, upper = percentiles
+    volume = volume.astype(np.float32)
+    if volume.size == 0 or volume.min() == volume.max():
+        return np.zeros_like(volume)  # a constant image has no contrast to scale (MONAI would warn and divide by 0)
     scale = ScaleIntensityRangePercentiles(lower=lower, upper=upper, b_min=0.0, b_max=1.0, clip=True)
-    return np.asarray(scale(volume.astype(np.float32)[None])[0], dtype=np.float32)
+    return np.asarray(scale(volume[None])[0], dtype=np.float32)
 
 
 def window_ct(hounsfield: np.ndarray, window: tuple[float, float] = (-100.0, 200.0)) -> np.ndarray:

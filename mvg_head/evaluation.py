@@ -23,6 +23,7 @@ from mvg_head.colouring import decode
 from mvg_head.episodes import SYNTHESIS_NOTE, EpisodeOptions, MVGEpisodeSampler, class_scores
 from mvg_head.model import MVGModel
 from mvg_head.pipeline import INFERENCE_MODES
+from segicl.arguments import shown_path
 from segicl.metrics import image_metrics
 
 IMAGE_TASKS = ("denoising", "synthesis", "inpainting")
@@ -160,5 +161,5 @@ def run_evaluation(model_dir: Path, out_dir: Path, dataset, episodes: int, image
     (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     summary = Path(model_dir) / "train_summary.json"
     training = json.loads(summary.read_text()) if summary.exists() else None
-    write_report(out_dir, result, str(model_dir), training)
+    write_report(out_dir, result, shown_path(model_dir), training)
     return result

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+REPOSITORY = Path(__file__).resolve().parents[1]
 MODEL_CONFIGS = {"SegICL": "segicl_config.json", "MVG": "mvg_config.json"}
 ARTICLES = {"SegICL": "a SegICL", "MVG": "an MVG"}
 
@@ -43,3 +44,12 @@ def check_model_folder(folder: Path, engine: str, flag: str | None = None) -> No
     held = f"; it holds {ARTICLES[others[0]]} model" if others else ""
     prefix = f"{flag}: " if flag else ""
     raise FileNotFoundError(f"{prefix}no {engine} model at {folder} ({MODEL_CONFIGS[engine]} missing){held}")
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as reports and JSON name it: relative to the repository when inside it (the shipped weights are
+    `weights/segicl-tiny` on every machine), otherwise as the user gave it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPOSITORY))
+    except ValueError:
+        return str(path)

@@ -23,6 +23,7 @@ import torch
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler
 from mvg_head.model import CONFIG_NAME as MVG_CONFIG_NAME
+from segicl.arguments import shown_path
 from segicl.evaluation import mean_score, score_episodes
 from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
@@ -208,7 +209,7 @@ def run_quality(args, dataset, log=print) -> dict:
     for group, structures in GROUPS.items():
         result[group], _ = run_group(model, dataset, structures, args, mvg, log)
     result["setting"] = (
-        f"Model `{args.model}`; {args.episodes} test episodes per (structures, k) on the held-out subject, "
+        f"Model `{shown_path(args.model)}`; {args.episodes} test episodes per (structures, k) on the held-out subject, "
         f"structures >= {args.min_area} px at {dataset.resolution} px, independent random affines, decoder "
         f"{args.steps} steps x {args.samples} samples; specialist UNets: {args.specialists} structures per group, "
         f"{args.specialist_seconds:.0f} s of training each on {torch.get_num_threads()} CPU threads. "

@@ -26,6 +26,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from data.episodes import EpisodeConfig, EpisodeSampler
+from segicl.arguments import shown_path
 from segicl.evaluation import segment_episodes
 from segicl.metrics import dice
 
@@ -185,7 +186,7 @@ def run_speed(args, dataset, log=print) -> dict:
             "per_run": fast,
         },
         "peak_rss_mib": max(row["peak_rss_mib"] for rows in volumes.values() for row in rows.values()),
-        "setting": (f"Model `{args.model}`; volume: {args.slices} axial slices of the held-out subject at "
+        "setting": (f"Model `{shown_path(args.model)}`; volume: {args.slices} axial slices of the held-out subject at "
                     f"{pipeline.size} px, examples of {args.structure}, batches of {args.batch_size} slices, decoder "
                     f"{args.steps} steps x {args.samples} samples, median of {args.repeats} interleaved runs per "
                     f"setting; sampler sweeps on {args.episodes} held-out k=3 "

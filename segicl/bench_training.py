@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segicl.arguments import shown_path
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"single": REPO / "accelerate_config.yaml", "deepspeed_zero2": REPO / "accelerate_deepspeed_zero2.yaml"}
 
@@ -71,7 +73,7 @@ def run_training(args, log=print) -> dict:
             result[stage]["deepspeed_zero2"]["steps_per_s"] / result[stage]["single"]["steps_per_s"], 3)
     result["setting"] = (f"{args.steps} steps per run, global batch {args.batch_size}; single process with "
                          f"{torch.get_num_threads()} threads vs DeepSpeed ZeRO-2, 2 processes x 1 thread; stage 2 "
-                         f"starts from `{args.model}`.")
+                         f"starts from `{shown_path(args.model)}`.")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "training.json").write_text(json.dumps(result, indent=1))
     return result

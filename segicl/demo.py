@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from data.episodes import EpisodeConfig
+from segicl.arguments import shown_path
 from segicl.evaluation import evaluate_episodes, evaluate_reconstruction, save_overlay
 
 K_VALUES = (0, 1, 3)
@@ -95,7 +96,7 @@ def run_demo(dataset, model_dir: Path | None, out_dir: Path, episodes: int, min_
         "stage1_reconstruction_dice": round(reconstruction["reconstruction_dice"], 4),
         "dice": table["dice"], "copy_baseline": table["copy_baseline"], "union_baseline": table["union_baseline"],
         "wall_time_s": round(time.perf_counter() - start, 1),
-        "model": str(model_dir), "episodes_per_cell": episodes, "min_area_px": min_area,
+        "model": shown_path(model_dir), "episodes_per_cell": episodes, "min_area_px": min_area,
         "sampler": f"{model.config.decoder.scheduler} {num_steps} steps x {num_samples} samples",
         "seconds_per_episode": table["seconds_per_episode"], "from_scratch": from_scratch,
     }

@@ -12,7 +12,9 @@ reused for every slice (`encode_prefix` / `forward_with_prefix`).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,15 @@ from torch import nn
 from segicl.config import LanguageModelConfig
 
 BOUNDARIES = ("example", "mask", "example_end", "query", "output")
+
+
+@contextlib.contextmanager
+def peft_quietly():
+    """Around peft's model wrapping: peft 0.21 reads `is_gradient_checkpointing`, which transformers 5 deprecates in
+    favour of `is_activation_checkpointing` (a FutureWarning per wrap); nothing a user could change."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def build_llm(config: LanguageModelConfig, vocab_size: int):
@@ -46,14 +57,16 @@ def build_llm(config: LanguageModelConfig, vocab_size: int):
         if config.load_in_4bit:
             from transformers import BitsAndBytesConfig
 
+            if importlib.util.find_spec("bitsandbytes") is None:
+                raise ValueError("load_in_4bit needs bitsandbytes: pip install 'segicl[qlora]'")
+
             kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                                bnb_4bit_compute_dtype=torch.float32)
             kwargs["device_map"] = "cpu" if not torch.cuda.is_available() else "auto"
         base = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=list(config.lora_targets), bias="none")
-    with warnings.catch_warnings():  # peft reads a property that transformers 5 deprecates; nothing for users to do
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with peft_quietly():
         model = get_peft_model(base, lora)
     if config.train_base_model and not config.load_in_4bit:
         for name, parameter in model.named_parameters():
@@ -123,7 +136,7 @@ class MultimodalEncoder(nn.Module):
                                               example_mask_tokens))[None]
         cache = DynamicCache()
         positions = torch.arange(prefix.shape[1], device=prefix.device)[None]
-        self.decoder()(inputs_embeds=prefix, position_ids=positions, past_key_values=cache, use_cache=True)
+        self.decoder()(inputs_embeds=prefix, position_ids=positions, cache=cache, use_cache=True)
         return cache, prefix.shape[1]
 
     @torch.no_grad()
@@ -135,7 +148,7 @@ class MultimodalEncoder(nn.Module):
         positions = (prefix_length + torch.arange(suffix.shape[1], device=suffix.device))[None].expand(count, -1)
         attention = torch.ones(count, prefix_length + suffix.shape[1], dtype=torch.long, device=suffix.device)
         states = self.decoder()(inputs_embeds=suffix, attention_mask=attention, position_ids=positions,
-                                past_key_values=batch_cache, use_cache=True).last_hidden_state
+                                cache=batch_cache, use_cache=True).last_hidden_state
         return states[:, -self.output_queries.shape[0]:]
 
 

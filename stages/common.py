@@ -7,6 +7,7 @@ only, so a run resumed from a checkpoint continues exactly as an uninterrupted o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import time
@@ -168,37 +169,36 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
     module, optimizer = accelerator.prepare(module, optimizer)
     rank, world = accelerator.process_index, accelerator.num_processes
     start_time = time.perf_counter()
-    log = (output / "log.jsonl").open("a") if accelerator.is_main_process else None
-    progress = tqdm(range(start_step, args.steps), desc=description, initial=start_step, total=args.steps,
-                    disable=None if accelerator.is_main_process else True)
-    done = start_step
-    for step in progress:
-        module.train()
-        batch = make_batch(step, rank, world)
-        losses = module(**batch, generator=step_generator(args.seed, step, rank))
-        accelerator.backward(losses["loss"])
-        if args.grad_clip and not is_deepspeed(accelerator):
-            accelerator.clip_grad_norm_(parameters, args.grad_clip)
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        # Logged values are means over all processes, so a multi-process run logs the same quantity.
-        values = {name: float(accelerator.reduce(value.detach().reshape(1), "mean") if world > 1 else value.detach())
-                  for name, value in losses.items()}
-        recent = (recent + [values])[-50:]
-        if log and (step + 1) % args.log_every == 0:
-            log.write(json.dumps({"step": step + 1, **values, "lr": lr_scheduler.get_last_lr()[0],
-                                  "elapsed_s": round(time.perf_counter() - start_time, 2)}) + "\n")
-            log.flush()
-            progress.set_postfix(loss=f"{values['loss']:.4f}")
-        done = step + 1
-        out_of_time = args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes
-        if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
-            _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step + 1, args, config, recent)
-        if out_of_time:
-            break
-    if log:
-        log.close()
+    with contextlib.ExitStack() as files:  # the log is closed however the loop ends
+        log = files.enter_context((output / "log.jsonl").open("a")) if accelerator.is_main_process else None
+        progress = tqdm(range(start_step, args.steps), desc=description, initial=start_step, total=args.steps,
+                        disable=None if accelerator.is_main_process else True)
+        done = start_step
+        for step in progress:
+            module.train()
+            batch = make_batch(step, rank, world)
+            losses = module(**batch, generator=step_generator(args.seed, step, rank))
+            accelerator.backward(losses["loss"])
+            if args.grad_clip and not is_deepspeed(accelerator):
+                accelerator.clip_grad_norm_(parameters, args.grad_clip)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            # Logged values are means over all processes, so a multi-process run logs the same quantity.
+            values = {name: float(accelerator.reduce(value.detach().reshape(1), "mean") if world > 1 else value.detach())
+                      for name, value in losses.items()}
+            recent = (recent + [values])[-50:]
+            if log and (step + 1) % args.log_every == 0:
+                log.write(json.dumps({"step": step + 1, **values, "lr": lr_scheduler.get_last_lr()[0],
+                                      "elapsed_s": round(time.perf_counter() - start_time, 2)}) + "\n")
+                log.flush()
+                progress.set_postfix(loss=f"{values['loss']:.4f}")
+            done = step + 1
+            out_of_time = args.max_minutes is not None and time.perf_counter() - start_time > 60 * args.max_minutes
+            if (step + 1) % args.checkpoint_every == 0 or step + 1 == args.steps or out_of_time:
+                _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step + 1, args, config, recent)
+            if out_of_time:
+                break
     if world > 1:
         _write_rank_checksum(accelerator, module, output)
     return {"step": done, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}

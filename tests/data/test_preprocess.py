@@ -41,6 +41,11 @@ def test_mri_percentile_normalisation():
     assert ((out[inside] > 0) & (out[inside] < 1)).all()
 
 
+def test_a_constant_image_normalises_to_zeros_without_a_warning():
+    out = normalize_mri(np.full((8, 8), 3.0))  # the suite turns warnings into errors
+    assert out.dtype == np.float32 and not out.any()
+
+
 def test_foreground_crop_is_square_and_padded():
     foreground = np.zeros((5, 50, 60), bool)
     foreground[1:3, 10:20, 5:55] = True

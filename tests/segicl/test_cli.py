@@ -1,4 +1,8 @@
 import json
+import os
+import re
+import subprocess
+import sys
 
 import pytest
 
@@ -80,3 +84,44 @@ def test_segment_refuses_sampler_flags_that_cannot_work(tmp_path, capsys, flags,
                  *flags])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def not_progress_bars(stderr: str) -> list[str]:
+    """The stderr lines that are not a tqdm progress bar (a bar redraws itself with carriage returns)."""
+    bar = re.compile(r"^.*\d+%\|.*\| *\d+/\d+ \[")
+    return [line for line in re.split(r"[\r\n]+", stderr) if line.strip() and not bar.match(line)]
+
+
+def run_quietly(arguments: list[str], cwd) -> str:
+    """Run `segicl ...` in a fresh interpreter (so every import happens) and return its stderr; it must succeed."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-m", "segicl.cli", *arguments], cwd=cwd, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stderr
+
+
+def test_bar_filter_keeps_what_is_not_a_bar():
+    bar = "segmenting:  50%|#####     | 1/2 [00:01<00:01,  1.00it/s]"
+    assert not_progress_bars(f"\r{bar}\r{bar}\n") == []
+    assert not_progress_bars(f"{bar}\nFailed to load CPU gemm_4bit_forward\n") == ["Failed to load CPU gemm_4bit_forward"]
+
+
+def test_segment_and_mvg_print_nothing_on_stderr_but_progress_bars(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    volume = np.random.default_rng(0).random((40, 48, 2)).astype(np.float32) * 1000
+    nib.save(nib.Nifti1Image(volume, np.diag([1.0, 1.0, 2.0, 1.0])), tmp_path / "query.nii.gz")
+    mask = np.zeros((40, 48, 1), np.uint8)
+    mask[10:25, 12:30] = 1
+    nib.save(nib.Nifti1Image(volume[:, :, :1], np.eye(4)), tmp_path / "example.nii.gz")
+    nib.save(nib.Nifti1Image(mask, np.eye(4)), tmp_path / "mask.nii.gz")
+    segment = run_quietly(["segment", "--image", "query.nii.gz", "--text", "Segment the brain", "--example",
+                           "example.nii.gz", "mask.nii.gz", "--out", "pred.nii.gz", "--steps", "1", "--samples", "1"],
+                          tmp_path)
+    assert not_progress_bars(segment) == []
+    mvg = run_quietly(["mvg", "--task", "segmentation", "--prompt-image", "example.nii.gz", "--prompt-target",
+                       "mask.nii.gz", "--image", "query.nii.gz", "--out", "mvg.nii.gz"], tmp_path)
+    assert not_progress_bars(mvg) == []
+    assert (tmp_path / "pred.nii.gz").exists() and (tmp_path / "mvg.nii.gz").exists()

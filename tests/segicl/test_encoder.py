@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from segicl.config import LanguageModelConfig
-from segicl.encoder import MultimodalEncoder, build_llm, left_pad
+from segicl.encoder import MultimodalEncoder, build_llm, left_pad, peft_quietly
 
 
 def tiny_encoder(vocab: int = 300, queries: int = 4) -> MultimodalEncoder:
@@ -68,7 +68,8 @@ def test_lora_adapter_saves_reloads_and_merges(tmp_path):
     llm.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     base = tiny_encoder().llm.unload()  # the same seed rebuilds the same base; LoRA layers removed
-    reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
+    with peft_quietly():
+        reloaded = PeftModel.from_pretrained(base, tmp_path / "adapter")
     merged = reloaded.merge_and_unload()
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, adapted, atol=1e-4, rtol=1e-4)
@@ -100,3 +101,14 @@ def test_pretrained_llm_directory_and_4bit(tmp_path, tokenizer):
     assert any(p.grad is not None for n, p in quantized.named_parameters() if "lora_" in n)
     with pytest.raises(FileNotFoundError, match="has no config.json"):
         build_llm(LanguageModelConfig(pretrained_path=str(tmp_path / "missing")), 10)
+
+
+def test_4bit_without_bitsandbytes_says_what_to_install(tmp_path, monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else find_spec(name, *a))
+    (tmp_path / "qwen").mkdir()
+    (tmp_path / "qwen" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"load_in_4bit needs bitsandbytes: pip install 'segicl\[qlora\]'"):
+        build_llm(LanguageModelConfig(pretrained_path=str(tmp_path / "qwen"), load_in_4bit=True), 100)
