@@ -179,3 +179,19 @@ def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_pat
         capsys.readouterr().err
     assert main(["mvg-eval", "--model", str(shipped), "--out-dir", str(tmp_path / "m")]) == 2
     assert "it holds a SegICL model" in capsys.readouterr().err
+
+
+def test_report_copies_the_json_beside_the_plots(tmp_path):
+    from segicl.cli import main
+
+    bench = tmp_path / "bench"
+    bench.mkdir()
+    (bench / "training.json").write_text(json.dumps({
+        "setting": "2 steps", **{stage: {"single": {"steps_per_s": 1.0, "loss_first_third": 1.0, "loss_last_third": 0.5},
+                                         "deepspeed_zero2": {"steps_per_s": 0.8, "loss_first_third": 1.0,
+                                                             "loss_last_third": 0.5},
+                                         "deepspeed_over_single_speed": 0.8} for stage in ("stage1", "stage2")}}))
+    (tmp_path / "README.md").write_text("# Title\n")
+    assert main(["bench", "report", "--readme", str(tmp_path / "README.md"), "--out-dir", str(bench)]) == 0
+    assert (tmp_path / "docs" / "results" / "training.json").read_text() == (bench / "training.json").read_text()
+    assert not (tmp_path / "docs" / "results" / "quality.json").exists()
