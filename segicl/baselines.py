@@ -1,16 +1,11 @@
 """Trivial baselines that every model figure is reported beside."""
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from data.dataset import SliceDataset
-from data.episodes import Episode, EpisodeConfig, EpisodeSampler
-from segicl.metrics import dice
+from data.episodes import Episode
 
 
 def copy_example_baseline(example_mask: np.ndarray, query_shape: tuple[int, int]) -> np.ndarray:
@@ -35,15 +30,3 @@ def predict_union(episode: Episode) -> np.ndarray:
     if episode.k == 0:
         raise ValueError("the union-of-examples baseline needs at least one example (k >= 1)")
     return np.stack([copy_example_baseline(mask, episode.query_mask.shape[-2:]) for mask in episode.example_masks]).max(0)
-
-
-def evaluate_copy_baseline(dataset: SliceDataset, config: EpisodeConfig, episodes: int = 200,
-                           progress: bool = False) -> dict:
-    """Mean Dice of the copy baseline over `episodes` test episodes drawn with `config` (k forced to >= 1)."""
-    config = replace(config, num_examples=max(config.num_examples or 1, 1), max_examples=max(config.max_examples, 1))
-    sampler = EpisodeSampler(dataset, config)
-    scores = []
-    for index in tqdm(range(episodes), desc=f"copy baseline ({config.structures})", disable=None if progress else True):
-        episode = sampler[index]
-        scores.append(dice(predict_copy(episode), episode.query_mask[0]))
-    return {"mean_dice": float(np.mean(scores)), "std_dice": float(np.std(scores)), "episodes": len(scores)}

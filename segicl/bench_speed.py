@@ -27,8 +27,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from data.episodes import EpisodeConfig, EpisodeSampler
 from segicl.arguments import shown_path
-from segicl.evaluation import segment_episodes
-from segicl.metrics import dice
+from segicl.evaluation import mean_score, score_episodes
 
 SPEED_K = (0, 1, 3)
 STEPS = (50, 20, 10, 5)
@@ -132,17 +131,11 @@ def sampler_quality(model, dataset, args, num_steps: int, num_samples: int) -> d
     """Dice (and the uncertainty AUROC) on the same held-out k = 3 test episodes for one sampler setting."""
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=3,
                                                     min_area=args.min_area, seed=args.seed))
-    generator = torch.Generator().manual_seed(args.seed)
-    probabilities, spreads, truths = [], [], []
-    for first in range(0, args.episodes, 16):
-        chunk = [sampler[i] for i in range(first, min(first + 16, args.episodes))]
-        mean, spread = segment_episodes(model, chunk, num_steps, num_samples, generator)
-        probabilities.append(mean)
-        spreads.append(spread)
-        truths.append(np.stack([e.query_mask[0] for e in chunk]))
-    probabilities, spreads, truths = map(np.concatenate, (probabilities, spreads, truths))
-    scores = [dice((p > 0.5).astype(np.float32), t) for p, t in zip(probabilities, truths)]
-    return {"dice": round(float(np.mean(scores)), 4), "uncertainty_auroc": round(uncertainty_auroc(
+    records, kept = score_episodes(model, sampler, args.episodes, num_steps, num_samples, seed=args.seed,
+                                   keep=args.episodes)
+    probabilities, spreads = (np.stack([row[index] for row in kept]) for index in (1, 2))
+    truths = np.stack([episode.query_mask[0] for episode, _, _ in kept])
+    return {"dice": round(mean_score(records, "segicl"), 4), "uncertainty_auroc": round(uncertainty_auroc(
         probabilities, spreads, truths), 4) if num_samples > 1 else 0.5}
 
 

@@ -192,26 +192,6 @@ class MaskDecoder(nn.Module):
         losses["loss"] = losses["diffusion"] + self.config.mask_loss_weight * losses.get("mask", 0.0)
         return losses
 
-    @torch.no_grad()
-    def sample(self, tokens: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
-               generator: torch.Generator | None = None, scheduler: str | None = None) -> torch.Tensor:
-        """Mask probabilities [B, num_samples, 1, S, S]; all samples of all inputs run as one batch."""
-        if num_steps < 1 or num_samples < 1:
-            raise ValueError(f"num_steps and num_samples must be >= 1, got {num_steps} and {num_samples}")
-        batch = tokens.shape[0]
-        control = self.control_map(tokens).repeat_interleave(num_samples, dim=0)
-        sampler = inference_scheduler(self.config, self.scheduler, scheduler)
-        sampler.set_timesteps(num_steps, device=tokens.device)
-        shape = (batch * num_samples, *self.codec.latent_shape(self.condition.mask_size))
-        latent = torch.randn(shape, generator=generator, device=tokens.device) * sampler.init_noise_sigma
-        states = self.keyword_states(latent.shape[0])
-        for timestep in sampler.timesteps:
-            model_input = sampler.scale_model_input(latent, timestep)
-            output = self.predict(model_input, timestep.expand(latent.shape[0]), control, states)
-            latent = sampler.step(output, timestep, latent).prev_sample
-        probabilities = torch.sigmoid(self.codec.decode_logits(latent))
-        return probabilities.view(batch, num_samples, 1, *probabilities.shape[-2:])
-
 
 def _load_stable_diffusion(config: DecoderConfig):
     """UNet, VAE codec, text encoder and keyword ids from a local Stable Diffusion directory."""

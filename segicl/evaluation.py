@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -9,20 +10,41 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from data.dataset import SliceDataset
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
 from segicl.baselines import predict_copy, predict_union
 from segicl.metrics import dice, hd95, iou
+from segicl.pipeline import sample_masks
+
+
+@torch.no_grad()
+def episode_condition_tokens(model, episodes: list[Episode], use_cache: bool = False) -> torch.Tensor:
+    """Condition tokens [B, M, D] for a batch of episodes through `SegICLModel.condition_tokens`, the function the
+    pipeline calls: with `use_cache` each episode's instruction and examples are encoded once as a context (as the
+    pipeline does for a volume), otherwise the batch runs the whole sequence of every episode."""
+    if not use_cache:
+        batch = collate_episodes(episodes)
+        text_ids, text_mask = model.tokenize(batch["instructions"])
+        return model.condition_tokens(text_ids, text_mask, batch["example_images"], batch["example_masks"],
+                                      batch["example_valid"], batch["query_image"])
+    tokens = []
+    for episode in episodes:
+        batch = collate_episodes([episode])
+        text_ids, text_mask = model.tokenize(batch["instructions"])
+        images, masks = (torch.from_numpy(episode.example_images), torch.from_numpy(episode.example_masks))
+        context = model.encode_context(text_ids, images, masks)
+        tokens.append(model.condition_tokens(text_ids, text_mask, batch["example_images"], batch["example_masks"],
+                                             batch["example_valid"], batch["query_image"], context))
+    return torch.cat(tokens)
 
 
 @torch.no_grad()
 def segment_episodes(model, episodes: list[Episode], num_steps: int, num_samples: int,
-                     generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(mean probability, per-pixel std over samples), each [B, S, S], for a batch of episodes."""
-    batch = collate_episodes(episodes)
-    text_ids, text_mask = model.tokenize(batch["instructions"])
-    tokens = model.predict_condition_tokens(text_ids, text_mask, batch["example_images"], batch["example_masks"],
-                                            batch["example_valid"], batch["query_image"])
-    samples = model.decoder.sample(tokens, num_steps, num_samples, generator)[:, :, 0]
+                     generator: torch.Generator, use_cache: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(mean probability, per-pixel std over samples), each [B, S, S], for a batch of episodes, by the pipeline's
+    functions (`episode_condition_tokens`, then `sample_masks`)."""
+    tokens = episode_condition_tokens(model, episodes, use_cache)
+    samples = sample_masks(model.decoder, tokens, num_steps, num_samples, generator)[:, :, 0]
     return samples.mean(dim=1).numpy(), samples.std(dim=1, unbiased=False).numpy()
 
 
@@ -34,23 +56,27 @@ def overlap_scores(prediction: np.ndarray, truth: np.ndarray) -> dict[str, float
 def score_episodes(model, sampler: EpisodeSampler, episodes: int, num_steps: int = 10, num_samples: int = 5,
                    batch_size: int = 16, seed: int = 0, keep: int = 0,
                    other_methods: dict[str, Callable[[list[Episode]], np.ndarray]] | None = None,
-                   progress: bool = False) -> tuple[list[dict], list]:
-    """Per-episode scores of SegICL, of the copy and union-of-examples baselines (k >= 1) and of `other_methods`
-    (name -> a function mapping a list of episodes to one binary prediction [S, S] or None (no answer) per
-    episode), all on the SAME episodes.
+                   progress: bool = False, use_cache: bool = False) -> tuple[list[dict], list]:
+    """Per-episode scores of SegICL (unless `model` is None), of the copy and union-of-examples baselines (k >= 1)
+    and of `other_methods` (name -> a function mapping a list of episodes to one binary prediction [S, S] or None
+    (no answer) per episode), all on the SAME episodes: the one scoring loop of every SegICL figure.
 
     Returns (records, kept): one record per episode {"task", "structure", "k", "<method>": {dice, iou, hd95}},
-    and up to `keep` (episode, probability, uncertainty) triples for overlays."""
+    and up to `keep` (episode, probability, uncertainty) triples (for overlays and uncertainty scores)."""
     generator = torch.Generator().manual_seed(seed)
     records, kept = [], []
     for first in tqdm(range(0, episodes, batch_size), desc="episodes", disable=None if progress else True):
         chunk = [sampler[i] for i in range(first, min(first + batch_size, episodes))]
-        probabilities, spread = segment_episodes(model, chunk, num_steps, num_samples, generator)
+        if model is not None:
+            probabilities, spread = segment_episodes(model, chunk, num_steps, num_samples, generator, use_cache)
         others = {name: method(chunk) for name, method in (other_methods or {}).items()}
-        for index, (episode, probability, std) in enumerate(zip(chunk, probabilities, spread)):
+        for index, episode in enumerate(chunk):
             truth = episode.query_mask[0]
-            record = {"task": episode.meta["task"], "structure": episode.structure, "k": episode.k,
-                      "segicl": overlap_scores((probability > 0.5).astype(np.float32), truth)}
+            record = {"task": episode.meta["task"], "structure": episode.structure, "k": episode.k}
+            if model is not None:
+                record["segicl"] = overlap_scores((probabilities[index] > 0.5).astype(np.float32), truth)
+                if len(kept) < keep:
+                    kept.append((episode, probabilities[index], spread[index]))
             if episode.k:
                 record["copy_example"] = overlap_scores(predict_copy(episode), truth)
                 record["union_examples"] = overlap_scores(predict_union(episode), truth)
@@ -58,9 +84,16 @@ def score_episodes(model, sampler: EpisodeSampler, episodes: int, num_steps: int
                 if predictions[index] is not None:
                     record[name] = overlap_scores(predictions[index], truth)
             records.append(record)
-            if len(kept) < keep:
-                kept.append((episode, probability, std))
     return records, kept
+
+
+def evaluate_copy_baseline(dataset: SliceDataset, config: EpisodeConfig, episodes: int = 200,
+                           progress: bool = False) -> dict:
+    """Mean Dice of the copy baseline over `episodes` test episodes drawn with `config` (k forced to >= 1)."""
+    config = replace(config, num_examples=max(config.num_examples or 1, 1), max_examples=max(config.max_examples, 1))
+    records, _ = score_episodes(None, EpisodeSampler(dataset, config), episodes, progress=progress)
+    scores = [record["copy_example"]["dice"] for record in records]
+    return {"mean_dice": float(np.mean(scores)), "std_dice": float(np.std(scores)), "episodes": len(scores)}
 
 
 def mean_score(records: list[dict], method: str, metric: str = "dice") -> float | None:
@@ -97,7 +130,7 @@ def evaluate_reconstruction(model, dataset, masks: int = 128, min_area: int = 64
     model.eval()
     start = time.perf_counter()
     probabilities = torch.cat([
-        model.decoder.sample(model.condition_encoder(chunk), num_steps, num_samples, generator).mean(dim=1)
+        sample_masks(model.decoder, model.condition_encoder(chunk), num_steps, num_samples, generator).mean(dim=1)
         for chunk in targets.split(32)])
     seconds = time.perf_counter() - start
     scores = [dice((p[0] > 0.5).numpy(), m[0].numpy()) for p, m in zip(probabilities, targets)]

@@ -1,7 +1,11 @@
 """SegICLModel: all the components together, with save_pretrained / from_pretrained (safetensors)."""
 from __future__ import annotations
 
+import contextlib
+import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -23,6 +27,33 @@ def to_condition_order(per_query: torch.Tensor, query_grid: int, block: int) -> 
     """[B, M, block*block*C] values per output query -> [B, grid*grid, C] in the condition grid's row order:
     output query i sits on a sqrt(M) x sqrt(M) grid and covers the block x block tokens under it."""
     return rearrange(per_query, "b (qh qw) (bh bw c) -> b (qh bh qw bw) c", qh=query_grid, bh=block, bw=block)
+
+
+@dataclass
+class ExampleContext:
+    """An instruction and its examples encoded once (`SegICLModel.encode_context`).
+
+    Attributes:
+        cache: the LLM's KV cache of the instruction + examples prefix (never changed in place).
+        length: the prefix length in tokens.
+        prior: the example prior's condition tokens of the union of the example masks [1, T, D]; None without
+            examples or without the prior.
+    """
+
+    cache: Any
+    length: int
+    prior: torch.Tensor | None
+
+
+@contextlib.contextmanager
+def _timed(timings: dict | None, key: str):
+    """Add the seconds the block takes to timings[key] (nothing when timings is None)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[key] = timings.get(key, 0.0) + time.perf_counter() - start
 
 
 class Projector(nn.Module):
@@ -104,22 +135,52 @@ class SegICLModel(nn.Module):
         tokens = self.vision(images.reshape(-1, *images.shape[-3:]))
         return tokens.reshape(*lead, *tokens.shape[-2:])
 
-    def predict_condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
-                                 example_masks: torch.Tensor, example_valid: torch.Tensor,
-                                 query_image: torch.Tensor) -> torch.Tensor:
-        """Condition tokens S [B, grid*grid, D] predicted from instruction, examples and query."""
+    @torch.no_grad()
+    def encode_context(self, text_ids: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
+                       timings: dict | None = None) -> ExampleContext:
+        """One instruction (text_ids [1, T], no padding) and its k examples ([k, 1, H, W] each) run through the LLM
+        once, for `condition_tokens` to reuse for every query that shares them (the slices of a volume)."""
+        with _timed(timings, "vision_s"):
+            valid = torch.ones(1, example_masks.shape[0], dtype=torch.bool, device=example_masks.device)
+            prior = self.example_prior_tokens(example_masks[None], valid) if example_masks.shape[0] else None
+            image_tokens, mask_tokens = self.image_tokens(example_images), self.image_tokens(example_masks)
+        with _timed(timings, "llm_s"):
+            cache, length = self.encoder.encode_prefix(text_ids, image_tokens, mask_tokens)
+        return ExampleContext(cache, length, prior)
+
+    def condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
+                         example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
+                         context: ExampleContext | None = None, timings: dict | None = None) -> torch.Tensor:
+        """Condition tokens [B, grid*grid, D] for a batch of queries [B, 1, H, W]: the ONE path from instruction,
+        examples and query to the decoder's condition, for training, evaluation, the pipeline and the benchmarks.
+
+        Each sample has its own instruction (text_ids/text_mask [B, T]) and up to K examples ([B, K, 1, H, W],
+        `example_valid` [B, K] marking the real ones; K = 0 or all-invalid: no examples). With `context` (from
+        `encode_context`, shared by every sample of the batch) the LLM runs only the query part on the cached
+        prefix; without it, the whole sequence of every sample. `timings` adds the vision and LLM seconds."""
+        if context is not None:
+            with _timed(timings, "vision_s"):
+                query_tokens = self.image_tokens(query_image)
+            with _timed(timings, "llm_s"):
+                states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
+                prior = None if context.prior is None else context.prior.expand(states.shape[0], -1, -1)
+                return self.condition_from_states(states, prior)
+        if example_valid.shape[1] == 0:  # the encoder's batch layout needs one slot: an invalid one
+            example_images = example_masks = query_image.new_zeros(query_image.shape[0], 1, *query_image.shape[1:])
+            example_valid = torch.zeros(query_image.shape[0], 1, dtype=torch.bool, device=query_image.device)
         batch, max_k = example_valid.shape
-        hidden = self.encoder.hidden_size
-        tokens_per_image = self.config.vision.num_tokens
-        example_image_tokens = query_image.new_zeros(batch, max_k, tokens_per_image, hidden)
-        example_mask_tokens = query_image.new_zeros(batch, max_k, tokens_per_image, hidden)
-        if example_valid.any():
-            example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
-            example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
-        states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
-                              self.image_tokens(query_image))
-        return self.condition_from_states(states, self.example_prior_tokens(example_masks, example_valid),
-                                          example_valid.any(dim=1))
+        with _timed(timings, "vision_s"):
+            shape = (batch, max_k, self.config.vision.num_tokens, self.encoder.hidden_size)
+            example_image_tokens, example_mask_tokens = query_image.new_zeros(shape), query_image.new_zeros(shape)
+            if example_valid.any():
+                example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
+                example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
+            query_tokens = self.image_tokens(query_image)
+            prior = self.example_prior_tokens(example_masks, example_valid)
+        with _timed(timings, "llm_s"):
+            states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
+                                  query_tokens)
+            return self.condition_from_states(states, prior, example_valid.any(dim=1))
 
     @torch.no_grad()
     def example_prior_tokens(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:

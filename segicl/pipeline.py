@@ -15,9 +15,32 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
 
 NORMALIZATIONS = ("percentile", "ct", "none")
+
+
+@torch.no_grad()
+def sample_masks(decoder: MaskDecoder, tokens: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
+                 generator: torch.Generator | None = None, scheduler: str | None = None) -> torch.Tensor:
+    """The denoising loop: condition tokens [B, M, D] -> mask probabilities [B, num_samples, 1, S, S], every sample of
+    every input in one batch. `scheduler` overrides the decoder's inference scheduler (DDIM or DPM-Solver++)."""
+    if num_steps < 1 or num_samples < 1:
+        raise ValueError(f"num_steps and num_samples must be >= 1, got {num_steps} and {num_samples}")
+    batch = tokens.shape[0]
+    control = decoder.control_map(tokens).repeat_interleave(num_samples, dim=0)
+    sampler = inference_scheduler(decoder.config, decoder.scheduler, scheduler)
+    sampler.set_timesteps(num_steps, device=tokens.device)
+    shape = (batch * num_samples, *decoder.codec.latent_shape(decoder.condition.mask_size))
+    latent = torch.randn(shape, generator=generator, device=tokens.device) * sampler.init_noise_sigma
+    states = decoder.keyword_states(latent.shape[0])
+    for timestep in sampler.timesteps:
+        model_input = sampler.scale_model_input(latent, timestep)
+        output = decoder.predict(model_input, timestep.expand(latent.shape[0]), control, states)
+        latent = sampler.step(output, timestep, latent).prev_sample
+    probabilities = torch.sigmoid(decoder.codec.decode_logits(latent))
+    return probabilities.view(batch, num_samples, 1, *probabilities.shape[-2:])
 
 
 @dataclass
@@ -138,29 +161,20 @@ class SegICLPipeline:
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
         example_images, example_masks = self.prepare_examples(examples, normalization)
         text_ids, _ = self.model.tokenize([text])
-        start = time.perf_counter()
-        prior = self.model.example_prior_tokens(example_masks[None], torch.ones(1, len(example_masks), dtype=torch.bool,
-                                                                                 device=self.device)) if len(examples) else None
-        timings["vision_s"] += time.perf_counter() - start  # example encoding, once per volume: not the LLM's
-        cache = None
-        if use_cache:
-            start = time.perf_counter()
-            example_image_tokens = self.model.image_tokens(example_images)
-            example_mask_tokens = self.model.image_tokens(example_masks)
-            timings["vision_s"] += time.perf_counter() - start
-            start = time.perf_counter()
-            cache = self.model.encoder.encode_prefix(text_ids.to(self.device), example_image_tokens, example_mask_tokens)
-            timings["llm_s"] += time.perf_counter() - start
+        text_ids = text_ids.to(self.device)
+        context = self.model.encode_context(text_ids, example_images, example_masks, timings) if use_cache else None
         # Two passes: every slice's condition tokens first (small: [S, tokens, channels]), then the decoder. The LLM
         # then runs its batches back to back on the cached prefix instead of between decoder runs that evict it.
-        starts = range(0, volume.shape[0], batch_size)
-        conditions = [self._condition_tokens(normalized[first: first + batch_size], text_ids, example_images,
-                                             example_masks, cache, prior, timings) for first in starts]
+        conditions = []
+        for first in range(0, volume.shape[0], batch_size):
+            chunk = self._resize(normalized[first: first + batch_size], nearest=False).clamp(0, 1)
+            conditions.append(self.model.condition_tokens(*self._shared_context(text_ids, example_images, example_masks,
+                                                                                 len(chunk)), chunk, context, timings))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         means, spreads = [], []
         for condition in tqdm(conditions, desc="slices", unit="batch", disable=None if progress else True):
             start = time.perf_counter()
-            samples = self.model.decoder.sample(condition, num_steps, num_samples, generator, scheduler)
+            samples = sample_masks(self.model.decoder, condition, num_steps, num_samples, generator, scheduler)
             timings["decoder_s"] += time.perf_counter() - start
             means.append(samples.mean(dim=1)[:, 0])
             spreads.append(samples.std(dim=1, unbiased=False)[:, 0])
@@ -171,44 +185,14 @@ class SegICLPipeline:
         mask = (probabilities > threshold).astype(np.uint8)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
 
-    def _condition_tokens(self, slices: np.ndarray, text_ids: torch.Tensor, example_images: torch.Tensor,
-                          example_masks: torch.Tensor, cache, prior: torch.Tensor | None, timings: dict
-                          ) -> torch.Tensor:
-        """The decoder's condition tokens for a batch of normalised slices [S, H, W], adding to the vision and LLM
-        timings."""
-        chunk = self._resize(slices, nearest=False).clamp(0, 1)
-        start = time.perf_counter()
-        query_tokens = self.model.image_tokens(chunk)
-        if cache is None:
-            per_slice_examples = self._per_slice_example_tokens(example_images, example_masks, query_tokens)
-        timings["vision_s"] += time.perf_counter() - start
-        start = time.perf_counter()
-        if cache is not None:
-            states = self.model.encoder.forward_with_prefix(*cache, query_tokens)
-        else:
-            states = self._uncached_states(text_ids, *per_slice_examples, query_tokens)
-        condition = self.model.condition_from_states(
-            states, None if prior is None else prior.expand(states.shape[0], -1, -1))
-        timings["llm_s"] += time.perf_counter() - start
-        return condition
-
-    def _per_slice_example_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
-                                  query_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Without the cache every slice encodes its own copy of the examples: tokens [count, K, N, H] (K >= 1:
-        the encoder's batch layout needs one slot, all-invalid when k = 0) and validity [count, K]."""
-        count, k = query_tokens.shape[0], example_images.shape[0]
-        if k == 0:
-            empty = torch.zeros_like(query_tokens[:, None])
-            return empty, empty, torch.zeros(count, 1, dtype=torch.bool, device=self.device)
-        tokens = [self.model.image_tokens(images.expand(count, *images.shape)) for images in (example_images, example_masks)]
-        return tokens[0], tokens[1], torch.ones(count, k, dtype=torch.bool, device=self.device)
-
-    def _uncached_states(self, text_ids, example_image_tokens, example_mask_tokens, valid, query_tokens
-                         ) -> torch.Tensor:
-        """The LLM over the full sequence of every slice (what the prefix cache saves)."""
-        ids = text_ids.to(self.device).expand(query_tokens.shape[0], -1)
-        return self.model.encoder(ids, torch.ones_like(ids), example_image_tokens, example_mask_tokens, valid,
-                                  query_tokens)
+    def _shared_context(self, text_ids: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
+                        count: int) -> tuple[torch.Tensor, ...]:
+        """The one instruction and example set as a batch of `count` samples (views, no copies):
+        text_ids, text_mask, example images, example masks, example validity."""
+        ids = text_ids.expand(count, -1)
+        valid = torch.ones(count, example_images.shape[0], dtype=torch.bool, device=self.device)
+        return (ids, torch.ones_like(ids), example_images.expand(count, *example_images.shape),
+                example_masks.expand(count, *example_masks.shape), valid)
 
     def _to_input_grid(self, maps: torch.Tensor, shape: tuple[int, int]) -> np.ndarray:
         """[S, size, size] model-grid maps -> [S, H, W] on the query's grid."""

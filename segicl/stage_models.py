@@ -74,7 +74,7 @@ class Stage2Model(nn.Module):
 
     def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        predicted = self.model.predict_condition_tokens(text_ids, text_mask, example_images, example_masks,
+        predicted = self.model.condition_tokens(text_ids, text_mask, example_images, example_masks,
                                                         example_valid, query_image)
         self.model.condition_encoder.eval()
         with torch.no_grad():

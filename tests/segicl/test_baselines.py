@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from data.episodes import Episode, EpisodeConfig
-from segicl.baselines import copy_example_baseline, evaluate_copy_baseline, predict_copy, predict_union
+from segicl.baselines import copy_example_baseline, predict_copy, predict_union
+from segicl.evaluation import evaluate_copy_baseline
 
 
 def test_copy_resamples_to_the_query_grid():

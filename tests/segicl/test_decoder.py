@@ -5,6 +5,7 @@ import torch
 
 from segicl.config import tiny_config
 from segicl.decoder import MaskDecoder, PixelCodec
+from segicl.pipeline import sample_masks
 
 from .conftest import random_masks
 
@@ -36,12 +37,12 @@ def test_training_loss_backpropagates(tiny_model, prediction_type):
 @pytest.mark.parametrize("scheduler", ["ddim", "dpmsolver++"])
 def test_sampling_shapes_and_determinism(tiny_model, scheduler):
     tokens = tiny_model.condition_encoder(random_masks(2))
-    first = tiny_model.decoder.sample(tokens, 3, 2, torch.Generator().manual_seed(1), scheduler)
-    again = tiny_model.decoder.sample(tokens, 3, 2, torch.Generator().manual_seed(1), scheduler)
+    first = sample_masks(tiny_model.decoder, tokens, 3, 2, torch.Generator().manual_seed(1), scheduler)
+    again = sample_masks(tiny_model.decoder, tokens, 3, 2, torch.Generator().manual_seed(1), scheduler)
     assert first.shape == (2, 2, 1, 64, 64)
     assert torch.equal(first, again) and first.min() >= 0 and first.max() <= 1
     with pytest.raises(ValueError, match="num_steps and num_samples must be >= 1"):
-        tiny_model.decoder.sample(tokens, 0)
+        sample_masks(tiny_model.decoder, tokens, 0)
 
 
 def test_control_map_refuses_wrong_token_count(tiny_model):
@@ -95,7 +96,7 @@ def test_latent_decoder_loads_a_local_stable_diffusion_folder(tmp_path):
     assert decoder.control_map(torch.zeros(1, 256, 16)).shape == (1, 16, 64, 64)
     losses = decoder.training_loss(random_masks(2), torch.randn(2, 256, 16))
     assert torch.isfinite(losses["loss"])
-    assert decoder.sample(torch.randn(1, 256, 16), num_steps=2).shape == (1, 1, 1, 64, 64)
+    assert sample_masks(decoder, torch.randn(1, 256, 16), num_steps=2).shape == (1, 1, 1, 64, 64)
     with pytest.raises(FileNotFoundError, match="lacks \\['unet', 'vae', 'text_encoder', 'tokenizer'\\]"):
         MaskDecoder.from_config(DecoderConfig(space="latent", pretrained_path=str(tmp_path)), ConditionEncoderConfig(),
                                 tokenizer=None)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from segicl.model import SegICLModel
+from segicl.pipeline import sample_masks
 
 from .conftest import random_masks
 
@@ -18,16 +19,16 @@ def episode_batch(model, k: int, batch: int = 2):
 @pytest.mark.parametrize("k", [0, 3])
 def test_condition_tokens_shape(tiny_model, k):
     with torch.no_grad():
-        tokens = tiny_model.predict_condition_tokens(**episode_batch(tiny_model, k))
+        tokens = tiny_model.condition_tokens(**episode_batch(tiny_model, k))
     assert tokens.shape == (2, 256, 16) and torch.isfinite(tokens).all()
 
 
 def test_examples_change_the_prediction(tiny_model):
     batch = episode_batch(tiny_model, 3)
     with torch.no_grad():
-        with_examples = tiny_model.predict_condition_tokens(**batch)
+        with_examples = tiny_model.condition_tokens(**batch)
         batch["example_masks"] = torch.flip(batch["example_masks"], dims=[-1])
-        flipped = tiny_model.predict_condition_tokens(**batch)
+        flipped = tiny_model.condition_tokens(**batch)
     assert not torch.allclose(with_examples, flipped)
 
 
@@ -38,11 +39,11 @@ def test_save_and_load_are_bit_identical(tiny_model, tmp_path):
         assert torch.equal(loaded.state_dict()[name], value), name
     batch = episode_batch(tiny_model, 3)
     with torch.no_grad():
-        first = tiny_model.predict_condition_tokens(**batch)
-        second = loaded.predict_condition_tokens(**batch)
+        first = tiny_model.condition_tokens(**batch)
+        second = loaded.condition_tokens(**batch)
     assert torch.equal(first, second)
-    masks_a = tiny_model.decoder.sample(first, 2, 2, torch.Generator().manual_seed(3))
-    masks_b = loaded.decoder.sample(second, 2, 2, torch.Generator().manual_seed(3))
+    masks_a = sample_masks(tiny_model.decoder, first, 2, 2, torch.Generator().manual_seed(3))
+    masks_b = sample_masks(loaded.decoder, second, 2, 2, torch.Generator().manual_seed(3))
     assert torch.equal(masks_a, masks_b)
     assert (tmp_path / "model" / "llm_adapter" / "adapter_config.json").exists()
 
@@ -84,11 +85,11 @@ def test_example_prior_follows_the_gate(tiny_model):
         try:
             for bias, expected_first in ((30.0, tiny_model.condition_encoder(union)[0]), (-30.0, projected[0])):
                 gate.bias.fill_(bias)
-                tokens = tiny_model.predict_condition_tokens(**batch)
+                tokens = tiny_model.condition_tokens(**batch)
                 torch.testing.assert_close(tokens[0], expected_first, atol=1e-5, rtol=0)
                 torch.testing.assert_close(tokens[1], projected[1])  # k = 0: the prior never enters
             gate.bias.zero_()
-            halfway = tiny_model.predict_condition_tokens(**batch)[0]
+            halfway = tiny_model.condition_tokens(**batch)[0]
             torch.testing.assert_close(halfway, 0.5 * (projected[0] + tiny_model.condition_encoder(union)[0]))
         finally:
             gate.bias.zero_()
@@ -104,9 +105,9 @@ def test_example_prior_can_be_switched_off_and_added(tokenizer):
     batch = mixed_k_batch(model)
     with torch.no_grad():
         assert model.example_prior_tokens(batch["example_masks"], batch["example_valid"]) is None
-        before = model.predict_condition_tokens(**batch)
+        before = model.condition_tokens(**batch)
         model.add_example_prior()
-        after = model.predict_condition_tokens(**batch)
+        after = model.condition_tokens(**batch)
     assert model.config.example_prior and model.example_gate is not None
     torch.testing.assert_close(after[1], before[1])
     assert not torch.allclose(after[0], before[0])
