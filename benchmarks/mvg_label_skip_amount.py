@@ -3,7 +3,7 @@
 The same layers run for every task; this reads the per-pixel amount `a` of `ConvHead.label_refine` (output = skip
 output + a x (prompt label - skip output) + correction) on test episodes of each task, autoregressive inference.
 
-    python benchmarks/mvg_label_skip_amount.py --model weights/mvg-tiny --episodes 32
+    python -m benchmarks.mvg_label_skip_amount --model weights/mvg-tiny --episodes 32
 """
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.build import DatasetConfig  # noqa: E402
-from data.dataset import SliceDataset  # noqa: E402
-from mvg_head.config import TASKS  # noqa: E402
-from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler  # noqa: E402
-from mvg_head.model import MVGModel  # noqa: E402
+from data.build import DatasetConfig
+from data.dataset import SliceDataset
+from mvg_head.config import TASKS
+from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler
+from mvg_head.model import MVGModel
 
 
 def label_amounts(model: MVGModel, sentences: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 Trains stage 1 with the same steps, batch and seed for each variant and measures reconstruction
 Dice on held-out masks (test volume, held-out structures) with the same sampler.
 
-    python benchmarks/stage1_parametrisation.py --steps 800 --out runs/bench/stage1_parametrisation
+    python -m benchmarks.stage1_parametrisation --steps 800 --out runs/bench/stage1_parametrisation
 """
 from __future__ import annotations
 
@@ -12,9 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from stages import stage1_decoder  # noqa: E402
+from stages import stage1_decoder
 
 VARIANTS = {
     "epsilon": ["--prediction-type", "epsilon", "--mask-loss-weight", "0"],

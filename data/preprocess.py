@@ -13,6 +13,7 @@ import torch
 from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+NORMALIZATIONS = ("percentile", "ct", "none")
 
 
 def axis_index(axis: str) -> int:
@@ -39,6 +40,26 @@ def window_ct(hounsfield: np.ndarray, window: tuple[float, float] = (-100.0, 200
         raise ValueError(f"CT window must have low < high, got {window}")
     scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
     return np.asarray(scale(hounsfield.astype(np.float32)[None])[0], dtype=np.float32)
+
+
+def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
+    """Map an image or volume to [0, 1] like the training data (MRI percentiles, or the CT window)."""
+    if mode == "percentile":
+        return normalize_mri(image)
+    if mode == "ct":
+        return window_ct(image)
+    if mode == "none":
+        return np.clip(image, 0.0, 1.0)
+    raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
+
+
+def as_binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
+    """A mask stored as 0 and one other positive value (0/1, a PNG's 0/255, a label value) as float 0/1; a mask with
+    more values, or negative ones, is refused."""
+    values = np.unique(mask)
+    if len(values) > 2 or values.min(initial=0) < 0 or (len(values) == 2 and values[0] != 0):
+        raise ValueError(f"{name} must be binary (0 and one other value); found values {values[:6].tolist()}")
+    return (mask > 0).astype(np.float32)
 
 
 def to_display_slices(volume: np.ndarray, axis: str) -> np.ndarray:

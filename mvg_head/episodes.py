@@ -394,7 +394,7 @@ class TaskMix:
 
 def class_scores(prediction: np.ndarray, target: np.ndarray, class_ids: list[int]) -> tuple[float, float]:
     """(mean Dice, mean IoU) over the classes present in the prediction or the target (MONAI metrics)."""
-    from segicl.metrics import dice, iou
+    from data.metrics import dice, iou
 
     dices, ious = [], []
     for c in class_ids:

@@ -25,10 +25,9 @@ from torch import nn
 
 from mvg_head.canvas import block_causal_mask, block_masking, check_sentence, image_tokens, to_canvas
 from mvg_head.config import MVGConfig
-from segicl.arguments import check_model_folder
+from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "mvg_config.json"
+CONFIG_NAME = MODEL_CONFIGS["MVG"]
 MODES = ("masked", "autoregressive")
 SMOOTH_L1_BETA = 0.01  # Painter's smooth-L1 threshold, in normalised pixel units
 COPY_TOLERANCE = 1e-4  # a label pixel this close to its input image's pixel ([0, 1] units) is a copy

@@ -1,7 +1,7 @@
 """Inference: `MVGPipeline.from_pretrained(folder)(query, prompt_images, prompt_targets, task=...)`.
 
 Query and prompts are 2-D slices [H, W] or stacks [S, H, W] (a volume already cut into display slices, see
-`segicl.volumes`). Slice n of N_TE query slices takes prompt slice floor(n * N_TR / N_TE) (the paper). Slices are
+`data.volumes`). Slice n of N_TE query slices takes prompt slice floor(n * N_TR / N_TE) (the paper). Slices are
 resized to the model's slot, run in batches, and the output is resized back to the query's in-plane size:
 a float image in [0, 1] for synthesis / denoising / inpainting, an integer label map (the prompt's label values)
 for segmentation, decoded from RGB to the nearest colour of the prompt's colour table.
@@ -20,7 +20,7 @@ from mvg_head.colouring import colour_table, decode, encode
 from mvg_head.config import TASKS
 from mvg_head.episodes import prompt_slice
 from mvg_head.model import MVGModel
-from segicl.pipeline import normalize_intensity  # MRI percentiles / CT window / none, as SegICL
+from data.preprocess import normalize_intensity  # MRI percentiles / CT window / none, as SegICL
 
 # Default inference form per task. The paper's image tasks are trained 90% masked; at our CPU budget the masked form
 # had not learned to read the query image after 250 steps (it drew a mean brain: denoising PSNR 11.6 dB against 23.3 for

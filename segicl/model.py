@@ -12,15 +12,14 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from segicl.arguments import check_model_folder
+from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder
 from segicl.encoder import MultimodalEncoder, build_llm
 from segicl.vision import VisionTower
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "segicl_config.json"
+CONFIG_NAME = MODEL_CONFIGS["SegICL"]
 
 
 def to_condition_order(per_query: torch.Tensor, query_grid: int, block: int) -> torch.Tensor:

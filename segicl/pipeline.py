@@ -15,11 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from data.preprocess import as_binary_mask, normalize_intensity
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
-
-NORMALIZATIONS = ("percentile", "ct", "none")
-
 
 @torch.no_grad()
 def sample_masks(decoder: MaskDecoder, tokens: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
@@ -65,28 +63,6 @@ def _as_float_array(value, name: str) -> np.ndarray:
     if not np.isfinite(array).all():
         raise ValueError(f"{name} contains {int((~np.isfinite(array)).sum())} NaN or infinite values")
     return array
-
-
-def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
-    """Map an image or volume to [0, 1] like the training data (MRI percentiles, or the CT window)."""
-    from data.preprocess import normalize_mri, window_ct
-
-    if mode == "percentile":
-        return normalize_mri(image)
-    if mode == "ct":
-        return window_ct(image)
-    if mode == "none":
-        return np.clip(image, 0.0, 1.0)
-    raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
-
-
-def as_binary_mask(mask: np.ndarray, name: str) -> np.ndarray:
-    """A mask stored as 0 and one other positive value (0/1, a PNG's 0/255, a label value) as float 0/1; a mask with
-    more values, or negative ones, is refused."""
-    values = np.unique(mask)
-    if len(values) > 2 or values.min(initial=0) < 0 or (len(values) == 2 and values[0] != 0):
-        raise ValueError(f"{name} must be binary (0 and one other value); found values {values[:6].tolist()}")
-    return (mask > 0).astype(np.float32)
 
 
 def check_example(image: np.ndarray, mask: np.ndarray, index: int) -> None:

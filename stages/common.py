@@ -18,8 +18,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from segicl.arguments import check_at_least, check_out_dir, exit_code
-from segicl.checkpoint import load_checkpoint, save_checkpoint
+from commands.arguments import check_at_least, check_out_dir, exit_code
+from stages.checkpoint import load_checkpoint, save_checkpoint
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.build import DatasetConfig
     from segicl.evaluation import evaluate_reconstruction
     from segicl.model import SegICLModel
-    from segicl.stage_models import Stage1Model
+    from segicl.training import Stage1Model
     from segicl.tokenizer import build_tokenizer, corpus_from_dataset
 
     args = build_parser().parse_args(argv)

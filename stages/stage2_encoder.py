@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     from data.build import DatasetConfig
     from data.dataset import SliceDataset
     from segicl.model import SegICLModel
-    from segicl.stage_models import Stage2Model
+    from segicl.training import Stage2Model
 
     args = build_parser().parse_args(argv)
     training = training_arguments(args)

@@ -10,7 +10,7 @@ import torch
 
 from segicl.config import tiny_config
 from segicl.model import SegICLModel
-from segicl.stage_models import Stage1Model, Stage2Model
+from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
 from stages.common import TrainingArguments, train
 from stages.stage1_decoder import mask_sampler

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from mvg_head.model import MVGModel
-from segicl.cli import main
+from commands.cli import main
 from tests.mvg_head.conftest import small_config
 
 

@@ -3,39 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
-from segicl.arguments import exit_code
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("dataset")
-    group.add_argument("--resolution", type=int, default=64, help="slice side in pixels (default: 64, the tiny preset)")
-    group.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"), help="slicing direction")
-    group.add_argument("--data-seed", type=int, default=0, help="seed of the held-out-structure draw")
-    group.add_argument("--held-out-fraction", type=float, default=0.25, help="fraction of structures never trained on")
-    group.add_argument("--cache-dir", type=Path, default=None,
-                       help="where built datasets live (default: $SEGICL_CACHE or .cache/segicl)")
-
-
-def dataset_config(args: argparse.Namespace):
-    from data.build import DatasetConfig
-
-    return DatasetConfig(resolution=args.resolution, axis=args.axis, seed=args.data_seed,
-                         held_out_fraction=args.held_out_fraction)
-
-
-def open_dataset(args: argparse.Namespace):
-    from data.build import DEFAULT_CACHE
-    from data.dataset import SliceDataset
-
-    return SliceDataset.build(dataset_config(args), args.cache_dir or DEFAULT_CACHE)
+from commands.arguments import exit_code
+from commands.bench import add_bench_commands
+from commands.datasets import add_dataset_arguments, open_dataset
+from commands.mvg import add_mvg_commands
+from data.model_folders import MODEL_CONFIGS
 
 
 def format_summary(summary: dict) -> str:
@@ -95,7 +71,7 @@ def command_baseline(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from segicl.demo import run_demo
+    from commands.demo import run_demo
 
     start = time.perf_counter()
     dataset = open_dataset(args)
@@ -105,7 +81,7 @@ def command_demo(args: argparse.Namespace) -> int:
     print(format_baseline(table, args.episodes, args.min_area))
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "foundation.json").write_text(json.dumps({"summary": summary, "copy_baseline": table}, indent=1))
-    if not args.from_scratch and not (args.model / "segicl_config.json").exists():
+    if not args.from_scratch and not (args.model / MODEL_CONFIGS["SegICL"]).exists():
         print(f"no SegICL weights at {args.model}: skipping the model evaluation. Train them with "
               "`make train-demo`, or see the whole pipeline run with `segicl demo --from-scratch`.")
         return 0
@@ -122,7 +98,7 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "segicl-tiny
 def command_segment(args: argparse.Namespace) -> int:
     from data.imageio import read_image, write_image
     from segicl.pipeline import SegICLPipeline
-    from segicl.volumes import from_model_slices, load_example, to_model_slices
+    from data.volumes import from_model_slices, load_example, to_model_slices
 
     if args.steps < 1 or args.samples < 1:
         raise ValueError(f"--steps and --samples must be >= 1, got {args.steps} and {args.samples}")
@@ -180,10 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="intensity mapping: MRI percentiles, CT window [-100, 200] HU, or none")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
-    from mvg_head.cli import add_mvg_commands  # MVG engine: `segicl mvg`, `segicl mvg-eval`
     add_mvg_commands(commands)
-    from segicl.bench import add_bench_commands  # `segicl bench quality|speed|training|report`
-    add_bench_commands(commands, add_dataset_arguments, open_dataset, DEFAULT_WEIGHTS)
+    add_bench_commands(commands, DEFAULT_WEIGHTS)
 
     for name, handler, help_text in (
         ("baseline", command_baseline, "copy-the-example baseline (k = 1) on the test split"),

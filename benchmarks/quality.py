@@ -6,7 +6,7 @@ SAME test episodes (held-out subject, independent random affines on examples and
 - the copy-example baseline (first example's mask) and, at k = 3, the union of the examples' masks (label
   fusion: the mask behind SegICL's example prior),
 - MVG (its first example as the prompt pair, the paper's one in-context sample), when weights are given,
-- a specialist MONAI UNet per structure (`segicl.specialist`) for the `specialists` most frequent
+- a specialist MONAI UNet per structure (`benchmarks.specialist`) for the `specialists` most frequent
   structures of the test episodes, each trained with the same CPU time budget; it is compared with SegICL
   on the same episodes of those structures.
 """
@@ -23,9 +23,9 @@ import torch
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler
 from mvg_head.model import CONFIG_NAME as MVG_CONFIG_NAME
-from segicl.arguments import shown_path
+from data.model_folders import shown_path
 from segicl.evaluation import mean_score, score_episodes
-from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 QUALITY_K = (0, 1, 3, 5)
 GROUPS = {"train_structures": "train", "held_out_structures": "held_out"}

@@ -11,8 +11,8 @@ from PIL import Image
 
 from data.imageio import read_image
 from data.preprocess import from_display_slices
-from segicl.cli import main
-from segicl.volumes import from_model_slices, load_example, to_model_slices
+from commands.cli import main
+from data.volumes import from_model_slices, load_example, to_model_slices
 
 ROWS, COLS = 24, 20  # not square, so a rotation cannot pass unnoticed
 

@@ -1,38 +1,16 @@
-"""Checks of command-line values shared by the commands, so that a bad flag is refused before any work starts,
-with one line naming it."""
+"""Model folders on disk: which engine's model a folder holds, and how reports name a folder.
+
+Each engine saves `<folder>/model.safetensors` beside its own config file; the config file names live here, once, so
+that either engine's loader (and the commands) can say when a folder holds the other engine's model.
+"""
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
-from typing import Callable
 
 REPOSITORY = Path(__file__).resolve().parents[1]
+WEIGHTS_NAME = "model.safetensors"
 MODEL_CONFIGS = {"SegICL": "segicl_config.json", "MVG": "mvg_config.json"}
 ARTICLES = {"SegICL": "a SegICL", "MVG": "an MVG"}
-
-
-def exit_code(run: Callable[[], int], program: str) -> int:
-    """Run a command: a refused input or a missing file prints one line naming it (no traceback) and gives 2."""
-    try:
-        return run()
-    except (ValueError, FileNotFoundError) as error:
-        print(f"{program}: error: {error}", file=sys.stderr)
-        return 2
-
-
-def check_at_least(args: argparse.Namespace, **minimums: float) -> None:
-    """Refuse any flag (an attribute of `args`, a Namespace or a config) below its minimum:
-    check_at_least(args, episodes=1, repeats=1)."""
-    for name, low in minimums.items():
-        value = getattr(args, name)
-        if value < low:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-
-
-def check_out_dir(folder: Path, flag: str = "--out-dir") -> None:
-    if Path(folder).exists() and not Path(folder).is_dir():
-        raise ValueError(f"{flag} {folder} exists and is not a folder")
 
 
 def check_model_folder(folder: Path, engine: str, flag: str | None = None) -> None:

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from segicl.cli import build_parser, main
+from commands.cli import build_parser, main
 
 
 def test_help_lists_the_commands(capsys):
@@ -95,7 +95,7 @@ def not_progress_bars(stderr: str) -> list[str]:
 def run_quietly(arguments: list[str], cwd) -> str:
     """Run `segicl ...` in a fresh interpreter (so every import happens) and return its stderr; it must succeed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "segicl.cli", *arguments], cwd=cwd, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "commands.cli", *arguments], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stderr

@@ -19,8 +19,7 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from data.imageio import MedicalImage
-from data.preprocess import AXES, from_display_slices, to_display_slices
-from segicl.pipeline import as_binary_mask
+from data.preprocess import AXES, as_binary_mask, from_display_slices, to_display_slices
 
 
 def _grey_raster(image: MedicalImage) -> np.ndarray:

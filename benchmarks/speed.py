@@ -26,7 +26,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc
 
 from data.episodes import EpisodeConfig, EpisodeSampler
-from segicl.arguments import shown_path
+from data.model_folders import shown_path
 from segicl.evaluation import mean_score, score_episodes
 
 SPEED_K = (0, 1, 3)

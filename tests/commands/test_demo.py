@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from segicl.demo import run_demo
+from commands.demo import run_demo
 
 
 def test_demo_report_has_the_promised_keys(dataset, tiny_model, tmp_path):

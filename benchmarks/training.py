@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segicl.arguments import shown_path
+from data.model_folders import shown_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"single": REPO / "accelerate_config.yaml", "deepspeed_zero2": REPO / "accelerate_deepspeed_zero2.yaml"}

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segicl.bench import RESULTS_END, RESULTS_START, results_section, write_results
-from segicl.bench_speed import PeakMemory, median_run, uncertainty_auroc
-from segicl.bench_training import summarize_log
-from segicl.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from benchmarks.training import summarize_log
+from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 def test_uncertainty_auroc_ranks_wrong_pixels():
@@ -38,7 +38,7 @@ def test_median_run_takes_the_median_timing_and_the_peak_memory():
 
 
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from segicl.bench_speed import FAST_SETTING, SPEED_K, STEPS, run_speed
+    from benchmarks.speed import FAST_SETTING, SPEED_K, STEPS, run_speed
 
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,
@@ -61,14 +61,14 @@ def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path
 
 
 def test_decoder_share_of_a_run():
-    from segicl.bench import decoder_share
+    from benchmarks.report import decoder_share
 
     run = {"vision_ms_per_slice": 1.0, "llm_ms_per_slice": 3.0, "decoder_ms_per_slice": 12.0}
     assert decoder_share(run) == pytest.approx(0.75)
 
 
 def test_decoder_budget_for_a_volume_speedup():
-    from segicl.bench import decoder_budget_for
+    from benchmarks.report import decoder_budget_for
 
     cached = {"vision_ms_per_slice": 2.0, "llm_ms_per_slice": 5.0, "decoder_ms_per_slice": 280.0}
     uncached = {"vision_ms_per_slice": 12.0, "llm_ms_per_slice": 13.0, "decoder_ms_per_slice": 280.0}
@@ -79,7 +79,7 @@ def test_decoder_budget_for_a_volume_speedup():
 
 
 def test_few_step_settings_against_fifty_steps():
-    from segicl.bench import few_step_settings
+    from benchmarks.report import few_step_settings
 
     assert few_step_settings({"50": 0.371, "20": 0.377, "10": 0.390, "5": 0.355}) == (
         "At most 10 steps within 0.01 Dice of 50 steps (target): **yes**: 10 (+0.019)")
@@ -108,7 +108,7 @@ def test_specialist_learns_one_structure(dataset):
 
 
 def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from segicl.bench_quality import QUALITY_K, run_quality
+    from benchmarks.quality import QUALITY_K, run_quality
 
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", mvg=None, episodes=2, min_area=64, steps=1, samples=1, specialists=1,
@@ -128,7 +128,7 @@ def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pa
 
 
 def test_specialist_budget_states_the_steps():
-    from segicl.bench_quality import specialist_budget
+    from benchmarks.quality import specialist_budget
 
     training = {"a": {"steps": 740, "seconds": 90.04}, "b": {"steps": 754, "seconds": 90.1}}
     assert specialist_budget(training) == "; the specialists trained 740-754 steps each in their 90 s"
@@ -161,14 +161,14 @@ def test_readme_results_are_generated_between_markers(tmp_path):
     (["mvg-eval", "--episodes", "0"], "--episodes must be >= 1, got 0"),
 ])
 def test_benchmarks_refuse_bad_flags_before_any_work(capsys, command, message):
-    from segicl.cli import main
+    from commands.cli import main
 
     assert main(command) == 2
     assert message in capsys.readouterr().err
 
 
 def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_path, capsys):
-    from segicl.cli import main
+    from commands.cli import main
 
     (tmp_path / "afile").write_text("x")
     assert main(["bench", "speed", "--out-dir", str(tmp_path / "afile")]) == 2
@@ -182,7 +182,7 @@ def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_pat
 
 
 def test_report_copies_the_json_beside_the_plots(tmp_path):
-    from segicl.cli import main
+    from commands.cli import main
 
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -1,6 +1,6 @@
 """The `segicl mvg` (inference) and `segicl mvg-eval` (test-split evaluation) subcommands.
 
-Registered into the `segicl` command line by `segicl.cli.build_parser` through `add_mvg_commands`.
+Registered into the `segicl` command line by `commands.cli.build_parser` through `add_mvg_commands`.
 """
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ import argparse
 import time
 from pathlib import Path
 
+from commands.arguments import check_at_least, check_out_dir
+from commands.datasets import add_dataset_arguments, open_dataset
+from data.model_folders import check_model_folder
 from mvg_head.config import COLOURINGS, TASKS
-from segicl.arguments import check_at_least, check_model_folder, check_out_dir
 
 DEFAULT_MVG_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "mvg-tiny"
 
 
 def command_mvg(args: argparse.Namespace) -> int:
     from data.imageio import read_image, write_image
+    from data.volumes import from_model_slices, to_model_slices
     from mvg_head.pipeline import MVGPipeline
-    from segicl.volumes import from_model_slices, to_model_slices
 
     check_model_folder(args.model, "MVG")
     start = time.perf_counter()
@@ -37,7 +39,6 @@ def command_mvg(args: argparse.Namespace) -> int:
 
 def command_mvg_eval(args: argparse.Namespace) -> int:
     from mvg_head.evaluation import run_evaluation
-    from segicl.cli import open_dataset
 
     check_model_folder(args.model, "MVG")
     check_at_least(args, episodes=1, image_episodes=1, min_area=1)
@@ -52,8 +53,6 @@ def command_mvg_eval(args: argparse.Namespace) -> int:
 
 def add_mvg_commands(commands) -> None:
     """Add `mvg` and `mvg-eval` to the `segicl` subcommands."""
-    from segicl.cli import add_dataset_arguments
-
     mvg = commands.add_parser(
         "mvg", help="in-context image-to-image (MVG): segmentation, synthesis, denoising, inpainting",
         description="Run an MVG task on a 2-D image or a 3-D volume (NIfTI, DICOM, PNG/JPG, NPY) from one prompt "

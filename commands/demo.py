@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from data.episodes import EpisodeConfig
-from segicl.arguments import shown_path
+from data.model_folders import MODEL_CONFIGS, shown_path
 from segicl.evaluation import evaluate_episodes, evaluate_reconstruction, save_overlay
 
 K_VALUES = (0, 1, 3)
@@ -85,7 +85,7 @@ def run_demo(dataset, model_dir: Path | None, out_dir: Path, episodes: int, min_
     out_dir.mkdir(parents=True, exist_ok=True)
     if from_scratch:
         model_dir = train_from_scratch(out_dir / "from_scratch", stage1_steps, stage2_steps, seed)
-    if model_dir is None or not (model_dir / "segicl_config.json").exists():
+    if model_dir is None or not (model_dir / MODEL_CONFIGS["SegICL"]).exists():
         raise FileNotFoundError(f"no trained model at {model_dir}: run `make train-demo`, or `segicl demo --from-scratch`")
     model = SegICLModel.from_pretrained(model_dir)
     reconstruction = evaluate_reconstruction(model, dataset, masks=reconstruction_masks, min_area=min_area,

@@ -1,4 +1,4 @@
-"""Tests for segicl.metrics: hand-computed values, empty-mask conventions, refusals."""
+"""Tests for data.metrics: hand-computed values, empty-mask conventions, refusals."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from segicl.metrics import (
+from data.metrics import (
     dice,
     hd95,
     image_metrics,

@@ -1,149 +1,19 @@
-"""`segicl bench {quality,speed,full-shapes,training,report}`: the benchmark commands, and the README "Results" section
-generated from their JSON files (never typed by hand)."""
+"""The README "Results" section, generated from the benchmarks' JSON files (never typed by hand)."""
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
 import re
-import shutil
 from pathlib import Path
 
 import psutil
 import torch
 
-from segicl.arguments import check_at_least, check_model_folder, check_out_dir, shown_path
+from data.model_folders import shown_path
 
-BENCH_DIR = Path("runs/bench")
 RESULT_FILES = ("quality.json", "speed.json", "full_shapes.json", "training.json")
-REPO = Path(__file__).resolve().parents[1]
 RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-
-
-def add_bench_commands(commands, add_dataset_arguments, open_dataset, default_weights: Path) -> None:
-    """Register the bench family; `add_dataset_arguments`/`open_dataset` are the CLI's dataset flags and loader."""
-    bench = commands.add_parser("bench", help="benchmarks: quality, speed, training throughput, README results",
-                                description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
-
-    quality = kinds.add_parser("quality", help="Dice/IoU/HD95 for k = 0, 1, 3, 5 beside copy, MVG, specialist UNet")
-    add_dataset_arguments(quality)
-    quality.add_argument("--episodes", type=int, default=48, help="test episodes per (structures, k) cell")
-    quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
-    quality.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
-    quality.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
-    quality.add_argument("--mvg", type=Path, default=REPO / "weights" / "mvg-tiny",
-                         help="MVG weights folder ('' to leave MVG out)")
-    quality.add_argument("--specialists", type=int, default=4,
-                         help="structures per group that get a specialist UNet (0: none)")
-    quality.add_argument("--specialist-seconds", type=float, default=90.0,
-                         help="training budget of each specialist UNet, in seconds")
-    quality.set_defaults(handler=command_quality)
-
-    speed = kinds.add_parser("speed", help="per-slice vision/LLM/decoder time with and without the example cache; "
-                                           "sampler steps and samples against Dice")
-    add_dataset_arguments(speed)
-    speed.add_argument("--slices", type=int, default=64, help="slices of the test volume (at least 64)")
-    speed.add_argument("--structure", default="brain/brain", help="task key whose examples are used")
-    speed.add_argument("--steps", type=int, default=10, help="decoder steps of the timed volume runs")
-    speed.add_argument("--samples", type=int, default=5, help="decoder samples of the timed volume runs")
-    speed.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    speed.add_argument("--repeats", type=int, default=3,
-                       help="timed runs of every volume setting, interleaved; the median of each is reported")
-    speed.add_argument("--episodes", type=int, default=48, help="held-out k=3 episodes of the sampler sweeps")
-    speed.add_argument("--min-area", type=int, default=64)
-    speed.set_defaults(handler=command_speed)
-
-    full = kinds.add_parser("full-shapes", help="the full preset's per-slice cost by part (random weights, paper "
-                                                "shapes), and the volume speed-up the cache would give")
-    full.add_argument("--vision-layers", type=int, default=2, help="ViT-bigG blocks built and timed (of 48; 0: all)")
-    full.add_argument("--llm-layers", type=int, default=1, help="Qwen-7B blocks built and timed (of 32; 0: all)")
-    full.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    full.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
-    full.add_argument("--repeats", type=int, default=3, help="timed runs per part (median)")
-    full.add_argument("--slices", type=int, default=64, help="volume length of the projection")
-    full.set_defaults(handler=command_full_shapes)
-
-    training = kinds.add_parser("training", help="stage 1/2 steps per second: 1 process vs DeepSpeed ZeRO-2 x 2")
-    training.add_argument("--steps", type=int, default=20, help="steps per run")
-    training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
-    training.set_defaults(handler=command_training)
-
-    report = kinds.add_parser("report", help="regenerate the README 'Results' section from runs/bench/*.json")
-    report.add_argument("--readme", type=Path, default=Path("README.md"))
-    report.set_defaults(handler=command_report)
-
-    for parser in (quality, speed, training):
-        parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
-        parser.add_argument("--seed", type=int, default=0)
-        parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, speed, full, training, report):
-        parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
-
-
-def check_common(args, **minimums: float) -> None:
-    """The checks every model benchmark makes before it starts: the flags' minimums, the output folder, the model."""
-    check_at_least(args, **minimums)
-    check_out_dir(args.out_dir)
-    check_model_folder(args.model, "SegICL")
-
-
-def command_quality(args) -> int:
-    from segicl.bench_quality import run_quality
-
-    check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_seconds=1)
-    args.mvg = args.mvg if str(args.mvg) else None
-    if args.mvg is not None:
-        check_model_folder(args.mvg, "MVG", flag="--mvg")
-    result = run_quality(args, args.open_dataset(args))
-    print((args.out_dir / "quality.md").read_text())
-    return 0 if result else 1
-
-
-def command_speed(args) -> int:
-    from segicl.bench_speed import run_speed
-
-    check_common(args, slices=1, steps=1, samples=1, batch_size=1, repeats=1, episodes=1)
-    if args.slices < 64:
-        print(f"note: --slices {args.slices}: the volume figures the README reports use at least 64 slices")
-    result = run_speed(args, args.open_dataset(args))
-    print(json.dumps({k: result[k] for k in ("llm_ms_per_slice", "volume_s", "steps_dice", "ratios")}, indent=1))
-    return 0
-
-
-def command_full_shapes(args) -> int:
-    from segicl.bench_full import FullShapeOptions, run_full_shapes
-
-    check_out_dir(args.out_dir)
-    options = FullShapeOptions(vision_layers=args.vision_layers, llm_layers=args.llm_layers, device=args.device,
-                               dtype=args.dtype, repeats=args.repeats, slices=args.slices).validate()
-    result = run_full_shapes(options, args.out_dir)
-    print("\n".join(full_shape_lines(result)))
-    return 0
-
-
-def command_training(args) -> int:
-    from segicl.bench_training import run_training
-
-    check_common(args, steps=4, batch_size=2)  # the loss is compared over the first and last thirds of the steps
-    if args.batch_size % 2:
-        raise ValueError(f"--batch-size must be even (it is split over 2 DeepSpeed processes), got {args.batch_size}")
-    run_training(args)
-    return 0
-
-
-def command_report(args) -> int:
-    # The README's plots and the JSON behind every figure live in the repository; runs/ does not.
-    results = args.readme.parent / "docs" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("quality.png", "speed.png", *RESULT_FILES):
-        if (args.out_dir / name).exists():
-            shutil.copyfile(args.out_dir / name, results / name)
-    section = results_section(args.out_dir)
-    write_results(args.readme, section)
-    print(section)
-    return 0
 
 
 def hardware() -> str:
@@ -270,7 +140,7 @@ def training_lines(training: dict) -> list[str]:
 
 def results_section(folder: Path) -> str:
     """The README section, from whichever of quality/speed/full_shapes/training.json exist."""
-    from segicl.bench_quality import quality_lines  # heavy imports (MONAI, MVG): only when reporting
+    from benchmarks.quality import quality_lines  # heavy imports (MONAI, MVG): only when reporting
 
     parts = [RESULTS_START, "## Results", "",
              f"Generated by `segicl bench report` from `{shown_path(folder)}/*.json`, copied to `docs/results/` (do not "

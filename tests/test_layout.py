@@ -1,0 +1,142 @@
+"""The import rules of the layout, read from the source (ast), so the packages stay what the README says they are:
+
+    data/        datasets, I/O, preprocessing, transforms, episodes rules, metrics: imports nothing of the project
+    segicl/      the SegICL engine          } each imports data/ only (and itself)
+    mvg_head/    the MVG engine             }
+    benchmarks/  `segicl bench ...`: imports the engines, data/ and the training stages, never the command line
+    stages/      the accelerate entry points and the training loop: imports the engines, data/ and the command
+                 line's argument checks (commands.arguments); neither data/ nor an engine imports them
+    commands/    the `segicl` command line: registers the engines' and the benchmarks' subcommands; the demo's
+                 from-scratch path calls the training stages; nothing but the stages' argument checks imports it
+
+Every import counts, also one inside a function: a lazy import is still a dependency.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("data", "segicl", "mvg_head", "commands", "benchmarks", "stages")
+# Which project packages (or single modules) each package may import, besides itself.
+ALLOWED = {
+    "data": set(),
+    "segicl": {"data"},
+    "mvg_head": {"data"},
+    "benchmarks": {"data", "segicl", "mvg_head", "stages"},
+    "stages": {"data", "segicl", "mvg_head", "commands.arguments"},
+    "commands": {"data", "segicl", "mvg_head", "benchmarks", "stages"},
+}
+
+
+def module_name(path: Path, root: Path = REPO) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules(root: Path = REPO) -> dict[str, Path]:
+    return {module_name(path, root): path for package in PACKAGES for path in sorted((root / package).rglob("*.py"))}
+
+
+def imported_names(path: Path, module: str) -> set[str]:
+    """Every module name an import statement of the file names (relative imports resolved), with `from X import y`
+    giving both X and X.y (y may be a submodule)."""
+    names: set[str] = set()
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def import_graph(root: Path = REPO) -> dict[str, set[str]]:
+    """module -> the project modules it imports."""
+    modules = project_modules(root)
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in imported_names(path, module):
+            while name and name not in modules:  # `import a.b.c` of a package: the longest project prefix
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
+    problems = []
+    for module, targets in sorted(graph.items()):
+        package = module.split(".")[0]
+        for target in sorted(targets):
+            other = target.split(".")[0]
+            if other != package and other not in ALLOWED[package] and target not in ALLOWED[package]:
+                problems.append(f"{module} imports {target} ({package}/ may import only "
+                                f"{', '.join(sorted(ALLOWED[package])) or 'nothing of the project'})")
+    return problems
+
+
+def test_no_import_cycles():
+    assert cycles(import_graph()) == []
+
+
+def test_packages_import_only_what_their_layer_may():
+    assert forbidden_imports(import_graph()) == []
+
+
+def test_the_rules_catch_a_forbidden_import_and_a_cycle(tmp_path):
+    """The checker itself, on a tree written here: data importing an engine, and a cycle, are both found."""
+    for package in PACKAGES:
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "__init__.py").write_text("")
+    (tmp_path / "data" / "io.py").write_text("from segicl.model import Model\n")
+    (tmp_path / "segicl" / "model.py").write_text("def build():\n    from . import pipeline\n")
+    (tmp_path / "segicl" / "pipeline.py").write_text("import segicl.model\nimport numpy\n")
+    graph = import_graph(tmp_path)
+    assert graph["segicl.pipeline"] == {"segicl.model"}
+    assert cycles(graph) == [["segicl.model", "segicl.pipeline"]]
+    assert forbidden_imports(graph) == ["data.io imports segicl.model (data/ may import only nothing of the project)"]
