@@ -12,7 +12,7 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from data.dataset import SliceDataset
-from data.episodes import SpatialTransformConfig, make_affine
+from data.transforms import SpatialTransformConfig, random_affine
 
 
 @dataclass(frozen=True)
@@ -63,13 +63,12 @@ def augmented_batch(images: np.ndarray, masks: np.ndarray, rng: np.random.Genera
     chosen = rng.integers(len(images), size=config.batch_size)
     if config.transform is None:
         return torch.from_numpy(images[chosen]), torch.from_numpy(masks[chosen])
-    affine = make_affine(config.transform, images.shape[-1])
     batch_images, batch_masks = [], []
     for index in chosen:
-        affine.set_random_state(int(rng.integers(2**31 - 1)))
-        out = affine({"image": images[index], "mask": masks[index]})
-        batch_images.append(torch.as_tensor(np.asarray(out["image"]), dtype=torch.float32))
-        batch_masks.append((torch.as_tensor(np.asarray(out["mask"])) > 0.5).float())
+        (image,), (mask,) = random_affine(config.transform, [images[index][0]], [masks[index][0]],
+                                          int(rng.integers(2**31 - 1)))
+        batch_images.append(torch.from_numpy(image)[None])
+        batch_masks.append((torch.from_numpy(mask)[None] > 0.5).float())
     return torch.stack(batch_images), torch.stack(batch_masks)
 
 

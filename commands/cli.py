@@ -38,7 +38,8 @@ def command_data(args: argparse.Namespace) -> int:
 
 def copy_baseline_table(dataset, episodes: int, min_area: int, seed: int, progress: bool = True) -> dict:
     """Copy-example baseline (k = 1) on the test split: {transforms: {structures: result}}."""
-    from data.episodes import EpisodeConfig, SpatialTransformConfig
+    from data.episodes import EpisodeConfig
+    from data.transforms import SpatialTransformConfig
     from segicl.evaluation import evaluate_copy_baseline
 
     table: dict = {}

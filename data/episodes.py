@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from monai.transforms import RandAffined
 
 from data.dataset import SliceDataset, TaskSlice
+from data.transforms import SpatialTransformConfig, random_affine
 
 INSTRUCTION_TEMPLATES = (
     "Segment the {name} in this {modality} slice.",
@@ -22,21 +22,6 @@ INSTRUCTION_TEMPLATES = (
     "Where is the {name}? Mark it on this {modality} slice.",
     "Label every pixel of the {name} in this {modality} image.",
 )
-
-
-@dataclass(frozen=True)
-class SpatialTransformConfig:
-    """Independent random affine applied to each example and to the query.
-
-    Attributes:
-        rotate_degrees: rotation drawn from [-rotate_degrees, rotate_degrees].
-        scale: relative scale change drawn from [-scale, scale].
-        translate_fraction: shift drawn from [-f, f] times the image side, per axis.
-    """
-
-    rotate_degrees: float = 10.0
-    scale: float = 0.08
-    translate_fraction: float = 0.06
 
 
 @dataclass(frozen=True)
@@ -165,11 +150,8 @@ class EpisodeSampler:
 
     def _example_rows(self, query: TaskSlice) -> list[int]:
         """Rows that may lend examples: the same structure on training volumes (support rows for held-out ones)."""
-        task = self.dataset.rows[query.row]
-        allowed = ("train",) if self.config.split == "train" else ("train", "support")
-        return [r for r in self.dataset.rows_by_task[task["task"]]
-                if self.dataset.rows[r]["split"] in allowed
-                and (r != query.row or len(self.dataset.rows[r]["slices"]) > 1)]
+        return [r for r in context_rows(self.dataset, query.row, self.config.split)
+                if r != query.row or len(self.dataset.rows[r]["slices"]) > 1]
 
     def _choose_examples(self, query: TaskSlice, k: int, rng: np.random.Generator) -> list[tuple[int, int]]:
         """k (row, slice) pairs: another volume where possible, near the query's relative position."""
@@ -198,14 +180,27 @@ class EpisodeSampler:
         """Random affine of an (image, mask) pair; redrawn when it would push the structure out of view."""
         if self.config.transform is None:
             return image[None].astype(np.float32), mask[None].astype(np.float32)
-        affine = make_affine(self.config.transform, image.shape[-1])
         for _ in range(attempts):
-            affine.set_random_state(int(rng.integers(2**31 - 1)))
-            out = affine({"image": image[None], "mask": mask[None]})
-            new_mask = (np.asarray(out["mask"]) > 0.5).astype(np.float32)
+            (moved,), (moved_mask,) = random_affine(self.config.transform, [image], [mask.astype(np.float32)],
+                                                    int(rng.integers(2**31 - 1)))
+            new_mask = (moved_mask > 0.5).astype(np.float32)
             if new_mask.any():
-                return np.asarray(out["image"], dtype=np.float32), new_mask
+                return moved[None], new_mask[None]
         return image[None].astype(np.float32), mask[None].astype(np.float32)
+
+
+def context_rows(dataset: SliceDataset, row: int, split: str) -> list[int]:
+    """The rows of `row`'s task that may lend examples (SegICL) or prompts (MVG) to a query of it: training rows, and
+    for test queries also the support rows (held-out structures on training volumes, never trained on)."""
+    allowed = ("train",) if split == "train" else ("train", "support")
+    return [r for r in dataset.rows_by_task[dataset.rows[row]["task"]] if dataset.rows[r]["split"] in allowed]
+
+
+def prompt_slice(query_slice: int, query_slices: int, prompt_slices: int) -> int:
+    """The position-matched slice (MVG's prompt choice, from the paper): slice n of N_TE takes slice floor(n * N_TR / N_TE) of the prompt volume."""
+    if not 0 <= query_slice < query_slices:
+        raise ValueError(f"query slice {query_slice} outside 0..{query_slices - 1}")
+    return min(query_slice * prompt_slices // query_slices, prompt_slices - 1)
 
 
 def made_up_name(rng: np.random.Generator, names: list[str], attempts: int = 20) -> str:
@@ -225,16 +220,6 @@ def made_up_name(rng: np.random.Generator, names: list[str], attempts: int = 20)
         if name not in known:
             return name
     return name + " " + vocabulary[rng.integers(len(vocabulary))]
-
-
-def make_affine(config: SpatialTransformConfig, size: int) -> RandAffined:
-    """MONAI's RandAffined for image (bilinear) and mask (nearest), zero padding."""
-    shift = config.translate_fraction * size
-    return RandAffined(
-        keys=("image", "mask"), prob=1.0, mode=("bilinear", "nearest"), padding_mode="zeros",
-        rotate_range=(np.deg2rad(config.rotate_degrees),), scale_range=(config.scale, config.scale),
-        translate_range=(shift, shift),
-    )
 
 
 def collate_episodes(episodes: list[Episode]) -> dict:

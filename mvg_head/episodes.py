@@ -11,8 +11,8 @@
 Training episodes use the training volumes only (held-out structures never appear); test episodes take the query
 from the test volume (Colin27) and the prompt from a training volume at slice floor(n * N_TR / N_TE) (the paper).
 Prompt pair and query pair each get an independent random affine with the parameters of SegICL's episodes
-(`data.episodes.SpatialTransformConfig`: +-10 deg, +-8% scale per axis, +-6% shift), applied with scipy (0.3 ms; MONAI's
-RandAffined took 45 ms per pair here), so copying the prompt's label is not the answer. Every episode is a function of (seed, index) only.
+(`data.transforms`: +-10 deg, +-8% scale per axis, +-6% shift; MONAI's RandAffined, about 5 ms per pair), so copying the
+prompt's label is not the answer. Every episode is a function of (seed, index) only.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from data.dataset import SliceDataset
-from scipy import ndimage
 
-from data.episodes import SpatialTransformConfig
+from data.episodes import context_rows, prompt_slice
+from data.transforms import SpatialTransformConfig, random_affine
 from data.image2image import add_rician_noise, apply_inpainting, random_inpainting_mask, simulate_low_dose_ct, \
     simulate_t2_from_tissue
 from data.preprocess import window_ct
@@ -36,13 +36,6 @@ TRAIN_VOLUMES = ("mni152_2009a", "fsl_mni152", "icbm2009c")
 TEST_VOLUME = "colin27"
 SYNTHESIS_NOTE = ("T2-like target SIMULATED from the T1 slice (3-class intensity model -> soft tissue probabilities "
                   "-> simulate_t2_from_tissue); not a real T2 scan")
-
-
-def prompt_slice(query_slice: int, query_slices: int, prompt_slices: int) -> int:
-    """The paper's prompt choice: slice n of N_TE takes slice floor(n * N_TR / N_TE) of the prompt volume."""
-    if not 0 <= query_slice < query_slices:
-        raise ValueError(f"query slice {query_slice} outside 0..{query_slices - 1}")
-    return min(query_slice * prompt_slices // query_slices, prompt_slices - 1)
 
 
 @dataclass(frozen=True)
@@ -120,20 +113,6 @@ class MVGEpisode:
     meta: dict = field(default_factory=dict)
 
 
-def random_affine(config: SpatialTransformConfig, shape: tuple[int, int], rng: np.random.Generator
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix, offset) for `scipy.ndimage.affine_transform`: rotation, per-axis scale and shift about the centre."""
-    angle = np.deg2rad(rng.uniform(-config.rotate_degrees, config.rotate_degrees))
-    scale = 1.0 + rng.uniform(-config.scale, config.scale, size=2)
-    shift = rng.uniform(-config.translate_fraction, config.translate_fraction, size=2) * np.array(shape)
-    rotation = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    forward = rotation @ np.diag(scale)  # output = forward @ (input - centre) + centre + shift
-    matrix = np.linalg.inv(forward)
-    centre = (np.array(shape) - 1) / 2.0
-    offset = centre - matrix @ (centre + shift)
-    return matrix, offset
-
-
 def grey3(image: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(image, np.float32)[None], 3, axis=0)
 
@@ -188,10 +167,8 @@ class MVGEpisodeSampler:
         return queries
 
     def _prompt_rows(self, row: int) -> list[int]:
-        data = self.dataset
-        task, volume = data.rows[row]["task"], data.rows[row]["volume"]
-        allowed = ("train",) if self.options.split == "train" else ("train", "support")
-        return [r for r in data.rows_by_task[task] if data.rows[r]["split"] in allowed and data.rows[r]["volume"] != volume]
+        volume = self.dataset.rows[row]["volume"]
+        return [r for r in context_rows(self.dataset, row, self.options.split) if self.dataset.rows[r]["volume"] != volume]
 
     def _prompt_slice(self, query_volume: str, query_slice: int, prompt_volume: str, rng: np.random.Generator) -> int:
         n_query = self.dataset.volumes[query_volume]["n_slices"]
@@ -206,11 +183,9 @@ class MVGEpisodeSampler:
         """One random affine for a pair: images bilinear, the integer label map nearest (none when registered)."""
         if self.options.transform is None or registered:
             return channels, labels
-        matrix, offset = random_affine(self.options.transform, channels[0].shape, rng)
-        images = [ndimage.affine_transform(c, matrix, offset, order=1, mode="constant").astype(np.float32)
-                  for c in channels]
-        if labels is not None:
-            labels = ndimage.affine_transform(labels, matrix, offset, order=0, mode="constant")
+        images, moved_labels = random_affine(self.options.transform, channels, [] if labels is None else [labels],
+                                             int(rng.integers(2**31 - 1)))
+        labels = moved_labels[0] if moved_labels else None
         return images, labels
 
     def _query_volume_and_slice(self, rng: np.random.Generator) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mvg_head.colouring import colour_table, decode, encode
 from mvg_head.config import TASKS
-from mvg_head.episodes import prompt_slice
+from data.episodes import prompt_slice
 from mvg_head.model import MVGModel
 from data.preprocess import normalize_intensity  # MRI percentiles / CT window / none, as SegICL
 

@@ -54,7 +54,8 @@ def model_config(args: argparse.Namespace):
 
 
 def mask_sampler(dataset, split: str, structures: str, min_area: int, seed: int, transform: bool = True):
-    from data.episodes import EpisodeConfig, EpisodeSampler, SpatialTransformConfig
+    from data.episodes import EpisodeConfig, EpisodeSampler
+    from data.transforms import SpatialTransformConfig
 
     return EpisodeSampler(dataset, EpisodeConfig(split=split, structures=structures, num_examples=0, max_examples=0,
                                                  min_area=min_area, seed=seed,

@@ -16,6 +16,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,3 +142,28 @@ def test_the_rules_catch_a_forbidden_import_and_a_cycle(tmp_path):
     assert graph["segicl.pipeline"] == {"segicl.model"}
     assert cycles(graph) == [["segicl.model", "segicl.pipeline"]]
     assert forbidden_imports(graph) == ["data.io imports segicl.model (data/ may import only nothing of the project)"]
+
+
+# Modules whose behaviour another test file exercises, and why it lives there.
+TESTED_ELSEWHERE = {
+    "data.dataset": "tests/data/test_build.py",  # the dataset is what the builder writes and reads back
+    "data.sources": "tests/data/test_build.py",  # every source is read by the build
+    "commands.datasets": "tests/commands/test_cli.py",  # the dataset flags of `segicl data`
+    "mvg_head.evaluation": "tests/commands/test_mvg.py",  # through `segicl mvg-eval`, its only caller
+}
+# Experiment scripts run by hand (README gives their commands); they only call tested code.
+NOT_TESTED = {"benchmarks.stage1_parametrisation", "benchmarks.mvg_label_skip_amount"}
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_module_with_behaviour_has_a_test_file_of_its_name(package):
+    """tests/ mirrors the tree: tests/<package>/test_<module>.py, or a named test file that exercises the module."""
+    missing = []
+    for path in sorted((REPO / package).glob("*.py")):
+        module = f"{package}.{path.stem}"
+        if path.stem == "__init__" or module in NOT_TESTED or (REPO / "tests" / package / f"test_{path.stem}.py").exists():
+            continue
+        elsewhere = TESTED_ELSEWHERE.get(module)
+        if elsewhere is None or module not in (REPO / elsewhere).read_text(encoding="utf-8").replace("/", "."):
+            missing.append(path.stem)
+    assert missing == [], f"{package}/: no tests/{package}/test_<name>.py for {missing}"

@@ -1,10 +1,27 @@
-from pathlib import Path
+from argparse import Namespace
 
-from data.model_folders import REPOSITORY, shown_path
+import pytest
+
+from commands.arguments import check_at_least, check_out_dir, exit_code
 
 
-def test_paths_inside_the_repository_are_shown_relative_to_it(tmp_path, monkeypatch):
-    assert shown_path(REPOSITORY / "weights" / "segicl-tiny") == "weights/segicl-tiny"
-    monkeypatch.chdir(REPOSITORY)
-    assert shown_path(Path("weights/segicl-tiny")) == "weights/segicl-tiny"
-    assert shown_path(tmp_path / "model") == str(tmp_path / "model")  # the user's own path, as given
+def test_a_refused_input_is_one_line_and_exit_code_2(capsys):
+    def refuse() -> int:
+        raise ValueError("--steps must be >= 1, got 0")
+
+    assert exit_code(refuse, "segicl demo") == 2
+    assert capsys.readouterr().err == "segicl demo: error: --steps must be >= 1, got 0\n"
+    assert exit_code(lambda: 0, "segicl demo") == 0
+
+
+def test_flag_minimums_name_the_flag():
+    check_at_least(Namespace(episodes=1), episodes=1)
+    with pytest.raises(ValueError, match="--min-area must be >= 1, got 0"):
+        check_at_least(Namespace(min_area=0), min_area=1)
+
+
+def test_a_file_as_output_folder_is_refused(tmp_path):
+    check_out_dir(tmp_path / "new")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="--out-dir .*file exists and is not a folder"):
+        check_out_dir(tmp_path / "file")

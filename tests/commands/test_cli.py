@@ -1,3 +1,4 @@
+"""`segicl data | baseline | demo | segment` (commands.cli, with the dataset flags of commands.datasets)."""
 import json
 import os
 import re

@@ -1,3 +1,4 @@
+"""`segicl mvg` and `segicl mvg-eval` (commands.mvg; the test-split evaluation itself is mvg_head.evaluation)."""
 import json
 
 import nibabel as nib

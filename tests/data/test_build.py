@@ -1,3 +1,4 @@
+"""The dataset build (data.build) from the shipped scans and atlases (data.sources), read back through data.dataset."""
 import json
 
 import numpy as np

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.episodes import (INSTRUCTION_TEMPLATES, EpisodeConfig, EpisodeSampler, SpatialTransformConfig,
-                           collate_episodes)
+from data.episodes import INSTRUCTION_TEMPLATES, EpisodeConfig, EpisodeSampler, collate_episodes
+from data.transforms import SpatialTransformConfig
 
 
 def test_deterministic_for_a_seed(dataset):

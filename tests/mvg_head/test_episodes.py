@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from mvg_head.config import TASKS
-from mvg_head.episodes import TEST_VOLUME, TRAIN_VOLUMES, EpisodeOptions, MVGEpisodeSampler, TaskMix, prompt_slice
+from data.episodes import prompt_slice
+from mvg_head.episodes import TEST_VOLUME, TRAIN_VOLUMES, EpisodeOptions, MVGEpisodeSampler, TaskMix
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from data.episodes import Episode, EpisodeConfig
+from data.episodes import Episode
 from segicl.baselines import copy_example_baseline, predict_copy, predict_union
-from segicl.evaluation import evaluate_copy_baseline
 
 
 def test_copy_resamples_to_the_query_grid():
@@ -21,13 +20,6 @@ def test_copy_needs_an_example_and_a_2d_mask():
         predict_copy(empty)
     with pytest.raises(ValueError, match="must be 2-D"):
         copy_example_baseline(np.zeros((2, 8, 8)), (8, 8))
-
-
-def test_copy_baseline_falls_under_transforms(dataset):
-    plain = evaluate_copy_baseline(dataset, EpisodeConfig(split="test", num_examples=1, min_area=20, transform=None), 60)
-    moved = evaluate_copy_baseline(dataset, EpisodeConfig(split="test", num_examples=1, min_area=20), 60)
-    assert plain["episodes"] == moved["episodes"] == 60
-    assert 0.0 < moved["mean_dice"] < plain["mean_dice"] < 1.0
 
 
 def test_union_of_examples_is_the_pixelwise_or_on_the_query_grid():

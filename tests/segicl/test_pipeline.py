@@ -88,21 +88,3 @@ def test_a_0_255_mask_reads_as_its_0_1_mask(pipeline):
 def test_empty_instruction_refused(pipeline):
     with pytest.raises(ValueError, match="instruction text is empty"):
         pipeline(np.zeros((64, 64)), "  ", [], num_samples=1, num_steps=1)
-
-
-@pytest.mark.parametrize("use_cache", [True, False])
-@pytest.mark.parametrize("k", [0, 1, 3])
-def test_the_pipeline_and_the_evaluation_give_bit_identical_masks(pipeline, dataset, k, use_cache):
-    """Every published figure is scored on what `segicl segment` / `SegICLPipeline` would answer for that episode."""
-    import torch
-
-    from data.episodes import EpisodeConfig, EpisodeSampler
-    from segicl.evaluation import segment_episodes
-
-    episode = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=k, seed=0))[0]
-    probability, spread = segment_episodes(pipeline.model, [episode], 2, 3, torch.Generator().manual_seed(7), use_cache)
-    examples = [(episode.example_images[i, 0], episode.example_masks[i, 0]) for i in range(k)]
-    output = pipeline(episode.query_image[0], episode.instruction, examples, num_samples=3, num_steps=2,
-                      use_cache=use_cache, normalization="none", seed=7)
-    np.testing.assert_array_equal(output.probabilities, probability[0])
-    np.testing.assert_array_equal(output.uncertainty, spread[0])

