@@ -71,7 +71,7 @@ train-demo: install
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2b/model --output-dir $(TRAIN_DIR)/stage2c \
 		--example-prior --anonymous-name-prob 0.5 --min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
 		--steps $(STAGE2C_STEPS) --max-minutes $(STAGE2C_MINUTES) --checkpoint-every 250 --resume
-	$(PY) -m commands.export $(TRAIN_DIR)/stage2c/model $(WEIGHTS)
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2c/model $(WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl
@@ -100,7 +100,7 @@ train-mvg: install
 	$(MVG_ENV) $(LAUNCH) stages/mvg_train.py --init $(MVG_TRAIN_DIR)/model --prompt-label-skip \
 		--output-dir $(MVG_TRAIN_DIR)-label-skip --steps $(MVG_LABEL_SKIP_STEPS) --warmup-steps 30 \
 		--max-minutes $(MVG_LABEL_SKIP_MINUTES) $(MVG_MIX) $(MVG_TRAIN_ARGS) --learning-rate 5e-4
-	$(PY) -m commands.export $(MVG_TRAIN_DIR)-label-skip/model $(MVG_WEIGHTS)
+	$(VENV)/bin/segicl export $(MVG_TRAIN_DIR)-label-skip/model $(MVG_WEIGHTS)
 
 # Evaluates the shipped MVG weights on the test split beside the trivial baselines: runs/mvg/eval.json + report.md.
 demo-mvg: install

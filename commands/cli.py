@@ -123,6 +123,13 @@ def command_segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_export(args: argparse.Namespace) -> int:
+    from commands.export import export
+
+    export(args.source, args.target)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="segicl",
@@ -157,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="intensity mapping: MRI percentiles, CT window [-100, 200] HU, or none")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
+    export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")
+    export.add_argument("source", type=Path, help="a trained model folder (e.g. runs/train-demo/stage2c/model)")
+    export.add_argument("target", type=Path, help="where the exported model goes (new, empty, or an earlier export)")
+    export.set_defaults(handler=command_export)
     add_mvg_commands(commands)
     add_bench_commands(commands, DEFAULT_WEIGHTS)
 

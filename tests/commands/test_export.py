@@ -44,3 +44,13 @@ def test_export_command_reports_a_missing_source_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == f"commands.export: error: no trained model at {tmp_path / 'nope'} " \
                                     "(model.safetensors missing)"
+
+
+def test_segicl_export_is_a_subcommand(tiny_model, tmp_path, capsys):
+    from commands.cli import main
+
+    tiny_model.save_pretrained(tmp_path / "model")
+    assert main(["export", str(tmp_path / "model"), str(tmp_path / "exported")]) == 0
+    assert "float16" in capsys.readouterr().out and (tmp_path / "exported" / "segicl_config.json").exists()
+    assert main(["export", str(tmp_path / "nope"), str(tmp_path / "other")]) == 2
+    assert "segicl export: error: no trained model at" in capsys.readouterr().err
