@@ -177,3 +177,13 @@ def test_results_section_renders_the_full_shape_table(tmp_path):
     assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3'] / 60:.3g} min |" in section
     assert "vision 1 s per image" in section and "with it 1.5 s / 2 s" in section
     assert "speed.json not generated yet: run `segicl bench speed`" in section
+
+
+def test_importing_the_benchmark_prints_nothing(tmp_path):
+    """It imports diffusers before any segicl module: the package init still quiets bitsandbytes' notice first."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", "import benchmarks.full_shapes"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == ""
