@@ -197,7 +197,8 @@ def context_rows(dataset: SliceDataset, row: int, split: str) -> list[int]:
 
 
 def prompt_slice(query_slice: int, query_slices: int, prompt_slices: int) -> int:
-    """The position-matched slice (MVG's prompt choice, from the paper): slice n of N_TE takes slice floor(n * N_TR / N_TE) of the prompt volume."""
+    """The position-matched slice (MVG's prompt choice, from the paper): slice n of N_TE takes slice
+    floor(n * N_TR / N_TE) of the prompt volume."""
     if not 0 <= query_slice < query_slices:
         raise ValueError(f"query slice {query_slice} outside 0..{query_slices - 1}")
     return min(query_slice * prompt_slices // query_slices, prompt_slices - 1)

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from data.dataset import SliceDataset
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
-from segicl.baselines import predict_copy, predict_union
 from data.metrics import dice, hd95, iou
+from segicl.baselines import predict_copy, predict_union
 from segicl.pipeline import sample_masks
 
 

@@ -19,6 +19,7 @@ from data.preprocess import as_binary_mask, normalize_intensity
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
 
+
 @torch.no_grad()
 def sample_masks(decoder: MaskDecoder, tokens: torch.Tensor, num_steps: int = 10, num_samples: int = 1,
                  generator: torch.Generator | None = None, scheduler: str | None = None) -> torch.Tensor:
