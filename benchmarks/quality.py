@@ -1,18 +1,23 @@
-"""`segicl bench quality`: the in-context learning curve on the test split, beside the baselines.
+"""`segicl bench quality`: the in-context learning curve on the test split, beside what a user would do instead.
 
 For training structures and for held-out structures, and k in {0, 1, 3, 5}, every method is scored on the
-SAME test episodes (held-out subject, independent random affines on examples and query):
+SAME nested test episodes (held-out subject, independent random affines on examples and query):
 - SegICL (the trained pipeline; k = 5 is beyond the K = 3 it was trained with: extrapolation),
-- the copy-example baseline (first example's mask) and, at k = 3, the union of the examples' masks (label
-  fusion: the mask behind SegICL's example prior),
-- MVG (its first example as the prompt pair, the paper's one in-context sample), when weights are given,
-- a specialist MONAI UNet per structure (`benchmarks.specialist`) for the `specialists` most frequent
-  structures of the test episodes, each trained with the same CPU time budget; it is compared with SegICL
-  on the same episodes of those structures.
+- the CrossConv peer: a UniverSeg-style network trained on the same training episodes (`--crossconv`),
+- registration + label fusion: each example registered to the query with SimpleITK (affine, mutual information,
+  multi-resolution), its mask carried over, then majority vote, and STAPLE,
+- the union of the examples' masks and the copy of the first example,
+- MVG (its first example as the prompt pair, the paper's one in-context sample; scored at k = 1), when weights
+  are given.
+Every cell has its number of episodes and a bootstrap 95% interval of the mean Dice. Held-out structures also
+get a specialist comparison: one MONAI UNet per structure for the `specialists` most frequent held-out structures,
+each trained on that structure's support slices until its validation loss stops falling, scored with every
+method on `specialist_episodes` k = 3 episodes of those structures.
 """
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter, defaultdict
 from dataclasses import replace
@@ -21,17 +26,32 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.episodes import Episode, EpisodeConfig, EpisodeSampler
-from mvg_head.model import CONFIG_NAME as MVG_CONFIG_NAME
-from data.model_folders import shown_path
+from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
+from data.metrics import bootstrap_interval
+from data.model_folders import MODEL_CONFIGS, shown_path
+from segicl.baselines import RegistrationFusion
 from segicl.evaluation import mean_score, score_episodes
 from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 QUALITY_K = (0, 1, 3, 5)
 GROUPS = {"train_structures": "train", "held_out_structures": "held_out"}
-# Where a structure's specialist gets its training slices: the training volumes' slices of that structure
-# (for held-out structures these are the "support" rows, the slices examples come from).
+# Where a structure's specialist gets its training slices: the support rows of a held-out structure (the training
+# volumes' slices that its examples come from).
 SPECIALIST_SPLITS = {"train": ("train",), "held_out": ("support",)}
+SPECIALIST_K = 3
+# The tables' rows, in order: record key -> label. SegICL answers every k; the others need k >= 1.
+METHODS = {
+    "segicl": "SegICL",
+    "crossconv": "CrossConv peer (UniverSeg-style)",
+    "registration_vote": "registration + majority vote",
+    "registration_staple": "registration + STAPLE",
+    "union_examples": "union of the examples",
+    "copy_example": "copy the first example",
+    "mvg": "MVG (first example as prompt)",
+    "specialist_unet": "specialist UNet",
+}
+# The peers that SegICL's goal is measured against (what a user could do with the same examples).
+PEERS = ("crossconv", "registration_vote", "registration_staple", "union_examples")
 
 
 def mvg_method(mvg_dir: Path):
@@ -54,14 +74,34 @@ def mvg_method(mvg_dir: Path):
     return predict
 
 
+def crossconv_method(folder: Path):
+    """Episodes -> the CrossConv network's binary predictions (None for k = 0)."""
+    from segicl.incontext import CrossConvNet
+
+    network = CrossConvNet.from_pretrained(folder)
+
+    def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
+        with_examples = [e for e in episodes if e.k]
+        if not with_examples:
+            return [None] * len(episodes)
+        batch = collate_episodes(with_examples)
+        masks = network.predict(batch["query_image"], batch["example_images"], batch["example_masks"],
+                                batch["example_valid"])[:, 0].numpy()
+        answers = iter(masks)
+        return [next(answers) if e.k else None for e in episodes]
+
+    return predict
+
+
 def specialist_method(dataset, tasks: list[str], structures: str, config: SpecialistConfig, log) -> tuple:
     """Train one UNet per task; return (episodes -> predictions or None, training info per task)."""
     networks, info = {}, {}
     for task in tasks:
         images, masks = training_slices(dataset, task, SPECIALIST_SPLITS[structures])
         networks[task], info[task] = train_specialist(images, masks, config)
-        log(f"  specialist {task}: {info[task]['steps']} steps on {info[task]['slices']} slices in "
-            f"{info[task]['seconds']:.0f} s (loss {info[task]['first_loss']:.3f} -> {info[task]['last_loss']:.3f})")
+        log(f"  specialist {task}: {info[task]['steps']} steps (best validation loss at step "
+            f"{info[task]['best_step']}, stopped by {info[task]['stopped_by']}) on {info[task]['slices']} slices "
+            f"in {info[task]['seconds']:.0f} s")
 
     def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
         return [predict_specialist(networks[e.meta["task"]], e.query_image[None])[0]
@@ -71,9 +111,35 @@ def specialist_method(dataset, tasks: list[str], structures: str, config: Specia
 
 
 def frequent_tasks(sampler: EpisodeSampler, episodes: int, count: int) -> list[str]:
-    """The `count` tasks that occur most often among the first `episodes` episodes."""
-    tally = Counter(sampler[i].meta["task"] for i in range(episodes))
+    """The `count` tasks that occur most often among the first `episodes` episodes (ties: first seen)."""
+    tally = Counter(sampler.task_of(i) for i in range(episodes))
     return [task for task, _ in tally.most_common(count)]
+
+
+def episodes_of_tasks(sampler: EpisodeSampler, tasks: list[str], per_task: int, limit: int = 20000) -> list[Episode]:
+    """The first `per_task` episodes of each task, in index order (deterministic for the sampler's seed)."""
+    wanted = {task: per_task for task in tasks}
+    chosen = []
+    for index in range(limit):
+        task = sampler.task_of(index)
+        if wanted.get(task, 0) > 0:
+            wanted[task] -= 1
+            chosen.append(sampler[index])
+        if not any(wanted.values()):
+            break
+    return chosen
+
+
+def cell(records: list[dict], method: str, seed: int = 0) -> dict | None:
+    """Mean Dice / IoU / HD95 of one method over the records that have it, the bootstrap 95% interval of the
+    mean Dice, and the number of episodes; None when no record has the method."""
+    rows = [r[method] for r in records if method in r]
+    if not rows:
+        return None
+    interval = bootstrap_interval([row["dice"] for row in rows], seed=seed)
+    return {**{metric: round(float(np.mean([row[metric] for row in rows])), 4) for metric in ("dice", "iou", "hd95")},
+            "ci95": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
+            "episodes": len(rows)}
 
 
 def per_structure(records: list[dict]) -> dict:
@@ -82,89 +148,116 @@ def per_structure(records: list[dict]) -> dict:
     for record in records:
         for method, scores in record.items():
             if isinstance(scores, dict):
-                grouped[record["structure"]][f"{method}_k{record['k']}" if method == "segicl" else method].append(scores)
+                grouped[record["structure"]][f"{method}_k{record['k']}"].append(scores)
     return {structure: {method: {**{m: round(float(np.mean([s[m] for s in rows])), 4) for m in ("dice", "iou", "hd95")},
-                                 "episodes": len(rows)} for method, rows in methods.items()}
+                                 "episodes": len(rows)} for method, rows in sorted(methods.items())}
             for structure, methods in sorted(grouped.items())}
 
 
-def run_group(model, dataset, structures: str, args, mvg, log) -> tuple[dict, list[dict]]:
-    """All k for one group of structures; returns (summary, records)."""
+def summarize(records: list[dict], seed: int = 0) -> dict:
+    """method -> k -> cell, for every method a record holds."""
+    cells: dict = {}
+    for method in METHODS:
+        by_k = {str(k): cell([r for r in records if r["k"] == k], method, seed) for k in QUALITY_K}
+        by_k = {k: value for k, value in by_k.items() if value is not None}
+        if by_k:
+            cells[method] = by_k
+    return cells
+
+
+def run_group(model, dataset, structures: str, args, methods: dict, log) -> dict:
+    """All k for one group of structures (and the specialist comparison for held-out structures)."""
     base = EpisodeConfig(split="test", structures=structures, max_examples=max(QUALITY_K), min_area=args.min_area,
                          seed=args.seed)
-    specialist_tasks = frequent_tasks(EpisodeSampler(dataset, replace(base, num_examples=1)), args.episodes,
-                                      args.specialists) if args.specialists else []
-    budget = SpecialistConfig(budget_s=args.specialist_seconds, seed=args.seed)
-    specialist, specialist_info = specialist_method(dataset, specialist_tasks, structures, budget, log)
     records: list[dict] = []
     for k in QUALITY_K:
         sampler = EpisodeSampler(dataset, replace(base, num_examples=k))
-        methods = {"specialist_unet": specialist, **({"mvg": mvg} if mvg else {})}
-        cell, _ = score_episodes(model, sampler, args.episodes, args.steps, args.samples, seed=args.seed,
-                                 other_methods=methods)
-        records += cell
-        log(f"  {structures:9s} k={k}: SegICL Dice {mean_score(cell, 'segicl'):.3f}"
-            + (f", copy {mean_score(cell, 'copy_example'):.3f}" if k else ""))
-    return summarize(records, specialist_tasks, specialist_info), records
-
-
-def specialist_budget(training: dict) -> str:
-    """"; the specialists trained 740-754 steps ..." (a time budget buys fewer steps on a busier machine)."""
-    if not training:
-        return ""
-    steps = [info["steps"] for info in training.values()]
-    seconds = max(info["seconds"] for info in training.values())
-    return f"; the specialists trained {min(steps)}-{max(steps)} steps each in their {seconds:.0f} s"
-
-
-def summarize(records: list[dict], specialist_tasks: list[str], specialist_info: dict) -> dict:
-    by_k = {k: [r for r in records if r["k"] == k] for k in QUALITY_K}
-    summary = {"segicl": {str(k): round(mean_score(rows, "segicl"), 4) for k, rows in by_k.items()},
-               "copy_baseline": round(mean_score(by_k[1], "copy_example"), 4),
-               "union_baseline": round(mean_score(by_k[3], "union_examples"), 4)}
-    for metric in ("iou", "hd95"):
-        summary[f"segicl_{metric}"] = {str(k): round(mean_score(rows, "segicl", metric), 4) for k, rows in by_k.items()}
-    if mean_score(by_k[1], "mvg") is not None:
-        summary["mvg"] = round(mean_score(by_k[1], "mvg"), 4)
-    if specialist_tasks:
-        same = [r for r in by_k[1] if "specialist_unet" in r]
-        summary["specialist_unet"] = round(mean_score(same, "specialist_unet"), 4)
-        summary["specialist_comparison"] = {
-            "structures": specialist_tasks, "episodes": len(same),
-            "specialist_unet": summary["specialist_unet"],
-            "segicl_same_episodes": {str(k): round(mean_score([r for r in by_k[k] if "specialist_unet" in r],
-                                                              "segicl"), 4) for k in QUALITY_K},
-            "training": specialist_info}
-    summary["per_structure"] = per_structure(records)
+        chosen = {name: method for name, method in methods.items() if k and (name != "mvg" or k == 1)}
+        rows, _ = score_episodes(model, sampler, args.episodes, args.steps, args.samples, seed=args.seed,
+                                 other_methods=chosen, progress=True)
+        records += rows
+        scores = ", ".join(f"{name} {mean_score(rows, name):.3f}" for name in METHODS if mean_score(rows, name) is not None)
+        log(f"  {structures:9s} k={k}: {scores}")
+    summary = {"cells": summarize(records, args.seed), "per_structure": per_structure(records)}
+    if structures == "held_out" and args.specialists:
+        summary["specialist_comparison"] = specialist_comparison(model, dataset, base, args, methods, log)
     return summary
 
 
+def specialist_comparison(model, dataset, base: EpisodeConfig, args, methods: dict, log) -> dict:
+    """Every method and a specialist UNet per structure on the same k = 3 episodes of the most frequent structures."""
+    sampler = EpisodeSampler(dataset, replace(base, num_examples=SPECIALIST_K))
+    tasks = frequent_tasks(sampler, args.episodes, args.specialists)
+    config = SpecialistConfig(seed=args.seed, budget_s=args.specialist_seconds)
+    specialist, training = specialist_method(dataset, tasks, "held_out", config, log)
+    episodes = episodes_of_tasks(sampler, tasks, math.ceil(args.specialist_episodes / len(tasks)))
+    chosen = {name: method for name, method in methods.items() if name != "mvg"}
+    records, _ = score_episodes(model, episodes, len(episodes), args.steps, args.samples, seed=args.seed,
+                                other_methods={**chosen, "specialist_unet": specialist}, progress=True)
+    cells = {method: value for method in METHODS if (value := cell(records, method, args.seed)) is not None}
+    log(f"  specialist comparison, {len(episodes)} episodes of {len(tasks)} structures: "
+        + ", ".join(f"{name} {value['dice']:.3f}" for name, value in cells.items()))
+    return {"structures": tasks, "k": SPECIALIST_K, "episodes": len(episodes), "cells": cells, "training": training}
+
+
+def format_cell(value: dict | None) -> str:
+    if value is None:
+        return "-"
+    interval = f" ({value['ci95'][0]:.2f}-{value['ci95'][1]:.2f})" if value.get("ci95") else ""
+    return f"{value['dice']:.3f}{interval}"
+
+
+def specialist_budget(training: dict) -> str:
+    """"; the specialists trained 740-1210 steps (best at 600-1100) ..." as measured."""
+    if not training:
+        return ""
+    steps = [info["steps"] for info in training.values()]
+    best = [info.get("best_step", info["steps"]) for info in training.values()]
+    stopped = Counter(info.get("stopped_by", "budget") for info in training.values())
+    seconds = max(info["seconds"] for info in training.values())
+    return (f"; the specialists trained {min(steps)}-{max(steps)} steps each (best validation loss at steps "
+            f"{min(best)}-{max(best)}; {stopped['validation']} of {len(training)} stopped by their validation loss), "
+            f"at most {seconds:.0f} s each")
+
+
+def best_peer(cells: dict, k: str) -> tuple[str, float] | None:
+    """The peer with the highest mean Dice at k, and that Dice."""
+    scored = [(name, cells[name][k]["dice"]) for name in PEERS if k in cells.get(name, {})]
+    return max(scored, key=lambda item: item[1]) if scored else None
+
+
 def quality_lines(quality: dict, plot: str = "docs/results/quality.png") -> list[str]:
-    """The quality table as markdown lines (quality.md and the README's Results section)."""
-    lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], "",
-             "| structures | SegICL k=0 | k=1 | k=3 | k=5 | copy example | union of 3 examples | MVG (1 prompt) "
-             "| specialist UNet |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for group in ("train_structures", "held_out_structures"):
-        row = quality[group]
-        value = lambda key: f"{row[key]:.3f}" if key in row else "n/a"  # noqa: E731
-        lines.append(f"| {group.replace('_', ' ')} | " + " | ".join(f"{row['segicl'][k]:.3f}" for k in ("0", "1", "3", "5"))
-                     + f" | {value('copy_baseline')} | {value('union_baseline')} | {value('mvg')} "
-                       f"| {value('specialist_unet')} |")
-    lines += ["", "Mean Dice. The specialist column is over the episodes of the structures that got a specialist; "
-              "on those same episodes:", ""]
-    for group in ("train_structures", "held_out_structures"):
-        comparison = quality[group].get("specialist_comparison")
-        if comparison:
-            segicl = comparison["segicl_same_episodes"]
-            gap = comparison["specialist_unet"] - segicl["3"]
-            lines.append(f"- {group.replace('_', ' ')}: specialist UNet {comparison['specialist_unet']:.3f} vs SegICL "
-                         f"k=3 {segicl['3']:.3f} (gap {gap:+.3f}) on {comparison['episodes']} episodes of "
-                         f"{', '.join(comparison['structures'])}" + specialist_budget(comparison.get("training", {})))
-    held = quality["held_out_structures"]["segicl"]
-    ordered = held["3"] > held["1"] > held["0"]
-    lines += ["", f"Held-out structures, k=3 > k=1 > k=0: **{'yes' if ordered else 'no'}** "
-              f"({held['0']:.3f} / {held['1']:.3f} / {held['3']:.3f}).", "", f"![quality]({plot})", ""]
+    """The quality tables as markdown lines (quality.md and the README's Results section)."""
+    lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], ""]
+    for group in GROUPS:
+        cells = quality[group]["cells"]
+        lines += [f"| {group.replace('_', ' ')} | " + " | ".join(f"k={k}" for k in QUALITY_K) + " |",
+                  "|---|" + "---|" * len(QUALITY_K)]
+        for method, label in METHODS.items():
+            if method in cells:
+                lines.append(f"| {label} | " + " | ".join(format_cell(cells[method].get(str(k))) for k in QUALITY_K)
+                             + " |")
+        lines.append("")
+    lines += ["Mean Dice (bootstrap 95% interval of the mean) over the episodes stated in the setting; - : the "
+              "method needs examples (or, for MVG, is scored with its one prompt at k = 1).", ""]
+    held = quality["held_out_structures"]["cells"]
+    segicl = {k: held["segicl"][k]["dice"] for k in ("0", "1", "3", "5")}
+    peer = best_peer(held, "3")
+    ordered = segicl["0"] < segicl["1"] < segicl["3"] <= segicl["5"]
+    lines.append(f"- Held-out structures, k = 0 < 1 < 3 <= 5: **{'yes' if ordered else 'no'}** "
+                 f"({' / '.join(f'{v:.3f}' for v in segicl.values())}).")
+    if peer:
+        lines.append(f"- Held-out structures, k = 3: SegICL {segicl['3']:.3f} against the best peer, "
+                     f"{METHODS[peer[0]]}, {peer[1]:.3f} (SegICL {segicl['3'] - peer[1]:+.3f}).")
+    comparison = quality["held_out_structures"].get("specialist_comparison")
+    if comparison:
+        cells = comparison["cells"]
+        gap = cells["specialist_unet"]["dice"] - cells["segicl"]["dice"]
+        lines.append(f"- Specialist comparison ({comparison['episodes']} held-out episodes, k = {comparison['k']}, of "
+                     f"{len(comparison['structures'])} structures: {', '.join(comparison['structures'])}): "
+                     + ", ".join(f"{METHODS[name]} {format_cell(value)}" for name, value in cells.items())
+                     + f"; gap specialist - SegICL **{gap:+.3f}**" + specialist_budget(comparison["training"]) + ".")
+    lines += ["", f"![quality]({plot})", ""]
     return lines
 
 
@@ -174,25 +267,38 @@ def plot_curve(path: Path, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for axis, group in zip(axes, GROUPS):
-        row = result[group]
-        axis.plot(QUALITY_K, [row["segicl"][str(k)] for k in QUALITY_K], "o-", label="SegICL")
-        for key, label, style in (("copy_baseline", "copy example", "--"), ("mvg", "MVG (1 prompt)", "-."),
-                                  ("specialist_unet", "specialist UNet", ":")):
-            if key in row:
-                axis.plot([1, max(QUALITY_K)], [row[key]] * 2, style, label=label)
-        if "union_baseline" in row:
-            axis.plot([3], [row["union_baseline"]], "s", label="union of 3 examples")
+        for method, values in result[group]["cells"].items():
+            ks = [k for k in QUALITY_K if str(k) in values]
+            means = [values[str(k)]["dice"] for k in ks]
+            low = [m - (values[str(k)]["ci95"] or [m, m])[0] for k, m in zip(ks, means)]
+            high = [(values[str(k)]["ci95"] or [m, m])[1] - m for k, m in zip(ks, means)]
+            style = "o-" if method == "segicl" else ("s" if len(ks) == 1 else ".--")
+            axis.errorbar(ks, means, yerr=[low, high], fmt=style, capsize=2, label=METHODS[method],
+                          linewidth=2 if method == "segicl" else 1)
         axis.set_title(group.replace("_", " "))
         axis.set_xlabel("examples k")
         axis.set_xticks(QUALITY_K)
         axis.grid(alpha=0.3)
-    axes[0].set_ylabel("mean Dice")
-    axes[0].legend(fontsize=8)
+    axes[0].set_ylabel("mean Dice (95% interval)")
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def peer_methods(args, log) -> dict:
+    """name -> episodes-to-predictions function, for every peer whose weights or tools are at hand."""
+    methods = {"registration_vote": RegistrationFusion(fusion="vote"),
+               "registration_staple": RegistrationFusion(fusion="staple")}
+    for name, folder, engine, build in (("crossconv", args.crossconv, "CrossConv", crossconv_method),
+                                        ("mvg", args.mvg, "MVG", mvg_method)):
+        if folder and (Path(folder) / MODEL_CONFIGS[engine]).exists():
+            methods[name] = build(folder)
+        elif folder:
+            log(f"  no {engine} weights at {folder}: its rows are left out")
+    return methods
 
 
 def run_quality(args, dataset, log=print) -> dict:
@@ -202,18 +308,16 @@ def run_quality(args, dataset, log=print) -> dict:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = SegICLModel.from_pretrained(args.model).eval()
-    mvg = mvg_method(args.mvg) if args.mvg and (Path(args.mvg) / MVG_CONFIG_NAME).exists() else None
-    if args.mvg and mvg is None:
-        log(f"  no MVG weights at {args.mvg}: MVG column left out")
-    result: dict = {}
-    for group, structures in GROUPS.items():
-        result[group], _ = run_group(model, dataset, structures, args, mvg, log)
+    methods = peer_methods(args, log)
+    result: dict = {group: run_group(model, dataset, structures, args, methods, log)
+                    for group, structures in GROUPS.items()}
+    crossconv = f", CrossConv peer `{shown_path(args.crossconv)}`" if "crossconv" in methods else ""
     result["setting"] = (
-        f"Model `{shown_path(args.model)}`; {args.episodes} test episodes per (structures, k) on the held-out subject, "
-        f"structures >= {args.min_area} px at {dataset.resolution} px, independent random affines, decoder "
-        f"{args.steps} steps x {args.samples} samples; specialist UNets: {args.specialists} structures per group, "
-        f"{args.specialist_seconds:.0f} s of training each on {torch.get_num_threads()} CPU threads. "
-        f"Total {time.perf_counter() - start:.0f} s.")
+        f"Model `{shown_path(args.model)}`{crossconv}; {args.episodes} test episodes per (structures, k) on the "
+        f"held-out subject, nested in k, structures >= {args.min_area} px at {dataset.resolution} px, independent "
+        f"random affines, decoder {args.steps} steps x {args.samples} samples; registration: SimpleITK affine, "
+        f"Mattes mutual information, 3 resolutions. {torch.get_num_threads()} CPU threads, total "
+        f"{time.perf_counter() - start:.0f} s.")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / "quality.json").write_text(json.dumps(result, indent=1))
     (args.out_dir / "quality.md").write_text("\n".join(quality_lines(result, plot="quality.png")) + "\n")

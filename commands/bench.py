@@ -23,18 +23,24 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
 
-    quality = kinds.add_parser("quality", help="Dice/IoU/HD95 for k = 0, 1, 3, 5 beside copy, MVG, specialist UNet")
+    quality = kinds.add_parser("quality", help="Dice/IoU/HD95 for k = 0, 1, 3, 5 beside the CrossConv peer, registration "
+                                               "+ label fusion, union, copy, MVG and specialist UNets, with intervals")
     add_dataset_arguments(quality)
-    quality.add_argument("--episodes", type=int, default=48, help="test episodes per (structures, k) cell")
+    quality.add_argument("--episodes", type=int, default=96, help="test episodes per (structures, k) cell")
     quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
     quality.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
     quality.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
+    quality.add_argument("--crossconv", type=Path, default=REPO / "weights" / "crossconv-tiny",
+                         help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
     quality.add_argument("--mvg", type=Path, default=REPO / "weights" / "mvg-tiny",
                          help="MVG weights folder ('' to leave MVG out)")
-    quality.add_argument("--specialists", type=int, default=4,
-                         help="structures per group that get a specialist UNet (0: none)")
-    quality.add_argument("--specialist-seconds", type=float, default=90.0,
-                         help="training budget of each specialist UNet, in seconds")
+    quality.add_argument("--specialists", type=int, default=8,
+                         help="held-out structures that get a specialist UNet (0: no specialist comparison)")
+    quality.add_argument("--specialist-episodes", type=int, default=40,
+                         help="k = 3 episodes of those structures in the specialist comparison")
+    quality.add_argument("--specialist-seconds", type=float, default=None,
+                         help="a time ceiling per specialist in seconds (default: none; each trains until its "
+                              "validation loss stops falling, at most 4000 steps)")
     quality.set_defaults(handler=command_quality)
 
     speed = kinds.add_parser("speed", help="per-slice vision/LLM/decoder time with and without the example cache; "
@@ -88,10 +94,13 @@ def check_common(args, **minimums: float) -> None:
 def command_quality(args) -> int:
     from benchmarks.quality import run_quality
 
-    check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_seconds=1)
-    args.mvg = args.mvg if str(args.mvg) else None
-    if args.mvg is not None:
-        check_model_folder(args.mvg, "MVG", flag="--mvg")
+    check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_episodes=1)
+    if args.specialist_seconds is not None:
+        check_at_least(args, specialist_seconds=1)
+    for flag, engine in (("mvg", "MVG"), ("crossconv", "CrossConv")):
+        setattr(args, flag, getattr(args, flag) if str(getattr(args, flag)) else None)
+        if getattr(args, flag) is not None:
+            check_model_folder(getattr(args, flag), engine, flag=f"--{flag}")
     result = run_quality(args, args.open_dataset(args))
     print((args.out_dir / "quality.md").read_text())
     return 0 if result else 1

@@ -55,6 +55,7 @@ class EpisodeConfig:
     transform: SpatialTransformConfig | None = field(default_factory=SpatialTransformConfig)
     seed: int = 0
     anonymous_name_prob: float = 0.0
+    absent_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -67,6 +68,8 @@ class EpisodeConfig:
             raise ValueError(f"num_examples must be in 0..{self.max_examples}, got {self.num_examples}")
         if not 0.0 <= self.anonymous_name_prob <= 1.0:
             raise ValueError(f"anonymous_name_prob must be in [0, 1], got {self.anonymous_name_prob}")
+        if not 0.0 <= self.absent_prob <= 1.0:
+            raise ValueError(f"absent_prob must be in [0, 1], got {self.absent_prob}")
 
 
 @dataclass
@@ -116,11 +119,22 @@ class EpisodeSampler:
 
     def __getitem__(self, index: int) -> Episode:
         rng = np.random.default_rng([self.config.seed, index])
-        row = self._rows_of_queries[rng.integers(len(self._rows_of_queries))]
-        candidates = self._queries_by_row[row]
-        query = candidates[rng.integers(len(candidates))]
+        query = self._draw_query(rng)
+        if self.config.absent_prob and rng.random() < self.config.absent_prob:
+            query = self._absent_slice(query, rng)
         k = self.config.num_examples if self.config.num_examples is not None else int(rng.integers(self.config.max_examples + 1))
         return self.episode_for(query, k, rng)
+
+    def task_of(self, index: int) -> str:
+        """The task of episode `index`, without building the episode (its first random draw)."""
+        query = self._draw_query(np.random.default_rng([self.config.seed, index]))
+        return self.dataset.rows[query.row]["task"]
+
+    def _draw_query(self, rng: np.random.Generator) -> TaskSlice:
+        """A row of the queries uniformly, then one of its slices: every structure weighs the same."""
+        row = self._rows_of_queries[rng.integers(len(self._rows_of_queries))]
+        candidates = self._queries_by_row[row]
+        return candidates[rng.integers(len(candidates))]
 
     def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator) -> Episode:
         """The episode of a given query slice with k examples, randomness from `rng`."""
@@ -147,6 +161,13 @@ class EpisodeSampler:
                   "position": data.relative_position(task["volume"], query.slice), "k": k,
                   "examples": [{"volume": data.rows[r]["volume"], "slice": s} for r, s in examples]},
         )
+
+    def _absent_slice(self, query: TaskSlice, rng: np.random.Generator) -> TaskSlice:
+        """A slice of the query's volume without its structure (the query itself when the structure is on all)."""
+        task = self.dataset.rows[query.row]
+        present = set(task["slices"])
+        absent = [s for s in range(self.dataset.volumes[task["volume"]]["n_slices"]) if s not in present]
+        return TaskSlice(query.row, absent[rng.integers(len(absent))]) if absent else query
 
     def _example_rows(self, query: TaskSlice) -> list[int]:
         """Rows that may lend examples: the same structure on training volumes (support rows for held-out ones)."""
@@ -184,7 +205,7 @@ class EpisodeSampler:
             (moved,), (moved_mask,) = random_affine(self.config.transform, [image], [mask.astype(np.float32)],
                                                     int(rng.integers(2**31 - 1)))
             new_mask = (moved_mask > 0.5).astype(np.float32)
-            if new_mask.any():
+            if new_mask.any() or not mask.any():
                 return moved[None], new_mask[None]
         return image[None].astype(np.float32), mask[None].astype(np.float32)
 

@@ -17,6 +17,8 @@ Image metrics (2-D or 3-D real images of the same shape):
 - :func:`ssim` -- ``torchmetrics`` structural similarity (Gaussian window 11, sigma
   1.5), with an explicit ``data_range``; every spatial side must be >= 11 pixels.
 
+Intervals: :func:`bootstrap_interval` -- ``scipy.stats.bootstrap`` percentile interval of a mean.
+
 Empty masks are handled here, before MONAI is called, because MONAI returns nan
 (Dice/IoU with ``ignore_empty=True``, HD95, NSD when both are empty) or nan/inf with
 warnings (HD95 when one is empty). The values used are:
@@ -302,3 +304,22 @@ def image_metrics(pred: ArrayLike, target: ArrayLike, data_range: float) -> dict
         "psnr": psnr(pred, target, data_range),
         "ssim": ssim(pred, target, data_range),
     }
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def bootstrap_interval(values: Sequence[float], confidence: float = 0.95, resamples: int = 2000,
+                       seed: int = 0) -> tuple[float, float] | None:
+    """The percentile bootstrap interval of the mean of `values` (scipy.stats.bootstrap); None for fewer than two
+    values or when every value is the same (no spread to resample)."""
+    from scipy.stats import bootstrap
+
+    data = np.asarray(values, dtype=np.float64)
+    if data.ndim != 1 or not np.isfinite(data).all():
+        raise ValueError(f"bootstrap_interval needs a 1-D list of finite values, got shape {data.shape}")
+    if data.size < 2 or np.all(data == data[0]):
+        return None
+    result = bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
+                       rng=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 WEIGHTS_NAME = "model.safetensors"
-MODEL_CONFIGS = {"SegICL": "segicl_config.json", "MVG": "mvg_config.json"}
-ARTICLES = {"SegICL": "a SegICL", "MVG": "an MVG"}
+MODEL_CONFIGS = {"SegICL": "segicl_config.json", "MVG": "mvg_config.json", "CrossConv": "crossconv_config.json"}
+ARTICLES = {"SegICL": "a SegICL", "MVG": "an MVG", "CrossConv": "a CrossConv"}
 
 
 def check_model_folder(folder: Path, engine: str, flag: str | None = None) -> None:

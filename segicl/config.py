@@ -175,6 +175,39 @@ class DecoderConfig:
                              f"norm_num_groups {self.norm_num_groups}")
 
 
+PRIOR_SOURCES = ("union", "crossconv")
+
+
+@dataclass
+class CrossConvConfig:
+    """The in-context module: a UniverSeg-style cross-convolution network (`segicl.incontext`).
+
+    Attributes:
+        image_size: input side in pixels (the query and examples share it).
+        widths: channels at each scale, finest first; len(widths) scales, each half the side of the one before.
+        negative_slope: of the LeakyReLU after every convolution.
+    """
+
+    image_size: int = 64
+    widths: tuple[int, ...] = (32, 32, 32, 32)
+    negative_slope: float = 0.1
+
+    def validate(self) -> "CrossConvConfig":
+        if not self.widths or min(self.widths) < 1:
+            raise ValueError(f"crossconv widths must be a non-empty list of positive channel counts, got {self.widths}")
+        if self.image_size % 2 ** (len(self.widths) - 1):
+            raise ValueError(f"crossconv image_size {self.image_size} must be divisible by 2^(scales - 1) = "
+                             f"{2 ** (len(self.widths) - 1)}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CrossConvConfig":
+        return _build(cls, data).validate()
+
+
 @dataclass
 class SegICLConfig:
     """The whole SegICL model.
@@ -190,6 +223,10 @@ class SegICLConfig:
             encoder's tokens of the UNION of the example masks (a label-fusion prior), with a per-token
             weight that the LLM predicts (`ExamplePriorGate`). False is the paper's model: the examples
             reach the output only through the LLM.
+        prior_source: what the example prior's mask is: "union" (the example masks' union, unaligned) or
+            "crossconv" (the query mask that the in-context module `crossconv` predicts from the query and the
+            examples: an aligned label fusion).
+        crossconv: the in-context module's shape (used when prior_source is "crossconv").
     """
 
     preset: str = "tiny"
@@ -201,6 +238,8 @@ class SegICLConfig:
     max_examples: int = 3
     max_text_tokens: int = 32
     example_prior: bool = False
+    prior_source: str = "union"
+    crossconv: CrossConvConfig = field(default_factory=CrossConvConfig)
 
     @property
     def tokens_per_query(self) -> int:
@@ -211,8 +250,13 @@ class SegICLConfig:
         return int(round(self.num_output_queries**0.5))
 
     def validate(self) -> "SegICLConfig":
-        for part in (self.vision, self.llm, self.condition, self.decoder):
+        for part in (self.vision, self.llm, self.condition, self.decoder, self.crossconv):
             part.validate()
+        if self.prior_source not in PRIOR_SOURCES:
+            raise ValueError(f"unknown prior_source {self.prior_source!r}; expected one of {PRIOR_SOURCES}")
+        if self.prior_source == "crossconv" and self.crossconv.image_size != self.condition.mask_size:
+            raise ValueError(f"crossconv image_size {self.crossconv.image_size} must equal the condition mask_size "
+                             f"{self.condition.mask_size}")
         if self.condition.num_tokens % self.num_output_queries:
             raise ValueError(f"condition tokens ({self.condition.num_tokens}) must be a multiple of "
                              f"num_output_queries ({self.num_output_queries})")
@@ -230,7 +274,7 @@ class SegICLConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SegICLConfig":
         parts = {"vision": VisionTowerConfig, "llm": LanguageModelConfig, "condition": ConditionEncoderConfig,
-                 "decoder": DecoderConfig}
+                 "decoder": DecoderConfig, "crossconv": CrossConvConfig}
         kwargs = dict(data)
         for name, part in parts.items():
             kwargs[name] = _build(part, data.get(name, {}))

@@ -17,6 +17,7 @@ from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder
 from segicl.encoder import MultimodalEncoder, build_llm
+from segicl.incontext import CrossConvNet
 from segicl.vision import VisionTower
 
 CONFIG_NAME = MODEL_CONFIGS["SegICL"]
@@ -35,13 +36,13 @@ class ExampleContext:
     Attributes:
         cache: the LLM's KV cache of the instruction + examples prefix (never changed in place).
         length: the prefix length in tokens.
-        prior: the example prior's condition tokens of the union of the example masks [1, T, D]; None without
-            examples or without the prior.
+        example_images, example_masks: the examples [k, 1, H, W], for the example prior of each query.
     """
 
     cache: Any
     length: int
-    prior: torch.Tensor | None
+    example_images: torch.Tensor
+    example_masks: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -103,12 +104,23 @@ class SegICLModel(nn.Module):
         self.condition_encoder = condition_encoder
         self.decoder = decoder
         self.example_gate = ExamplePriorGate(encoder.hidden_size, config) if config.example_prior else None
+        self.incontext = CrossConvNet(config.crossconv) if config.prior_source == "crossconv" else None
 
     def add_example_prior(self) -> None:
         """Switch the example prior on for a model trained without it (its gate starts at 0.5 everywhere)."""
         if self.example_gate is None:
             self.config.example_prior = True
             self.example_gate = ExamplePriorGate(self.encoder.hidden_size, self.config)
+
+    def use_crossconv_prior(self, network: CrossConvNet) -> None:
+        """Make a trained in-context module the source of the example prior (instead of the union of the examples);
+        the gate stays, to be retrained in stage 2."""
+        if network.config.image_size != self.config.condition.mask_size:
+            raise ValueError(f"the CrossConv network reads {network.config.image_size} px images, the model "
+                             f"{self.config.condition.mask_size} px")
+        self.add_example_prior()
+        self.config.prior_source, self.config.crossconv = "crossconv", network.config
+        self.incontext = network
 
     @classmethod
     def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
@@ -140,12 +152,10 @@ class SegICLModel(nn.Module):
         """One instruction (text_ids [1, T], no padding) and its k examples ([k, 1, H, W] each) run through the LLM
         once, for `condition_tokens` to reuse for every query that shares them (the slices of a volume)."""
         with _timed(timings, "vision_s"):
-            valid = torch.ones(1, example_masks.shape[0], dtype=torch.bool, device=example_masks.device)
-            prior = self.example_prior_tokens(example_masks[None], valid) if example_masks.shape[0] else None
             image_tokens, mask_tokens = self.image_tokens(example_images), self.image_tokens(example_masks)
         with _timed(timings, "llm_s"):
             cache, length = self.encoder.encode_prefix(text_ids, image_tokens, mask_tokens)
-        return ExampleContext(cache, length, prior)
+        return ExampleContext(cache, length, example_images, example_masks)
 
     def condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
                          example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
@@ -160,9 +170,13 @@ class SegICLModel(nn.Module):
         if context is not None:
             with _timed(timings, "vision_s"):
                 query_tokens = self.image_tokens(query_image)
+                batch, k = query_image.shape[0], context.example_masks.shape[0]
+                valid = torch.ones(batch, k, dtype=torch.bool, device=query_image.device)
+                prior = self.example_prior_tokens(context.example_images.expand(batch, -1, -1, -1, -1),
+                                                  context.example_masks.expand(batch, -1, -1, -1, -1), valid,
+                                                  query_image) if k else None
             with _timed(timings, "llm_s"):
                 states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
-                prior = None if context.prior is None else context.prior.expand(states.shape[0], -1, -1)
                 return self.condition_from_states(states, prior)
         if example_valid.shape[1] == 0:  # the encoder's batch layout needs one slot: an invalid one
             example_images = example_masks = query_image.new_zeros(query_image.shape[0], 1, *query_image.shape[1:])
@@ -175,24 +189,38 @@ class SegICLModel(nn.Module):
                 example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
                 example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
             query_tokens = self.image_tokens(query_image)
-            prior = self.example_prior_tokens(example_masks, example_valid)
+            prior = self.example_prior_tokens(example_images, example_masks, example_valid, query_image)
         with _timed(timings, "llm_s"):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
             return self.condition_from_states(states, prior, example_valid.any(dim=1))
 
     @torch.no_grad()
-    def example_prior_tokens(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
-        """The frozen condition encoder's tokens of the union of each sample's valid example masks [B, T, D]
-        (the empty mask's tokens where a sample has none); None when the model has no example prior."""
+    def example_prior_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
+                             example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor | None:
+        """The frozen condition encoder's tokens [B, T, D] of each sample's example-prior mask: the union of its valid
+        example masks, or (prior_source "crossconv") the in-context module's prediction for the query (the empty
+        mask's tokens where a sample has no example); None when the model has no example prior."""
         if self.example_gate is None:
             return None
-        valid = example_valid[..., None, None, None].to(example_masks.dtype)
-        if example_masks.shape[1] == 0:
-            union = example_masks.new_zeros(example_masks.shape[0], *example_masks.shape[2:])
-        else:
-            union = (example_masks * valid).amax(dim=1)
-        return self.condition_encoder(union)
+        return self.condition_encoder(self.example_prior_mask(example_images, example_masks, example_valid,
+                                                              query_image))
+
+    @torch.no_grad()
+    def example_prior_mask(self, example_images: torch.Tensor, example_masks: torch.Tensor,
+                           example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor:
+        """The example prior's binary mask [B, 1, H, W] (see `example_prior_tokens`)."""
+        prior = query_image.new_zeros(query_image.shape[0], *query_image.shape[1:])
+        has_examples = example_valid.any(dim=1)
+        if example_masks.shape[1] == 0 or not has_examples.any():
+            return prior
+        if self.incontext is None:
+            valid = example_valid[..., None, None, None].to(example_masks.dtype)
+            return (example_masks * valid).amax(dim=1)
+        self.incontext.eval()
+        prior[has_examples] = self.incontext.predict(query_image[has_examples], example_images[has_examples],
+                                                     example_masks[has_examples], example_valid[has_examples])
+        return prior
 
     def condition_from_states(self, states: torch.Tensor, prior: torch.Tensor | None = None,
                               has_examples: torch.Tensor | None = None) -> torch.Tensor:

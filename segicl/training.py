@@ -87,3 +87,21 @@ class Stage2Model(nn.Module):
             losses["decoder"] = decoded.detach()
             losses["loss"] = losses["loss"] + self.decoder_loss_weight * decoded
         return losses
+
+
+class CrossConvTraining(nn.Module):
+    """The in-context module (`segicl.incontext.CrossConvNet`) alone: MONAI's Dice + cross-entropy loss of the
+    query mask it predicts from the examples (the UniverSeg paper trains with soft Dice; the cross-entropy term
+    keeps small structures from collapsing to empty early on)."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        from monai.losses import DiceCELoss
+
+        self.network = network
+        self.criterion = DiceCELoss(sigmoid=True)
+
+    def forward(self, example_images, example_masks, example_valid, query_image, query_mask,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        logits = self.network(query_image, example_images, example_masks, example_valid)
+        return {"loss": self.criterion(logits, query_mask)}

@@ -35,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--example-prior", action="store_true",
                         help="add the example prior (gate over the union of the example masks) to an --init model "
                              "trained without it")
+    parser.add_argument("--crossconv", type=Path, default=None,
+                        help="a trained CrossConv folder (stages/crossconv_train.py) to become the example prior's "
+                             "source (frozen), instead of the union of the example masks; switches the prior on")
+    parser.add_argument("--absent-prob", type=float, default=0.0,
+                        help="share of episodes whose query slice does not hold the structure (empty target), so that "
+                             "the model learns to leave such slices empty, as whole volumes need")
     parser.add_argument("--data-seed", type=int, default=0)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage2"))
@@ -42,12 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    anonymous_name_prob: float = 0.0):
+                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
     from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
-                                                    seed=seed, anonymous_name_prob=anonymous_name_prob))
+                                                    seed=seed, anonymous_name_prob=anonymous_name_prob,
+                                                    absent_prob=absent_prob))
 
     def make_batch(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * batch_size
@@ -62,6 +69,7 @@ def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size
 def main(argv: list[str] | None = None) -> int:
     from data.build import DatasetConfig
     from data.dataset import SliceDataset
+    from segicl.incontext import CrossConvNet
     from segicl.model import SegICLModel
     from segicl.training import Stage2Model
 
@@ -72,11 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     model = SegICLModel.from_pretrained(args.init)
     if args.example_prior:
         model.add_example_prior()
+    if args.crossconv is not None:
+        model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
     dataset = SliceDataset.build(DatasetConfig(resolution=model.config.condition.mask_size, seed=args.data_seed),
                                  progress=accelerator.is_main_process)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob)
+                                 args.anonymous_name_prob, args.absent_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

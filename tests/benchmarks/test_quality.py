@@ -6,6 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from data.episodes import EpisodeConfig, EpisodeSampler
+
 from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
 from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
 from benchmarks.training import summarize_log
@@ -14,19 +16,51 @@ from benchmarks.specialist import SpecialistConfig, predict_specialist, train_sp
 
 def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
     from benchmarks.quality import QUALITY_K, run_quality
+    from segicl.config import CrossConvConfig
+    from segicl.incontext import CrossConvNet
 
     tiny_model.save_pretrained(tmp_path / "model")
-    args = Namespace(model=tmp_path / "model", mvg=None, episodes=2, min_area=64, steps=1, samples=1, specialists=1,
-                     specialist_seconds=1.0, seed=0, out_dir=tmp_path / "bench")
+    CrossConvNet(CrossConvConfig(widths=(4, 4, 4, 4))).save_pretrained(tmp_path / "crossconv")
+    args = Namespace(model=tmp_path / "model", mvg=None, crossconv=tmp_path / "crossconv", episodes=3, min_area=64,
+                     steps=1, samples=1, specialists=2, specialist_episodes=3, specialist_seconds=2.0, seed=0,
+                     out_dir=tmp_path / "bench")
     run_quality(args, dataset, log=lambda _: None)
     result = json.loads((tmp_path / "bench" / "quality.json").read_text())
     for group in ("train_structures", "held_out_structures"):
-        assert set(result[group]["segicl"]) == {str(k) for k in QUALITY_K}
-        assert 0 <= result[group]["copy_baseline"] <= 1 and 0 <= result[group]["specialist_unet"] <= 1
-        assert 0 <= result[group]["union_baseline"] <= 1
+        cells = result[group]["cells"]
+        assert set(cells["segicl"]) == {str(k) for k in QUALITY_K}
+        for peer in ("crossconv", "registration_vote", "registration_staple", "union_examples", "copy_example"):
+            assert set(cells[peer]) == {"1", "3", "5"}, peer  # peers need examples: no k = 0 cell
+            for value in cells[peer].values():
+                assert value["episodes"] == 3 and 0 <= value["dice"] <= 1
+                assert value["ci95"] is None or value["ci95"][0] <= value["dice"] <= value["ci95"][1]
         assert result[group]["per_structure"]
+    comparison = result["held_out_structures"]["specialist_comparison"]
+    assert len(comparison["structures"]) == 2 and comparison["episodes"] == 4  # ceil(3 / 2) per structure
+    assert {"segicl", "specialist_unet", "registration_vote"} <= set(comparison["cells"])
+    assert "specialist_comparison" not in result["train_structures"]
     assert (tmp_path / "bench" / "quality.png").stat().st_size > 0
     report = (tmp_path / "bench" / "quality.md").read_text()
-    assert "| held out structures |" in report
-    steps = result["held_out_structures"]["specialist_comparison"]["training"]
-    assert steps and "the specialists trained" in report  # the steps a time budget bought are stated
+    assert "| held out structures | k=0 |" in report and "| registration + majority vote | - |" in report
+    assert "the best peer" in report and "the specialists trained" in report
+
+
+def test_cells_carry_a_bootstrap_interval_and_the_episode_count():
+    from benchmarks.quality import cell
+
+    records = [{"k": 3, "segicl": {"dice": d, "iou": d, "hd95": 1.0}} for d in (0.2, 0.4, 0.6, 0.8)]
+    value = cell(records + [{"k": 3}], "segicl")
+    assert value["episodes"] == 4 and value["dice"] == 0.5
+    assert 0.2 <= value["ci95"][0] < 0.5 < value["ci95"][1] <= 0.8
+    assert cell(records, "crossconv") is None
+
+
+def test_episodes_of_tasks_takes_the_first_of_each(dataset):
+    from benchmarks.quality import episodes_of_tasks, frequent_tasks
+
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=3,
+                                                    max_examples=5, min_area=64))
+    tasks = frequent_tasks(sampler, 24, 2)
+    episodes = episodes_of_tasks(sampler, tasks, 2)
+    assert sorted(e.meta["task"] for e in episodes) == sorted(tasks * 2)
+    assert all(sampler.task_of(i) == sampler[i].meta["task"] for i in range(5))

@@ -24,9 +24,23 @@ def test_specialist_learns_one_structure(dataset):
         training_slices(dataset, "no/such_structure", ("train",))
 
 
+def test_specialist_stops_when_its_validation_loss_stops_falling(dataset):
+    """With a zero learning rate the validation loss never improves on its first value: training stops after
+    `patience` more validations, and the first validation's weights are the ones kept."""
+    images, masks = training_slices(dataset, "brain/brain", ("train",))
+    config = SpecialistConfig(learning_rate=0.0, max_steps=1000, batch_size=4, channels=(8, 16),
+                              validation_every=3, evaluate_every=5, patience=2)
+    _, info = train_specialist(images[:30], masks[:30], config)
+    assert info["stopped_by"] == "validation" and info["steps"] == 15 and info["best_step"] == 5
+    assert info["validation_slices"] == 10 and info["slices"] == 20
+
+
 def test_specialist_budget_states_the_steps():
     from benchmarks.quality import specialist_budget
 
-    training = {"a": {"steps": 740, "seconds": 90.04}, "b": {"steps": 754, "seconds": 90.1}}
-    assert specialist_budget(training) == "; the specialists trained 740-754 steps each in their 90 s"
+    training = {"a": {"steps": 740, "best_step": 600, "stopped_by": "validation", "seconds": 90.04},
+                "b": {"steps": 1210, "best_step": 1100, "stopped_by": "budget", "seconds": 130.1}}
+    assert specialist_budget(training) == ("; the specialists trained 740-1210 steps each (best validation loss at "
+                                           "steps 600-1100; 1 of 2 stopped by their validation loss), at most 130 s "
+                                           "each")
     assert specialist_budget({}) == ""

@@ -141,3 +141,24 @@ def test_made_up_names_recombine_real_words_into_new_names():
 def test_anonymous_name_probability_is_checked():
     with pytest.raises(ValueError, match="anonymous_name_prob"):
         EpisodeConfig(anonymous_name_prob=1.5)
+
+
+def test_absent_queries_are_empty_slices_of_the_same_volume(dataset):
+    with_absent = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, absent_prob=0.5, seed=3))
+    episodes = [with_absent[i] for i in range(40)]
+    absent = [e for e in episodes if not e.query_mask.any()]
+    assert 8 <= len(absent) <= 32
+    for episode in absent:
+        row = next(r for r in dataset.rows_by_task[episode.meta["task"]] if dataset.rows[r]["volume"] == episode.meta["volume"])
+        assert episode.meta["slice"] not in dataset.rows[row]["slices"]  # a slice without the structure
+        assert all(mask.any() for mask in episode.example_masks)  # the examples still show it
+    assert all(e.query_mask.sum() >= 1 for e in episodes if e not in absent)
+
+
+def test_absent_probability_zero_draws_the_episodes_it_always_did(dataset):
+    plain = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3))
+    zero = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.0))
+    for index in range(5):
+        assert np.array_equal(plain[index].query_image, zero[index].query_image)
+    with pytest.raises(ValueError, match="absent_prob"):
+        EpisodeConfig(absent_prob=1.5)

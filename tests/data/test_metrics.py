@@ -212,3 +212,17 @@ def test_refuses_bad_spacing_data_range_and_small_ssim(offset_pair):
         psnr(a.astype(float), b.astype(float), data_range=0.0)
     with pytest.raises(ValueError, match="spatial side >= 11"):
         ssim(np.zeros((8, 32)), np.zeros((8, 32)), data_range=1.0)
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_values():
+    from data.metrics import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    few, many = rng.uniform(size=12), rng.uniform(size=400)
+    low, high = bootstrap_interval(few)
+    assert low < few.mean() < high
+    wide, narrow = high - low, np.subtract(*bootstrap_interval(many)[::-1])
+    assert narrow < wide / 2
+    assert bootstrap_interval([0.5]) is None and bootstrap_interval([0.3, 0.3]) is None
+    with pytest.raises(ValueError, match="finite"):
+        bootstrap_interval([0.1, float("nan")])

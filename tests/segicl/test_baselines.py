@@ -34,3 +34,51 @@ def test_union_of_examples_is_the_pixelwise_or_on_the_query_grid():
                                   masks[0, 0])
     with pytest.raises(ValueError, match="at least one example"):
         predict_union(Episode("x", "x", masks[:0], masks[:0], masks[0], masks[0], {}))
+
+
+def blob_image(shift: tuple[int, int] = (0, 0), size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A textured image with a bright ellipse (the structure) and its mask, translated by `shift` pixels."""
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    cy, cx = 30 + shift[0], 26 + shift[1]
+    mask = (((yy - cy) / 9) ** 2 + ((xx - cx) / 6) ** 2 <= 1).astype(np.float32)
+    head = (((yy - 32 - shift[0]) / 26) ** 2 + ((xx - 32 - shift[1]) / 22) ** 2 <= 1).astype(np.float32)
+    return 0.3 * head + 0.5 * mask + 0.05 * np.sin(xx / 3 + shift[1] / 3), mask
+
+
+def test_registration_carries_the_mask_onto_a_moved_query():
+    from data.metrics import dice
+    from segicl.baselines import register_mask
+
+    query_image, query_mask = blob_image()
+    example_image, example_mask = blob_image(shift=(6, -5))
+    assert dice(example_mask, query_mask) < 0.5  # copying the example misses most of the structure
+    assert dice(register_mask(example_image, example_mask, query_image), query_mask) > 0.85
+
+
+def test_label_fusion_votes_and_staple():
+    from segicl.baselines import fuse_masks
+
+    a, b, c = (np.zeros((8, 8), np.float32) for _ in range(3))
+    a[:4], b[:5], c[:6] = 1, 1, 1
+    voted = fuse_masks([a, b, c], "vote")
+    assert voted[:5].all() and not voted[5:].any()  # rows 0-4 hold 2 or 3 votes, row 5 only one
+    assert fuse_masks([a, b, c], "staple")[:4].all()
+    assert fuse_masks([a, b], "vote")[4].sum() == 0  # a tie is background
+    with pytest.raises(ValueError, match="unknown label fusion"):
+        fuse_masks([a], "mean")
+    with pytest.raises(ValueError, match="at least one mask"):
+        fuse_masks([], "vote")
+
+
+def test_registration_fusion_registers_each_example_once(dataset):
+    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl.baselines import RegistrationFusion
+
+    config = EpisodeConfig(split="test", structures="held_out", min_area=64, max_examples=5)
+    fusion = RegistrationFusion()
+    nested = [EpisodeSampler(dataset, EpisodeConfig(**{**config.__dict__, "num_examples": k}))[0] for k in (0, 1, 3, 5)]
+    predictions = fusion(nested)
+    assert predictions[0] is None and all(p.shape == (64, 64) for p in predictions[1:])
+    assert len(fusion._registered) == 5  # k = 1 and 3 reuse k = 5's registrations of the same examples
+    with pytest.raises(ValueError, match="at least one example"):
+        fusion.predict(nested[0])

@@ -104,10 +104,67 @@ def test_example_prior_can_be_switched_off_and_added(tokenizer):
     assert model.example_gate is None
     batch = mixed_k_batch(model)
     with torch.no_grad():
-        assert model.example_prior_tokens(batch["example_masks"], batch["example_valid"]) is None
+        assert model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
+                                          batch["query_image"]) is None
         before = model.condition_tokens(**batch)
         model.add_example_prior()
         after = model.condition_tokens(**batch)
     assert model.config.example_prior and model.example_gate is not None
     torch.testing.assert_close(after[1], before[1])
     assert not torch.allclose(after[0], before[0])
+
+
+@pytest.fixture(scope="module")
+def crossconv_model(tokenizer):
+    from segicl.config import CrossConvConfig, tiny_config
+    from segicl.incontext import CrossConvNet
+
+    torch.manual_seed(1)
+    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
+    model.use_crossconv_prior(CrossConvNet(CrossConvConfig(widths=(8, 8, 8, 8))).eval())
+    return model
+
+
+def test_crossconv_prior_is_the_in_context_modules_mask(crossconv_model):
+    model = crossconv_model
+    batch = mixed_k_batch(model)
+    predicted = model.incontext.predict(batch["query_image"][:1], batch["example_images"][:1, :2],
+                                        batch["example_masks"][:1, :2], batch["example_valid"][:1, :2])
+    with torch.no_grad():
+        prior = model.example_prior_mask(batch["example_images"], batch["example_masks"], batch["example_valid"],
+                                         batch["query_image"])
+        assert torch.equal(prior[0], predicted[0]) and not prior[1].any()  # k = 0: the empty mask
+        model.example_gate.linear.bias.fill_(30.0)
+        try:
+            tokens = model.condition_tokens(**batch)
+        finally:
+            model.example_gate.linear.bias.zero_()
+    torch.testing.assert_close(tokens[0], model.condition_encoder(predicted)[0], atol=1e-5, rtol=0)
+
+
+def test_crossconv_prior_cached_path_equals_the_whole_sequence(crossconv_model):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=1)
+    queries = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        context = model.encode_context(batch["text_ids"], batch["example_images"][0], batch["example_masks"][0])
+        cached = model.condition_tokens(None, None, None, None, None, queries, context)
+        whole = torch.cat([model.condition_tokens(**{**batch, "query_image": q[None]}) for q in queries])
+    torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
+
+
+def test_crossconv_prior_saves_and_reloads_bit_identically(crossconv_model, tmp_path):
+    folder = crossconv_model.save_pretrained(tmp_path / "model")
+    loaded = SegICLModel.from_pretrained(folder)
+    assert loaded.config.prior_source == "crossconv" and loaded.config.crossconv.widths == (8, 8, 8, 8)
+    batch = mixed_k_batch(crossconv_model)
+    with torch.no_grad():
+        assert torch.equal(crossconv_model.condition_tokens(**batch), loaded.condition_tokens(**batch))
+
+
+def test_crossconv_prior_of_another_size_is_refused(tokenizer, crossconv_model):
+    from segicl.config import CrossConvConfig
+    from segicl.incontext import CrossConvNet
+
+    with pytest.raises(ValueError, match="reads 32 px images"):
+        crossconv_model.use_crossconv_prior(CrossConvNet(CrossConvConfig(image_size=32, widths=(4, 4))))
