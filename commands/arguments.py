@@ -28,3 +28,8 @@ def check_at_least(args: argparse.Namespace, **minimums: float) -> None:
 def check_out_dir(folder: Path, flag: str = "--out-dir") -> None:
     if Path(folder).exists() and not Path(folder).is_dir():
         raise ValueError(f"{flag} {folder} exists and is not a folder")
+
+
+def optional_path(value: str) -> Path | None:
+    """An argparse type: a path, or None for '' (a flag whose default folder the user leaves out)."""
+    return Path(value) if value else None

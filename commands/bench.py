@@ -1,4 +1,4 @@
-"""`segicl bench {quality,speed,full-shapes,training,report}`: the benchmark commands (the benchmarks themselves live in
+"""`segicl bench {quality,volume,speed,full-shapes,training,report}`: the benchmark commands (the benchmarks themselves live in
 `benchmarks/`; `segicl bench report` regenerates the README "Results" section from their JSON files)."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from commands.arguments import check_at_least, check_out_dir
+from commands.arguments import check_at_least, check_out_dir, optional_path
 from commands.datasets import add_dataset_arguments, open_dataset
 from data.model_folders import check_model_folder
 
@@ -30,9 +30,9 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
     quality.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
     quality.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
-    quality.add_argument("--crossconv", type=Path, default=REPO / "weights" / "crossconv-tiny",
+    quality.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
                          help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
-    quality.add_argument("--mvg", type=Path, default=REPO / "weights" / "mvg-tiny",
+    quality.add_argument("--mvg", type=optional_path, default=REPO / "weights" / "mvg-tiny",
                          help="MVG weights folder ('' to leave MVG out)")
     quality.add_argument("--specialists", type=int, default=8,
                          help="held-out structures that get a specialist UNet (0: no specialist comparison)")
@@ -42,6 +42,19 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                          help="a time ceiling per specialist in seconds (default: none; each trains until its "
                               "validation loss stops falling, at most 4000 steps)")
     quality.set_defaults(handler=command_quality)
+
+    volume = kinds.add_parser("volume", help="every slice of the held-out subject's volume, k = 3 position-matched and "
+                                             "fixed examples: 3-D Dice and false positives on absent slices, beside "
+                                             "the CrossConv peer, registration + vote and the union")
+    add_dataset_arguments(volume)
+    volume.add_argument("--volume", default="colin27", help="the held-out volume (a test volume of the dataset)")
+    volume.add_argument("--structures", type=int, default=6, help="held-out structures, spread over their extent")
+    volume.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
+    volume.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
+    volume.add_argument("--batch-size", type=int, default=16, help="slices per batch")
+    volume.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
+                        help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
+    volume.set_defaults(handler=command_volume)
 
     speed = kinds.add_parser("speed", help="per-slice vision/LLM/decoder time with and without the example cache; "
                                            "sampler steps and samples against Dice")
@@ -76,11 +89,11 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     report.add_argument("--readme", type=Path, default=Path("README.md"))
     report.set_defaults(handler=command_report)
 
-    for parser in (quality, speed, training):
+    for parser in (quality, volume, speed, training):
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, speed, full, training, report):
+    for parser in (quality, volume, speed, full, training, report):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
 
 
@@ -98,12 +111,31 @@ def command_quality(args) -> int:
     if args.specialist_seconds is not None:
         check_at_least(args, specialist_seconds=1)
     for flag, engine in (("mvg", "MVG"), ("crossconv", "CrossConv")):
-        setattr(args, flag, getattr(args, flag) if str(getattr(args, flag)) else None)
         if getattr(args, flag) is not None:
             check_model_folder(getattr(args, flag), engine, flag=f"--{flag}")
     result = run_quality(args, args.open_dataset(args))
     print((args.out_dir / "quality.md").read_text())
     return 0 if result else 1
+
+
+def command_volume(args) -> int:
+    from benchmarks.quality import crossconv_method
+    from benchmarks.volume import run_volume
+    from segicl.baselines import RegistrationFusion
+
+    check_common(args, structures=1, steps=1, samples=1, batch_size=1)
+    if args.crossconv is not None:
+        check_model_folder(args.crossconv, "CrossConv", flag="--crossconv")
+    dataset = args.open_dataset(args)
+    if dataset.volumes.get(args.volume, {}).get("split") != "test":
+        tests = sorted(v for v, info in dataset.volumes.items() if info["split"] == "test")
+        raise ValueError(f"--volume {args.volume!r} is not a held-out volume of the dataset; choose one of {tests}")
+    methods = {"registration_vote": RegistrationFusion(fusion="vote")}
+    if args.crossconv is not None:
+        methods["crossconv"] = crossconv_method(args.crossconv)
+    run_volume(args, dataset, methods)
+    print((args.out_dir / "volume.md").read_text())
+    return 0
 
 
 def command_speed(args) -> int:

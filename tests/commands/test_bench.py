@@ -40,3 +40,13 @@ def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_pat
         capsys.readouterr().err
     assert main(["mvg-eval", "--model", str(shipped), "--out-dir", str(tmp_path / "m")]) == 2
     assert "it holds a SegICL model" in capsys.readouterr().err
+
+
+def test_an_empty_peer_folder_leaves_the_peer_out_and_a_wrong_one_is_refused(tmp_path, capsys):
+    from commands.cli import build_parser, main
+
+    args = build_parser().parse_args(["bench", "quality", "--mvg", "", "--crossconv", ""])
+    assert args.mvg is None and args.crossconv is None
+    shipped = Path(__file__).resolve().parents[2] / "weights" / "segicl-tiny"
+    assert main(["bench", "quality", "--mvg", "", "--crossconv", str(shipped), "--out-dir", str(tmp_path)]) == 2
+    assert "--crossconv: no CrossConv model at" in capsys.readouterr().err
