@@ -23,10 +23,19 @@ STAGE2B_MINUTES ?= 85
 # examples, so that the examples are the only cue there (README: "Reading the examples").
 STAGE2C_STEPS ?= 1500
 STAGE2C_MINUTES ?= 60
+# Stage 2d makes the in-context module (a UniverSeg-style CrossConv network, trained alone by `make train-crossconv`:
+# the peer of `segicl bench quality`) the example prior's source instead of the union of the examples, and adds
+# queries without the structure (ABSENT_PROB) so that whole volumes' empty slices stay empty (README: "Peers").
+STAGE2D_STEPS ?= 700
+STAGE2D_MINUTES ?= 30
+ABSENT_PROB ?= 0.15
+CROSSCONV_STEPS ?= 9000
+CROSSCONV_MINUTES ?= 80
+CROSSCONV_WEIGHTS ?= weights/crossconv-tiny
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
 
-.PHONY: install upgrade-lock system-data demo test clean-cache train-demo
+.PHONY: install upgrade-lock system-data demo test clean-cache train-demo train-crossconv
 
 install: $(VENV)/.installed system-data
 
@@ -61,7 +70,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 # Long: hours on 2 CPU cores. Re-running resumes both stages from their last checkpoints.
-train-demo: install
+train-demo: install train-crossconv
 	$(LAUNCH) stages/stage1_decoder.py --output-dir $(TRAIN_DIR)/stage1 --steps $(STAGE1_STEPS) --resume
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage1/model --output-dir $(TRAIN_DIR)/stage2 \
 		--steps $(STAGE2_STEPS) --max-minutes $(STAGE2_MINUTES) --resume
@@ -71,7 +80,17 @@ train-demo: install
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2b/model --output-dir $(TRAIN_DIR)/stage2c \
 		--example-prior --anonymous-name-prob 0.5 --min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
 		--steps $(STAGE2C_STEPS) --max-minutes $(STAGE2C_MINUTES) --checkpoint-every 250 --resume
-	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2c/model $(WEIGHTS)
+	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2c/model --output-dir $(TRAIN_DIR)/stage2d \
+		--crossconv $(CROSSCONV_WEIGHTS) --absent-prob $(ABSENT_PROB) --anonymous-name-prob 0.5 --min-area 64 \
+		--decoder-loss-weight 1 --warmup-steps 20 --steps $(STAGE2D_STEPS) --max-minutes $(STAGE2D_MINUTES) \
+		--checkpoint-every 100 --resume
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2d/model $(WEIGHTS)
+
+# The CrossConv peer / in-context module (one thread, about 80 min), exported to weights/crossconv-tiny (float16).
+train-crossconv: install
+	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --output-dir $(TRAIN_DIR)/crossconv \
+		--steps $(CROSSCONV_STEPS) --max-minutes $(CROSSCONV_MINUTES) --absent-prob $(ABSENT_PROB) --log-every 50 --resume
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv/model $(CROSSCONV_WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl

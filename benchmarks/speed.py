@@ -9,9 +9,10 @@ All settings run in ONE process on the same inputs, so their ratios are meaningf
   `--repeats` runs interleaved across the settings;
 - the same k = 3 volume with the fast decoder setting (5 steps x 1 sample), with and without the cache, and its
   Dice on the sweep episodes below;
-- decoder steps in {50, 20, 10, 5} against Dice, and samples in {1, 3, 5} against Dice and against how well
-  the per-pixel spread over samples flags the wrong pixels (AUROC; one sample has no spread: 0.5), on the
-  same held-out test episodes at k = 3.
+- every (decoder steps in {50, 20, 10, 5, 2, 1}) x (samples in {1, 3, 5}) against Dice and against how well the
+  per-pixel spread over samples flags the wrong pixels (AUROC; one sample has no spread: 0.5), on the same held-out
+  test episodes at k = 3, and the recommended setting: the fewest decoder evaluations (steps x samples) within
+  0.01 Dice of the best, with at least 3 samples and an AUROC of at least 0.6 (the uncertainty still meaningful).
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ from data.model_folders import shown_path
 from segicl.evaluation import mean_score, score_episodes
 
 SPEED_K = (0, 1, 3)
-STEPS = (50, 20, 10, 5)
-SAMPLES = (1, 3, 5)
+# A recommended setting keeps an uncertainty map that means something: its spread ranks wrong pixels at least this
+# far above right ones (AUROC; 0.5 is chance, one sample has no spread).
+MEANINGFUL_AUROC = 0.6
 FAST_SETTING = (5, 1)  # (steps, samples): the cheapest decoder setting also timed on the k = 3 volume
 
 
@@ -139,6 +141,22 @@ def sampler_quality(model, dataset, args, num_steps: int, num_samples: int) -> d
         probabilities, spreads, truths), 4) if num_samples > 1 else 0.5}
 
 
+def recommended_setting(grid: dict) -> dict | None:
+    """The fewest decoder evaluations (steps x samples) within 0.01 Dice of the grid's best, among the settings with
+    at least 3 samples whose uncertainty AUROC is at least MEANINGFUL_AUROC; None when no setting qualifies."""
+    best = max(value["dice"] for value in grid.values())
+    candidates = []
+    for key, value in grid.items():
+        steps, samples = map(int, key.split("x"))
+        if value["dice"] >= best - 0.01 and samples >= 3 and value["uncertainty_auroc"] >= MEANINGFUL_AUROC:
+            candidates.append((steps * samples, -value["dice"], steps, samples, value))
+    if not candidates:
+        return None
+    _, _, steps, samples, value = min(candidates)
+    return {"steps": steps, "samples": samples, "dice": value["dice"], "uncertainty_auroc": value["uncertainty_auroc"],
+            "best_dice": best}
+
+
 def run_speed(args, dataset, log=print) -> dict:
     """The whole benchmark; writes speed.json and speed.png into args.out_dir."""
     from segicl.pipeline import SegICLPipeline
@@ -150,11 +168,13 @@ def run_speed(args, dataset, log=print) -> dict:
         pipeline(query, "warm up", examples, num_samples=1, num_steps=1, use_cache=use_cache, normalization="none")
     volumes, fast = time_volumes(pipeline, dataset, args, log)
     fast_quality = sampler_quality(pipeline.model, dataset, args, *FAST_SETTING)
-    steps = {str(s): sampler_quality(pipeline.model, dataset, args, s, args.samples)["dice"] for s in STEPS}
-    log("  Dice by decoder steps: " + ", ".join(f"{s}: {d:.3f}" for s, d in steps.items()))
-    samples = {str(n): sampler_quality(pipeline.model, dataset, args, args.steps, n) for n in SAMPLES}
-    log("  by samples: " + ", ".join(f"{n}: Dice {v['dice']:.3f} AUROC {v['uncertainty_auroc']:.3f}"
-                                     for n, v in samples.items()))
+    grid = {f"{s}x{n}": sampler_quality(pipeline.model, dataset, args, s, n)
+            for s in sorted({*args.sweep_steps, args.steps}, reverse=True)
+            for n in sorted({*args.sweep_samples, args.samples})}
+    log("  sampler grid (steps x samples: Dice / AUROC): " + ", ".join(
+        f"{key}: {v['dice']:.3f} / {v['uncertainty_auroc']:.3f}" for key, v in grid.items()))
+    steps = {key.split("x")[0]: value["dice"] for key, value in grid.items() if key.endswith(f"x{args.samples}")}
+    samples = {key.split("x")[1]: value for key, value in grid.items() if key.startswith(f"{args.steps}x")}
     result = {
         "llm_ms_per_slice": {label: {k: row["llm_ms_per_slice"] for k, row in rows.items()}
                              for label, rows in volumes.items()},
@@ -162,6 +182,8 @@ def run_speed(args, dataset, log=print) -> dict:
                      "uncached_k3": volumes["uncached"]["3"]["volume_s"]},
         "steps_dice": steps,
         "samples": samples,
+        "sampler_grid": grid,
+        "recommended_setting": recommended_setting(grid),
         "per_run": volumes,
         "ratios": {
             "llm_cached_k3_over_k0": round(volumes["cached"]["3"]["llm_ms_per_slice"]

@@ -14,6 +14,7 @@ from commands.datasets import add_dataset_arguments, open_dataset
 from data.model_folders import check_model_folder
 
 BENCH_DIR = Path("runs/bench")
+SWEEP_STEPS, SWEEP_SAMPLES = (50, 20, 10, 5, 2, 1), (1, 3, 5)  # the sampler grid of `bench speed`
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -68,6 +69,10 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                        help="timed runs of every volume setting, interleaved; the median of each is reported")
     speed.add_argument("--episodes", type=int, default=48, help="held-out k=3 episodes of the sampler sweeps")
     speed.add_argument("--min-area", type=int, default=64)
+    speed.add_argument("--sweep-steps", type=int, nargs="+", default=list(SWEEP_STEPS),
+                       help="decoder steps of the sampler grid")
+    speed.add_argument("--sweep-samples", type=int, nargs="+", default=list(SWEEP_SAMPLES),
+                       help="samples of the sampler grid")
     speed.set_defaults(handler=command_speed)
 
     full = kinds.add_parser("full-shapes", help="the full preset's per-slice cost by part (random weights, paper "

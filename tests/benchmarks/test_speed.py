@@ -23,6 +23,17 @@ def test_uncertainty_auroc_ranks_wrong_pixels():
     assert np.isnan(uncertainty_auroc(truth, spread, truth))  # nothing wrong: undefined
 
 
+def test_recommended_setting_is_the_cheapest_near_the_best_with_a_meaningful_uncertainty():
+    from benchmarks.speed import recommended_setting
+
+    grid = {"10x5": {"dice": 0.60, "uncertainty_auroc": 0.8}, "5x3": {"dice": 0.595, "uncertainty_auroc": 0.75},
+            "2x3": {"dice": 0.55, "uncertainty_auroc": 0.75}, "1x1": {"dice": 0.60, "uncertainty_auroc": 0.5},
+            "1x3": {"dice": 0.599, "uncertainty_auroc": 0.55}}
+    chosen = recommended_setting(grid)
+    assert (chosen["steps"], chosen["samples"], chosen["best_dice"]) == (5, 3, 0.60)  # 1x1: no spread; 1x3: AUROC < 0.6
+    assert recommended_setting({"1x1": {"dice": 0.6, "uncertainty_auroc": 0.5}}) is None
+
+
 def test_peak_memory_sees_an_allocation():
     with PeakMemory() as memory:
         block = np.ones(64 * 2**20 // 8)  # 64 MiB
@@ -38,18 +49,21 @@ def test_median_run_takes_the_median_timing_and_the_peak_memory():
 
 
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from benchmarks.speed import FAST_SETTING, SPEED_K, STEPS, run_speed
+    from benchmarks.speed import FAST_SETTING, SPEED_K, run_speed
 
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,
-                     repeats=2, episodes=2, min_area=64, seed=0, out_dir=tmp_path / "bench")
+                     repeats=2, episodes=2, min_area=64, seed=0, out_dir=tmp_path / "bench", sweep_steps=[5, 2],
+                     sweep_samples=[1, 3])
     run_speed(args, dataset, log=lambda _: None)
     result = json.loads((tmp_path / "bench" / "speed.json").read_text())
     for label in ("cached", "uncached"):
         assert set(result["llm_ms_per_slice"][label]) == {str(k) for k in SPEED_K}
         assert all(run["repeats"] == 2 for run in result["per_run"][label].values())
     assert set(result["volume_s"]) == {"cached_k3", "uncached_k3"} and min(result["volume_s"].values()) > 0
-    assert set(result["steps_dice"]) == {str(s) for s in STEPS}
+    assert set(result["steps_dice"]) == {"5", "2", "1"}  # the grid's steps and --steps, at --samples
+    assert set(result["sampler_grid"]) == {f"{s}x{n}" for s in (5, 2, 1) for n in (1, 2, 3)}
+    assert "recommended_setting" in result
     fast = result["fast_setting"]
     assert (fast["steps"], fast["samples"]) == FAST_SETTING and 0 <= fast["dice"] <= 1
     assert all(fast["per_run"][label]["repeats"] == 2 for label in ("cached", "uncached"))
