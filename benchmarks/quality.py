@@ -54,24 +54,31 @@ METHODS = {
 PEERS = ("crossconv", "registration_vote", "registration_staple", "union_examples")
 
 
+def with_examples_only(predict_batch):
+    """episodes -> one prediction per episode, None for k = 0; `predict_batch` answers the episodes with examples."""
+
+    def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
+        with_examples = [e for e in episodes if e.k]
+        answers = iter(predict_batch(with_examples) if with_examples else [])
+        return [next(answers) if e.k else None for e in episodes]
+
+    return predict
+
+
 def mvg_method(mvg_dir: Path):
     """Episodes -> MVG binary predictions, the first example as the prompt pair (None for k = 0)."""
     from mvg_head.pipeline import MVGPipeline
 
     pipeline = MVGPipeline.from_pretrained(mvg_dir)
 
-    def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
-        with_examples = [e for e in episodes if e.k]
-        if not with_examples:
-            return [None] * len(episodes)
-        result = pipeline(np.stack([e.query_image[0] for e in with_examples]),
-                          np.stack([e.example_images[0, 0] for e in with_examples]),
-                          np.stack([e.example_masks[0, 0] for e in with_examples]).astype(np.int64),
+    def predict_batch(episodes: list[Episode]) -> np.ndarray:
+        result = pipeline(np.stack([e.query_image[0] for e in episodes]),
+                          np.stack([e.example_images[0, 0] for e in episodes]),
+                          np.stack([e.example_masks[0, 0] for e in episodes]).astype(np.int64),
                           task="segmentation", normalization="none")
-        answers = iter((result.output == 1).astype(np.float32))
-        return [next(answers) if e.k else None for e in episodes]
+        return (result.output == 1).astype(np.float32)
 
-    return predict
+    return with_examples_only(predict_batch)
 
 
 def crossconv_method(folder: Path):
@@ -80,17 +87,12 @@ def crossconv_method(folder: Path):
 
     network = CrossConvNet.from_pretrained(folder)
 
-    def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
-        with_examples = [e for e in episodes if e.k]
-        if not with_examples:
-            return [None] * len(episodes)
-        batch = collate_episodes(with_examples)
-        masks = network.predict(batch["query_image"], batch["example_images"], batch["example_masks"],
-                                batch["example_valid"])[:, 0].numpy()
-        answers = iter(masks)
-        return [next(answers) if e.k else None for e in episodes]
+    def predict_batch(episodes: list[Episode]) -> np.ndarray:
+        batch = collate_episodes(episodes)
+        return network.predict(batch["query_image"], batch["example_images"], batch["example_masks"],
+                               batch["example_valid"])[:, 0].numpy()
 
-    return predict
+    return with_examples_only(predict_batch)
 
 
 def specialist_method(dataset, tasks: list[str], structures: str, config: SpecialistConfig, log) -> tuple:

@@ -64,3 +64,18 @@ def test_episodes_of_tasks_takes_the_first_of_each(dataset):
     episodes = episodes_of_tasks(sampler, tasks, 2)
     assert sorted(e.meta["task"] for e in episodes) == sorted(tasks * 2)
     assert all(sampler.task_of(i) == sampler[i].meta["task"] for i in range(5))
+
+
+def test_peer_methods_answer_episodes_with_examples_and_skip_k0(dataset, tmp_path):
+    from benchmarks.quality import crossconv_method, mvg_method
+    from segicl.config import CrossConvConfig
+    from segicl.incontext import CrossConvNet
+
+    CrossConvNet(CrossConvConfig(widths=(4, 4, 4, 4))).save_pretrained(tmp_path / "crossconv")
+    config = EpisodeConfig(split="test", structures="held_out", min_area=64, max_examples=3)
+    episodes = [EpisodeSampler(dataset, EpisodeConfig(**{**config.__dict__, "num_examples": k}))[0] for k in (0, 3, 1)]
+    mvg = Path(__file__).resolve().parents[2] / "weights" / "mvg-tiny"
+    for method in (crossconv_method(tmp_path / "crossconv"), mvg_method(mvg)):
+        answers = method(episodes)
+        assert answers[0] is None and all(a.shape == (64, 64) and set(np.unique(a)) <= {0, 1} for a in answers[1:])
+        assert method(episodes[:1]) == [None]
