@@ -228,9 +228,19 @@ def best_peer(cells: dict, k: str) -> tuple[str, float] | None:
     return max(scored, key=lambda item: item[1]) if scored else None
 
 
-def quality_lines(quality: dict, plot: str = "docs/results/quality.png") -> list[str]:
+def result_name(axis: str) -> str:
+    """The files' stem: quality for the axial slices the model trains on, quality_<axis> for another axis (an
+    out-of-distribution test: the model never sees those slices)."""
+    return "quality" if axis == "axial" else f"quality_{axis}"
+
+
+def quality_lines(quality: dict, plot: str | None = None) -> list[str]:
     """The quality tables as markdown lines (quality.md and the README's Results section)."""
-    lines = ["### Quality: the in-context learning curve (`segicl bench quality`)", "", quality["setting"], ""]
+    axis = quality.get("axis", "axial")
+    plot = plot or f"docs/results/{result_name(axis)}.png"
+    title = ("### Quality: the in-context learning curve (`segicl bench quality`)" if axis == "axial" else
+             f"### Out of distribution: {axis} slices, never trained on (`segicl bench quality --axis {axis}`)")
+    lines = [title, "", quality["setting"], ""]
     for group in GROUPS:
         cells = quality[group]["cells"]
         lines += [f"| {group.replace('_', ' ')} | " + " | ".join(f"k={k}" for k in QUALITY_K) + " |",
@@ -304,7 +314,8 @@ def peer_methods(args, log) -> dict:
 
 
 def run_quality(args, dataset, log=print) -> dict:
-    """The whole benchmark; writes quality.json, quality.md and quality.png into args.out_dir."""
+    """The whole benchmark; writes quality.json, quality.md and quality.png (quality_<axis>.* for a dataset sliced
+    along another axis than the axial one) into args.out_dir."""
     from segicl.model import SegICLModel
 
     torch.manual_seed(args.seed)
@@ -316,12 +327,14 @@ def run_quality(args, dataset, log=print) -> dict:
     crossconv = f", CrossConv peer `{shown_path(args.crossconv)}`" if "crossconv" in methods else ""
     result["setting"] = (
         f"Model `{shown_path(args.model)}`{crossconv}; {args.episodes} test episodes per (structures, k) on the "
-        f"held-out subject, nested in k, structures >= {args.min_area} px at {dataset.resolution} px, independent "
+        f"held-out subject's {dataset.config.axis} slices, nested in k, structures >= {args.min_area} px at {dataset.resolution} px, independent "
         f"random affines, decoder {args.steps} steps x {args.samples} samples; registration: SimpleITK affine, "
         f"Mattes mutual information, 3 resolutions. {torch.get_num_threads()} CPU threads, total "
         f"{time.perf_counter() - start:.0f} s.")
+    result["axis"] = dataset.config.axis
+    name = result_name(dataset.config.axis)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "quality.json").write_text(json.dumps(result, indent=1))
-    (args.out_dir / "quality.md").write_text("\n".join(quality_lines(result, plot="quality.png")) + "\n")
-    plot_curve(args.out_dir / "quality.png", result)
+    (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (args.out_dir / f"{name}.md").write_text("\n".join(quality_lines(result, plot=f"{name}.png")) + "\n")
+    plot_curve(args.out_dir / f"{name}.png", result)
     return result

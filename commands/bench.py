@@ -110,7 +110,7 @@ def check_common(args, **minimums: float) -> None:
 
 
 def command_quality(args) -> int:
-    from benchmarks.quality import run_quality
+    from benchmarks.quality import result_name, run_quality
 
     check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_episodes=1)
     if args.specialist_seconds is not None:
@@ -119,7 +119,7 @@ def command_quality(args) -> int:
         if getattr(args, flag) is not None:
             check_model_folder(getattr(args, flag), engine, flag=f"--{flag}")
     result = run_quality(args, args.open_dataset(args))
-    print((args.out_dir / "quality.md").read_text())
+    print((args.out_dir / f"{result_name(args.axis)}.md").read_text())
     return 0 if result else 1
 
 
@@ -182,7 +182,7 @@ def command_report(args) -> int:
     # The README's plots and the JSON behind every figure live in the repository; runs/ does not.
     results = args.readme.parent / "docs" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    for name in ("quality.png", "speed.png", *RESULT_FILES):
+    for name in ("quality.png", "quality_coronal.png", "speed.png", *RESULT_FILES):
         if (args.out_dir / name).exists():
             shutil.copyfile(args.out_dir / name, results / name)
     section = results_section(args.out_dir)

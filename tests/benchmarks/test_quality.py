@@ -79,3 +79,14 @@ def test_peer_methods_answer_episodes_with_examples_and_skip_k0(dataset, tmp_pat
         answers = method(episodes)
         assert answers[0] is None and all(a.shape == (64, 64) and set(np.unique(a)) <= {0, 1} for a in answers[1:])
         assert method(episodes[:1]) == [None]
+
+
+def test_another_axis_writes_its_own_files_and_title():
+    from benchmarks.quality import quality_lines, result_name
+
+    assert result_name("axial") == "quality" and result_name("coronal") == "quality_coronal"
+    cells = {"segicl": {str(k): {"dice": 0.1 * (k + 1), "ci95": None, "episodes": 2} for k in (0, 1, 3, 5)}}
+    quality = {"setting": "s", "axis": "coronal", "train_structures": {"cells": cells},
+               "held_out_structures": {"cells": cells}}
+    lines = quality_lines(quality)
+    assert lines[0].startswith("### Out of distribution: coronal slices") and "![quality](docs/results/quality_coronal.png)" in lines
