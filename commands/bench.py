@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from commands.arguments import check_at_least, check_out_dir, optional_path
 from commands.datasets import add_dataset_arguments, open_dataset
 from data.model_folders import check_model_folder
@@ -29,8 +30,8 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     add_dataset_arguments(quality)
     quality.add_argument("--episodes", type=int, default=96, help="test episodes per (structures, k) cell")
     quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
-    quality.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
-    quality.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
+    quality.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    quality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
     quality.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
                          help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
     quality.add_argument("--mvg", type=optional_path, default=REPO / "weights" / "mvg-tiny",
@@ -50,8 +51,8 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     add_dataset_arguments(volume)
     volume.add_argument("--volume", default="colin27", help="the held-out volume (a test volume of the dataset)")
     volume.add_argument("--structures", type=int, default=6, help="held-out structures, spread over their extent")
-    volume.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
-    volume.add_argument("--samples", type=int, default=5, help="decoder samples averaged")
+    volume.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    volume.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
     volume.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     volume.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
                         help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from commands.arguments import exit_code
 from commands.bench import add_bench_commands
 from commands.datasets import add_dataset_arguments, open_dataset
@@ -152,11 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument("--probabilities", type=Path, default=None, help="also write the probability map here")
     segment.add_argument("--uncertainty", type=Path, default=None, help="also write the per-pixel uncertainty here")
     segment.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="model folder (default: shipped tiny)")
-    segment.add_argument("--samples", type=int, default=5,
-                         help="diffusion samples averaged; their spread is the uncertainty map (default: 5; "
-                              "--samples 1 --steps 5 runs a volume ~7x faster at the same Dice, without uncertainty: "
-                              "README 'Results')")
-    segment.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
+    segment.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                         help=f"diffusion samples averaged; their spread is the uncertainty map (default: {DEFAULT_SAMPLES}, "
+                              "chosen by `segicl bench speed`'s sampler grid: README 'Results')")
+    segment.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                         help=f"sampler steps (default: {DEFAULT_STEPS}; with this model's x0 decoder more steps did "
+                              "not raise the Dice)")
     segment.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     segment.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"),
                          help="slicing direction for 3-D volumes")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from data.preprocess import as_binary_mask, normalize_intensity
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
 
@@ -119,7 +120,7 @@ class SegICLPipeline:
         return self._resize(np.stack(images), nearest=False).clamp(0, 1), resized_masks
 
     @torch.no_grad()
-    def __call__(self, image, text: str, examples=(), num_samples: int = 5, num_steps: int = 10,
+    def __call__(self, image, text: str, examples=(), num_samples: int = DEFAULT_SAMPLES, num_steps: int = DEFAULT_STEPS,
                  batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
                  threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
                  progress: bool = False) -> SegmentationOutput:
