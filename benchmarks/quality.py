@@ -300,12 +300,14 @@ def plot_curve(path: Path, result: dict) -> None:
     plt.close(figure)
 
 
-def peer_methods(args, log) -> dict:
-    """name -> episodes-to-predictions function, for every peer whose weights or tools are at hand."""
-    methods = {"registration_vote": RegistrationFusion(fusion="vote"),
-               "registration_staple": RegistrationFusion(fusion="staple")}
-    for name, folder, engine, build in (("crossconv", args.crossconv, "CrossConv", crossconv_method),
-                                        ("mvg", args.mvg, "MVG", mvg_method)):
+def peer_methods(args, log, include: tuple[str, ...] = ("registration_vote", "registration_staple", "crossconv",
+                                                        "mvg")) -> dict:
+    """name -> episodes-to-predictions function, for every peer in `include` whose weights or tools are at hand
+    (`args.crossconv` / `args.mvg` name the weights; a missing attribute leaves that peer out)."""
+    methods = {name: RegistrationFusion(fusion=name.split("_")[1]) for name in ("registration_vote",
+                                                                               "registration_staple") if name in include}
+    for name, engine, build in (("crossconv", "CrossConv", crossconv_method), ("mvg", "MVG", mvg_method)):
+        folder = getattr(args, name, None) if name in include else None
         if folder and (Path(folder) / MODEL_CONFIGS[engine]).exists():
             methods[name] = build(folder)
         elif folder:

@@ -125,9 +125,8 @@ def command_quality(args) -> int:
 
 
 def command_volume(args) -> int:
-    from benchmarks.quality import crossconv_method
+    from benchmarks.quality import peer_methods
     from benchmarks.volume import run_volume
-    from segicl.baselines import RegistrationFusion
 
     check_common(args, structures=1, steps=1, samples=1, batch_size=1)
     if args.crossconv is not None:
@@ -136,10 +135,7 @@ def command_volume(args) -> int:
     if dataset.volumes.get(args.volume, {}).get("split") != "test":
         tests = sorted(v for v, info in dataset.volumes.items() if info["split"] == "test")
         raise ValueError(f"--volume {args.volume!r} is not a held-out volume of the dataset; choose one of {tests}")
-    methods = {"registration_vote": RegistrationFusion(fusion="vote")}
-    if args.crossconv is not None:
-        methods["crossconv"] = crossconv_method(args.crossconv)
-    run_volume(args, dataset, methods)
+    run_volume(args, dataset, peer_methods(args, print, include=("registration_vote", "crossconv")))
     print((args.out_dir / "volume.md").read_text())
     return 0
 

@@ -204,6 +204,12 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
     return {"step": done, "recent_losses": recent, "wall_time_s": time.perf_counter() - start_time}
 
 
+def finished_line(name: str, state: dict) -> str:
+    """"stage 2: 700 steps in 818 s; last losses {...}": what a stage prints when `train` returns."""
+    last = state["recent_losses"][-1] if state["recent_losses"] else "none recorded"
+    return f"{name}: {state['step']} steps in {state['wall_time_s']:.0f} s; last losses {last}"
+
+
 def _write_rank_checksum(accelerator, module, output: Path) -> None:
     """Each rank's sum and sum of squares of its trainable parameters: equal on all ranks when synced."""
     state = trainable_state(accelerator.unwrap_model(module))

@@ -17,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
+from stages.common import (add_training_arguments, finished_line, make_accelerator, run_stage, train,  # noqa: E402
+                           training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")
-        last = state["recent_losses"][-1] if state["recent_losses"] else "none recorded"
-        print(f"stage 2: {state['step']} steps in {state['wall_time_s']:.0f} s; last losses {last}")
+        print(finished_line("stage 2", state))
     return 0
 
 

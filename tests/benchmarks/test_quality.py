@@ -90,3 +90,18 @@ def test_another_axis_writes_its_own_files_and_title():
                "held_out_structures": {"cells": cells}}
     lines = quality_lines(quality)
     assert lines[0].startswith("### Out of distribution: coronal slices") and "![quality](docs/results/quality_coronal.png)" in lines
+
+
+def test_peer_methods_build_only_what_is_asked_and_at_hand(tmp_path):
+    from benchmarks.quality import peer_methods
+    from segicl.config import CrossConvConfig
+    from segicl.incontext import CrossConvNet
+
+    CrossConvNet(CrossConvConfig(widths=(4, 4, 4, 4))).save_pretrained(tmp_path / "crossconv")
+    logged = []
+    args = Namespace(crossconv=tmp_path / "crossconv", mvg=tmp_path / "no_mvg")
+    assert set(peer_methods(args, logged.append)) == {"registration_vote", "registration_staple", "crossconv"}
+    assert logged == [f"  no MVG weights at {tmp_path / 'no_mvg'}: its rows are left out"]
+    volume_peers = peer_methods(Namespace(crossconv=tmp_path / "crossconv"), logged.append,
+                                include=("registration_vote", "crossconv"))
+    assert set(volume_peers) == {"registration_vote", "crossconv"} and volume_peers["registration_vote"].fusion == "vote"

@@ -90,3 +90,11 @@ def test_resuming_a_finished_run_trains_nothing_and_reports_its_steps(dataset, t
     assert state["recent_losses"] == first["recent_losses"][-10:]  # the checkpoint's, not an empty list
     with pytest.raises(ValueError, match="is at step 3, beyond --steps 2"):
         train(Stage1Model(fresh_model(tokenizer)), batches, TrainingArguments(resume=True, **{**common, "steps": 2}))
+
+
+def test_finished_line_names_steps_time_and_the_last_losses():
+    from stages.common import finished_line
+
+    state = {"step": 700, "wall_time_s": 818.4, "recent_losses": [{"loss": 1.5}, {"loss": 1.0}]}
+    assert finished_line("stage 2", state) == "stage 2: 700 steps in 818 s; last losses {'loss': 1.0}"
+    assert finished_line("crossconv", {**state, "recent_losses": []}).endswith("last losses none recorded")
