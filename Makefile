@@ -33,7 +33,7 @@ CROSSCONV_STEPS ?= 9000
 CROSSCONV_MINUTES ?= 80
 CROSSCONV_WEIGHTS ?= weights/crossconv-tiny
 TRAIN_DIR ?= runs/train-demo
-LAUNCH := $(VENV)/bin/accelerate launch --config_file accelerate_config.yaml
+LAUNCH := $(VENV)/bin/accelerate launch --quiet --config_file accelerate_config.yaml
 
 .PHONY: install upgrade-lock system-data demo test clean-cache train-demo train-crossconv
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
+from data.importer import slug
 from data.metrics import bootstrap_interval
 from data.model_folders import MODEL_CONFIGS, shown_path
 from segicl.baselines import RegistrationFusion
@@ -228,20 +229,34 @@ def best_peer(cells: dict, k: str) -> tuple[str, float] | None:
     return max(scored, key=lambda item: item[1]) if scored else None
 
 
-def result_name(axis: str) -> str:
+def result_name(axis: str, dataset_name: str | None = None) -> str:
     """The files' stem: quality for the axial slices the model trains on, quality_<axis> for another axis (an
-    out-of-distribution test: the model never sees those slices)."""
+    out-of-distribution test: the model never sees those slices), quality_<dataset> for an imported dataset."""
+    if dataset_name:
+        return f"quality_{slug(dataset_name)}" + ("" if axis == "axial" else f"_{axis}")
     return "quality" if axis == "axial" else f"quality_{axis}"
+
+
+def dataset_groups(dataset) -> dict[str, str]:
+    """The structure groups a dataset can be scored on: an imported one holds no structure out (its own labels are
+    all trained on), so only its structures on its test cases."""
+    if any(row["held_out"] for row in dataset.rows):
+        return GROUPS
+    return {"train_structures": "train"}
 
 
 def quality_lines(quality: dict, plot: str | None = None) -> list[str]:
     """The quality tables as markdown lines (quality.md and the README's Results section)."""
-    axis = quality.get("axis", "axial")
-    plot = plot or f"docs/results/{result_name(axis)}.png"
-    title = ("### Quality: the in-context learning curve (`segicl bench quality`)" if axis == "axial" else
-             f"### Out of distribution: {axis} slices, never trained on (`segicl bench quality --axis {axis}`)")
+    axis, dataset_name = quality.get("axis", "axial"), quality.get("dataset")
+    plot = plot or f"docs/results/{result_name(axis, dataset_name)}.png"
+    if dataset_name:
+        title = f"### Quality on the imported dataset {dataset_name} (`segicl bench quality --dataset`)"
+    elif axis == "axial":
+        title = "### Quality: the in-context learning curve (`segicl bench quality`)"
+    else:
+        title = f"### Out of distribution: {axis} slices, never trained on (`segicl bench quality --axis {axis}`)"
     lines = [title, "", quality["setting"], ""]
-    for group in GROUPS:
+    for group in (g for g in GROUPS if g in quality):
         cells = quality[group]["cells"]
         lines += [f"| {group.replace('_', ' ')} | " + " | ".join(f"k={k}" for k in QUALITY_K) + " |",
                   "|---|" + "---|" * len(QUALITY_K)]
@@ -252,16 +267,18 @@ def quality_lines(quality: dict, plot: str | None = None) -> list[str]:
         lines.append("")
     lines += ["Mean Dice (bootstrap 95% interval of the mean) over the episodes stated in the setting; - : the "
               "method needs examples (or, for MVG, is scored with its one prompt at k = 1).", ""]
-    held = quality["held_out_structures"]["cells"]
+    group = "held_out_structures" if "held_out_structures" in quality else "train_structures"
+    what = "Held-out structures" if group == "held_out_structures" else "The dataset's structures on its test cases"
+    held = quality[group]["cells"]
     segicl = {k: held["segicl"][k]["dice"] for k in ("0", "1", "3", "5")}
     peer = best_peer(held, "3")
     ordered = segicl["0"] < segicl["1"] < segicl["3"] <= segicl["5"]
-    lines.append(f"- Held-out structures, k = 0 < 1 < 3 <= 5: **{'yes' if ordered else 'no'}** "
+    lines.append(f"- {what}, k = 0 < 1 < 3 <= 5: **{'yes' if ordered else 'no'}** "
                  f"({' / '.join(f'{v:.3f}' for v in segicl.values())}).")
     if peer:
-        lines.append(f"- Held-out structures, k = 3: SegICL {segicl['3']:.3f} against the best peer, "
+        lines.append(f"- {what}, k = 3: SegICL {segicl['3']:.3f} against the best peer, "
                      f"{METHODS[peer[0]]}, {peer[1]:.3f} (SegICL {segicl['3'] - peer[1]:+.3f}).")
-    comparison = quality["held_out_structures"].get("specialist_comparison")
+    comparison = quality[group].get("specialist_comparison")
     if comparison:
         cells = comparison["cells"]
         gap = cells["specialist_unet"]["dice"] - cells["segicl"]["dice"]
@@ -279,8 +296,10 @@ def plot_curve(path: Path, result: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for axis, group in zip(axes, GROUPS):
+    groups = [group for group in GROUPS if group in result]
+    figure, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for axis, group in zip(axes, groups):
         for method, values in result[group]["cells"].items():
             ks = [k for k in QUALITY_K if str(k) in values]
             means = [values[str(k)]["dice"] for k in ks]
@@ -325,16 +344,22 @@ def run_quality(args, dataset, log=print) -> dict:
     model = SegICLModel.from_pretrained(args.model).eval()
     methods = peer_methods(args, log)
     result: dict = {group: run_group(model, dataset, structures, args, methods, log)
-                    for group, structures in GROUPS.items()}
+                    for group, structures in dataset_groups(dataset).items()}
     crossconv = f", CrossConv peer `{shown_path(args.crossconv)}`" if "crossconv" in methods else ""
+    dataset_name = dataset.imported["name"] if dataset.imported else None
+    queries = f"test cases of {dataset_name} (examples from its training cases)" if dataset_name else "held-out subject"
     result["setting"] = (
         f"Model `{shown_path(args.model)}`{crossconv}; {args.episodes} test episodes per (structures, k) on the "
-        f"held-out subject's {dataset.config.axis} slices, nested in k, structures >= {args.min_area} px at {dataset.resolution} px, independent "
+        f"{queries}'s {dataset.config.axis} slices, nested in k, structures >= {args.min_area} px at "
+        f"{dataset.resolution} px, independent "
         f"random affines, decoder {args.steps} steps x {args.samples} samples; registration: SimpleITK affine, "
         f"Mattes mutual information, 3 resolutions. {torch.get_num_threads()} CPU threads, total "
         f"{time.perf_counter() - start:.0f} s.")
     result["axis"] = dataset.config.axis
-    name = result_name(dataset.config.axis)
+    if dataset_name:
+        result["dataset"] = dataset_name
+    name = result_name(dataset.config.axis, dataset_name)
+    result["name"] = name
     args.out_dir.mkdir(parents=True, exist_ok=True)
     (args.out_dir / f"{name}.json").write_text(json.dumps(result, indent=1))
     (args.out_dir / f"{name}.md").write_text("\n".join(quality_lines(result, plot=f"{name}.png")) + "\n")

@@ -111,7 +111,7 @@ def check_common(args, **minimums: float) -> None:
 
 
 def command_quality(args) -> int:
-    from benchmarks.quality import result_name, run_quality
+    from benchmarks.quality import run_quality
 
     check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_episodes=1)
     if args.specialist_seconds is not None:
@@ -120,7 +120,7 @@ def command_quality(args) -> int:
         if getattr(args, flag) is not None:
             check_model_folder(getattr(args, flag), engine, flag=f"--{flag}")
     result = run_quality(args, args.open_dataset(args))
-    print((args.out_dir / f"{result_name(args.axis)}.md").read_text())
+    print((args.out_dir / f"{result['name']}.md").read_text())
     return 0 if result else 1
 
 

@@ -7,11 +7,12 @@ import sys
 import time
 from pathlib import Path
 
-from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from commands.arguments import exit_code
 from commands.bench import add_bench_commands
-from commands.datasets import add_dataset_arguments, open_dataset
+from commands.datasets import add_dataset_arguments, add_import_command, open_dataset
+from commands.evaluate import add_evaluate_command
 from commands.mvg import add_mvg_commands
+from commands.segment import add_segment_command
 from data.model_folders import MODEL_CONFIGS
 
 
@@ -97,33 +98,6 @@ def command_demo(args: argparse.Namespace) -> int:
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "segicl-tiny"
 
 
-def command_segment(args: argparse.Namespace) -> int:
-    from data.imageio import read_image, write_image
-    from segicl.pipeline import SegICLPipeline
-    from data.volumes import from_model_slices, load_example, to_model_slices
-
-    if args.steps < 1 or args.samples < 1:
-        raise ValueError(f"--steps and --samples must be >= 1, got {args.steps} and {args.samples}")
-    if args.uncertainty is not None and args.samples < 2:
-        raise ValueError("--uncertainty needs --samples >= 2: the uncertainty is the spread over the samples")
-    if not args.model.exists():
-        raise FileNotFoundError(f"model folder not found: {args.model} (train one with `make train-demo`)")
-    query = read_image(args.image)
-    examples = [load_example(read_image(image), read_image(mask)) for image, mask in args.example or []]
-    pipeline = SegICLPipeline.from_pretrained(args.model)
-    slices = to_model_slices(query, args.axis)
-    output = pipeline(slices, args.text, examples, num_samples=args.samples, num_steps=args.steps,
-                      batch_size=args.batch_size, normalization=args.normalization, seed=args.seed, progress=True)
-    written = [write_image(args.out, from_model_slices(output.mask, query, args.axis), query)]
-    for path, values in ((args.probabilities, output.probabilities), (args.uncertainty, output.uncertainty)):
-        if path:
-            written.append(write_image(path, from_model_slices(values, query, args.axis), query))
-    timings = output.timings
-    print(f"segmented {timings['slices']} slice(s): vision {timings['vision_s']:.2f} s, LLM {timings['llm_s']:.2f} s, "
-          f"decoder {timings['decoder_s']:.2f} s; wrote {', '.join(str(p) for p in written)}")
-    return 0
-
-
 def command_export(args: argparse.Namespace) -> int:
     from commands.export import export
 
@@ -137,35 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Medical vision generalist: text + in-context example segmentation and image-to-image tasks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    data = commands.add_parser("data", help="build the slice dataset from the shipped scans and print its summary")
+    data = commands.add_parser("data", help="build the slice dataset from the shipped scans and print its summary; "
+                                            "`segicl data import` brings in your own dataset",
+                               description="Without a subcommand: build (or reuse) the built-in atlas dataset, or open "
+                                           "--dataset, and print its summary.")
     add_dataset_arguments(data)
     data.add_argument("--json", action="store_true", help="print the summary as JSON")
     data.set_defaults(handler=command_data)
+    add_import_command(data.add_subparsers(dest="data_command", metavar="SUBCOMMAND"))
 
-    segment = commands.add_parser("segment", help="segment an image or volume from text + examples",
-                                  description="Segment a 2-D image or a 3-D volume (NIfTI, DICOM file or series "
-                                              "folder, PNG/JPG, NPY) from an instruction and up to 3 examples.")
-    segment.add_argument("--image", type=Path, required=True, help="query image or volume")
-    segment.add_argument("--text", required=True, help='instruction, e.g. "Segment the white matter"')
-    segment.add_argument("--example", nargs=2, action="append", type=Path, metavar=("IMAGE", "MASK"),
-                         help="an example slice and its binary mask (repeat for several)")
-    segment.add_argument("--out", type=Path, required=True, help="output mask (.nii.gz, .nii, .png, .npy)")
-    segment.add_argument("--probabilities", type=Path, default=None, help="also write the probability map here")
-    segment.add_argument("--uncertainty", type=Path, default=None, help="also write the per-pixel uncertainty here")
-    segment.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS, help="model folder (default: shipped tiny)")
-    segment.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                         help=f"diffusion samples averaged; their spread is the uncertainty map (default: {DEFAULT_SAMPLES}, "
-                              "chosen by `segicl bench speed`'s sampler grid: README 'Results')")
-    segment.add_argument("--steps", type=int, default=DEFAULT_STEPS,
-                         help=f"sampler steps (default: {DEFAULT_STEPS}; with this model's x0 decoder more steps did "
-                              "not raise the Dice)")
-    segment.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    segment.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"),
-                         help="slicing direction for 3-D volumes")
-    segment.add_argument("--normalization", default="percentile", choices=("percentile", "ct", "none"),
-                         help="intensity mapping: MRI percentiles, CT window [-100, 200] HU, or none")
-    segment.add_argument("--seed", type=int, default=0)
-    segment.set_defaults(handler=command_segment)
+    add_segment_command(commands, DEFAULT_WEIGHTS)
+    add_evaluate_command(commands)
     export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")
     export.add_argument("source", type=Path, help="a trained model folder (e.g. runs/train-demo/stage2c/model)")
     export.add_argument("target", type=Path, help="where the exported model goes (new, empty, or an earlier export)")

@@ -14,6 +14,29 @@ from data.model_folders import check_model_folder
 from mvg_head.config import COLOURINGS, TASKS
 
 DEFAULT_MVG_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "mvg-tiny"
+OUTPUT_SCALES = ("input", "unit")
+
+
+def output_to_write(result, args: argparse.Namespace):
+    """What `segicl mvg` writes: the label map (segmentation), the [0, 1] image (--output-scale unit) or the image in
+    the query's intensity scale. A PNG holds 8-bit grey: an output in the query's scale goes there rounded, and only
+    when it lies in 0..255 (as a PNG query's does)."""
+    import numpy as np
+
+    from data.imageio import ending_of
+
+    if args.task == "segmentation":
+        return result.output
+    if args.output_scale == "unit":
+        return result.output_normalized
+    if ending_of(args.out) != ".png":
+        return result.output
+    grey = np.rint(result.output)
+    if grey.min() < 0 or grey.max() > 255:
+        raise ValueError(f"--out {args.out}: a PNG holds 0..255, but the output in the query's intensity scale spans "
+                         f"[{result.output.min():g}, {result.output.max():g}]; write .nii.gz or .npy instead, or "
+                         f"pass --output-scale unit")
+    return grey / 255.0  # the PNG writer stores a [0, 1] float image as rint(x * 255): the rounded grey values
 
 
 def command_mvg(args: argparse.Namespace) -> int:
@@ -32,8 +55,13 @@ def command_mvg(args: argparse.Namespace) -> int:
     result = pipeline(slices, prompt_images, prompt_targets, args.task, mode=args.mode,
                       normalization=args.normalization, colouring=args.colouring, region=region,
                       batch_size=args.batch_size, seed=args.seed, progress=True)
-    path = write_image(args.out, from_model_slices(result.output, query, args.axis), query)
-    print(f"mvg {args.task}: {len(slices)} slice(s) in {time.perf_counter() - start:.1f} s; wrote {path}")
+    path = write_image(args.out, from_model_slices(output_to_write(result, args), query, args.axis), query)
+    scale = ""
+    if args.task != "segmentation":
+        low, high = result.intensity_range
+        scale = (" in [0, 1]" if args.output_scale == "unit" else
+                 f" in the query's intensity scale ([0, 1] -> [{low:g}, {high:g}])")
+    print(f"mvg {args.task}: {len(slices)} slice(s) in {time.perf_counter() - start:.1f} s; wrote {path}{scale}")
     return 0
 
 
@@ -74,6 +102,14 @@ def add_mvg_commands(commands) -> None:
     mvg.add_argument("--axis", default="axial", choices=("axial", "coronal", "sagittal"))
     mvg.add_argument("--normalization", default="percentile", choices=("percentile", "ct", "none"),
                      help="intensity mapping to [0, 1]: MRI percentiles, CT window [-100, 200] HU, or none")
+    mvg.add_argument("--output-scale", default="input", choices=OUTPUT_SCALES,
+                     help="synthesis / denoising / inpainting: input (default) maps the model's [0, 1] output back "
+                          "to the query's intensities by the inverse of --normalization (ct: 0 -> -100 HU, 1 -> 200 "
+                          "HU; percentile: 0 -> the query's 0.5th percentile, 1 -> its 99.5th; none: unchanged), so "
+                          "intensities the window or the percentiles clipped come back at those edges (air as "
+                          "-100 HU, bone as 200 HU); inpainting keeps the query's own values outside --region; a "
+                          ".png --out takes it rounded, if it lies in 0..255. unit: the [0, 1] output. A "
+                          "segmentation label map is written as labels either way")
     mvg.add_argument("--batch-size", type=int, default=32)
     mvg.add_argument("--seed", type=int, default=0, help="seed of the random label colours")
     mvg.set_defaults(handler=command_mvg)

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from data import sources, tasks
 from data.preprocess import (apply_crop, foreground_crop, normalize_mri, relative_positions, resize_slices,
                              to_display_slices)
+from data.volumes import foreground_of
 
 BUILD_VERSION = 1
 DEFAULT_CACHE = Path(os.environ.get("SEGICL_CACHE", ".cache/segicl"))
@@ -155,11 +156,6 @@ def paired_images(volume: str, image: nib.Nifti1Image) -> dict[str, np.ndarray]:
         t2 = np.stack([simulate_t2_from_tissue(csf[..., k], gm[..., k], wm[..., k]) for k in range(csf.shape[2])], -1)
         return {"t2_simulated": canonical(nib.Nifti1Image(t2.astype(np.float32), affine)).get_fdata(dtype=np.float32)}
     return {}
-
-
-def foreground_of(volume: np.ndarray) -> np.ndarray:
-    """Head or brain voxels: above 5% of the 99th percentile (robust to background noise)."""
-    return volume > 0.05 * np.percentile(volume, 99)
 
 
 def slice_areas(label_slices: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from data.build import DEFAULT_CACHE, DatasetBuilder, DatasetConfig
+from data.importer import ImportConfig
 
 SPLITS = ("train", "support", "test")
 
@@ -28,8 +29,12 @@ class SliceDataset:
     def __init__(self, root: Path | str):
         self.root = Path(root)
         if not (self.root / "manifest.jsonl").exists():
-            raise FileNotFoundError(f"no built dataset at {self.root} (manifest.jsonl missing); run `segicl data build`")
-        self.config = DatasetConfig(**_tuples(json.loads((self.root / "config.json").read_text())))
+            raise FileNotFoundError(f"no slice dataset at {self.root} (manifest.jsonl missing): `segicl data` builds the "
+                                    "built-in one, `segicl data import FOLDER` imports an nnU-Net / MSD dataset")
+        config = json.loads((self.root / "config.json").read_text())
+        # An imported dataset (data.importer) keeps its import settings and label table; a built one its DatasetConfig.
+        self.imported: dict | None = config if config.get("kind") == "imported" else None
+        self.config = ImportConfig(**_tuples(config["import"])) if self.imported else DatasetConfig(**_tuples(config))
         self.volumes = {row["volume"]: row for row in json.loads((self.root / "volumes.json").read_text())}
         with (self.root / "manifest.jsonl").open() as handle:
             self.rows = [json.loads(line) for line in handle]
@@ -115,6 +120,7 @@ class SliceDataset:
         training_tasks = {row["task"] for row in binary if row["split"] == "train"}
         return {
             "root": str(self.root),
+            "name": self.imported["name"] if self.imported else "built-in atlases",
             "resolution": self.resolution,
             "axis": self.config.axis,
             "volumes": {name: {"split": info["split"], "slices": info["n_slices"], "modality": info["modality"]}

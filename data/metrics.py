@@ -35,6 +35,13 @@ The field-of-view diagonal is ``sqrt(sum((n_i * s_i) ** 2))`` for a mask of shap
 any distance between two voxels of the image, so a missed or hallucinated structure
 always scores worse than any real prediction.
 
+``empty="nan"`` (every segmentation metric takes it) leaves an undefined score
+undefined instead, for folder evaluations that follow nnU-Net (a class absent from both
+prediction and truth is left out of the means): Dice/IoU are NaN when both masks are
+empty (0.0 when exactly one is), HD95 and NSD are what MONAI itself returns (MONAI 1.6:
+HD95 NaN whenever a mask is empty, NSD NaN when both are and 0.0 when one is; older
+MONAI releases gave HD95 inf when one is empty).
+
 Spacing is voxel size in mm per axis (a scalar applies to every axis); ``None`` means
 1 mm, i.e. distances in pixels. Bad input (non-binary mask, shape mismatch, NaN, not
 2-D or 3-D, bad spacing or data range) is refused with ``ValueError``.
@@ -47,6 +54,7 @@ import numbers
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Literal
 
 import numpy as np
 import torch
@@ -64,10 +72,13 @@ from torchmetrics.functional.regression import mean_absolute_error
 
 ArrayLike = np.ndarray | torch.Tensor
 Spacing = float | Sequence[float] | None
+Empty = Literal["defined", "nan"]
+EMPTY_CONVENTIONS: tuple[str, ...] = ("defined", "nan")
 
 SSIM_KERNEL_SIZE = 11
 
 __all__ = [
+    "EMPTY_CONVENTIONS",
     "dice",
     "iou",
     "hd95",
@@ -140,11 +151,17 @@ def _as_batch(mask: np.ndarray) -> torch.Tensor:
 @contextmanager
 def _quiet_monai() -> Iterator[None]:
     # MONAI's own internal call of a deprecated get_mask_edges argument warns on every
-    # call; the empty-mask warnings cannot occur because those cases never reach MONAI.
+    # call; the empty-mask warnings occur only with empty="nan" (otherwise those cases
+    # never reach MONAI), where the undefined value is the point.
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*always_return_as_numpy.*", category=FutureWarning)
         warnings.filterwarnings("ignore", message=r".* is all 0, this may result in nan/inf distance", category=UserWarning)
         yield
+
+
+def _check_empty(empty: str) -> None:
+    if empty not in EMPTY_CONVENTIONS:
+        raise ValueError(f"empty must be one of {EMPTY_CONVENTIONS}, got {empty!r}")
 
 
 def _empty_case(p: np.ndarray, t: np.ndarray) -> str | None:
@@ -160,43 +177,45 @@ def _empty_case(p: np.ndarray, t: np.ndarray) -> str | None:
 # ----------------------------------------------------------------------------- segmentation
 
 
-def _overlap(pred: ArrayLike, target: ArrayLike, monai_metric) -> float:
+def _overlap(pred: ArrayLike, target: ArrayLike, monai_metric, empty: Empty) -> float:
     """An overlap score (MONAI's compute_dice or compute_iou) with the empty cases defined."""
+    _check_empty(empty)
     p, t = _check_masks(pred, target)
     case = _empty_case(p, t)
     if case is not None:
-        return 1.0 if case == "both" else 0.0
+        return 0.0 if case == "one" else (1.0 if empty == "defined" else math.nan)
     return float(monai_metric(_as_batch(p), _as_batch(t), include_background=True).item())
 
 
-def dice(pred: ArrayLike, target: ArrayLike) -> float:
+def dice(pred: ArrayLike, target: ArrayLike, *, empty: Empty = "defined") -> float:
     """Dice coefficient 2|P∩T| / (|P| + |T|) of two binary masks (MONAI).
 
-    Both empty -> 1.0, exactly one empty -> 0.0.
+    Both empty -> 1.0 (``empty="nan"``: NaN), exactly one empty -> 0.0.
     """
-    return _overlap(pred, target, compute_dice)
+    return _overlap(pred, target, compute_dice, empty)
 
 
-def iou(pred: ArrayLike, target: ArrayLike) -> float:
+def iou(pred: ArrayLike, target: ArrayLike, *, empty: Empty = "defined") -> float:
     """Intersection over union |P∩T| / |P∪T| of two binary masks (MONAI).
 
-    Both empty -> 1.0, exactly one empty -> 0.0.
+    Both empty -> 1.0 (``empty="nan"``: NaN), exactly one empty -> 0.0.
     """
-    return _overlap(pred, target, compute_iou)
+    return _overlap(pred, target, compute_iou, empty)
 
 
-def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None) -> float:
+def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None, *, empty: Empty = "defined") -> float:
     """95th-percentile symmetric Hausdorff distance between mask surfaces, in mm (MONAI).
 
     Both empty -> 0.0; exactly one empty -> the field-of-view diagonal in mm (see the
-    module docstring).
+    module docstring). ``empty="nan"``: whatever MONAI returns for empty masks.
     """
+    _check_empty(empty)
     p, t = _check_masks(pred, target)
     sp = _check_spacing(spacing, p.ndim)
     case = _empty_case(p, t)
-    if case == "both":
+    if case == "both" and empty == "defined":
         return 0.0
-    if case == "one":
+    if case == "one" and empty == "defined":
         return _fov_diagonal_mm(p.shape, sp)
     with _quiet_monai():
         value = compute_hausdorff_distance(
@@ -205,18 +224,21 @@ def hd95(pred: ArrayLike, target: ArrayLike, spacing: Spacing = None) -> float:
     return float(value.item())
 
 
-def nsd(pred: ArrayLike, target: ArrayLike, tolerance_mm: float = 1.0, spacing: Spacing = None) -> float:
+def nsd(pred: ArrayLike, target: ArrayLike, tolerance_mm: float = 1.0, spacing: Spacing = None, *,
+        empty: Empty = "defined") -> float:
     """Normalised surface Dice at ``tolerance_mm`` (MONAI ``compute_surface_dice``).
 
     The fraction of both surfaces lying within ``tolerance_mm`` of the other surface.
-    Both empty -> 1.0, exactly one empty -> 0.0.
+    Both empty -> 1.0, exactly one empty -> 0.0. ``empty="nan"``: whatever MONAI
+    returns for empty masks.
     """
+    _check_empty(empty)
     p, t = _check_masks(pred, target)
     sp = _check_spacing(spacing, p.ndim)
     if not (math.isfinite(tolerance_mm) and tolerance_mm >= 0):
         raise ValueError(f"tolerance_mm must be finite and >= 0, got {tolerance_mm!r}")
     case = _empty_case(p, t)
-    if case is not None:
+    if case is not None and empty == "defined":
         return 1.0 if case == "both" else 0.0
     with _quiet_monai():
         value = compute_surface_dice(
@@ -226,14 +248,18 @@ def nsd(pred: ArrayLike, target: ArrayLike, tolerance_mm: float = 1.0, spacing: 
 
 
 def segmentation_metrics(
-    pred: ArrayLike, target: ArrayLike, spacing: Spacing = None, tolerance_mm: float = 1.0
+    pred: ArrayLike, target: ArrayLike, spacing: Spacing = None, tolerance_mm: float = 1.0, *,
+    empty: Empty = "defined",
 ) -> dict[str, float]:
-    """Dice, IoU, HD95 (mm) and NSD (at ``tolerance_mm``) of one pair of binary masks."""
+    """Dice, IoU, HD95 (mm) and NSD (at ``tolerance_mm``) of one pair of binary masks.
+
+    ``empty`` picks the values for empty masks: this module's defined ones, or ``"nan"``
+    (see the module docstring)."""
     return {
-        "dice": dice(pred, target),
-        "iou": iou(pred, target),
-        "hd95": hd95(pred, target, spacing=spacing),
-        "nsd": nsd(pred, target, tolerance_mm=tolerance_mm, spacing=spacing),
+        "dice": dice(pred, target, empty=empty),
+        "iou": iou(pred, target, empty=empty),
+        "hd95": hd95(pred, target, spacing=spacing, empty=empty),
+        "nsd": nsd(pred, target, tolerance_mm=tolerance_mm, spacing=spacing, empty=empty),
     }
 
 

@@ -11,9 +11,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
+from monai.transforms.utils_pytorch_numpy_unification import percentile
 
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 NORMALIZATIONS = ("percentile", "ct", "none")
+MRI_PERCENTILES = (0.5, 99.5)
+CT_WINDOW = (-100.0, 200.0)  # the SegICL paper's
 
 
 def axis_index(axis: str) -> int:
@@ -23,7 +26,7 @@ def axis_index(axis: str) -> int:
     return AXES[axis]
 
 
-def normalize_mri(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
+def normalize_mri(volume: np.ndarray, percentiles: tuple[float, float] = MRI_PERCENTILES) -> np.ndarray:
     """MRI intensities to [0, 1] between two percentiles of the volume, clipped."""
     lower, upper = percentiles
     volume = volume.astype(np.float32)
@@ -33,7 +36,7 @@ def normalize_mri(volume: np.ndarray, percentiles: tuple[float, float] = (0.5, 9
     return np.asarray(scale(volume[None])[0], dtype=np.float32)
 
 
-def window_ct(hounsfield: np.ndarray, window: tuple[float, float] = (-100.0, 200.0)) -> np.ndarray:
+def window_ct(hounsfield: np.ndarray, window: tuple[float, float] = CT_WINDOW) -> np.ndarray:
     """CT in Hounsfield units to [0, 1] within a window (the SegICL paper: [-100, 200] HU), clipped."""
     low, high = window
     if not low < high:
@@ -51,6 +54,32 @@ def normalize_intensity(image: np.ndarray, mode: str) -> np.ndarray:
     if mode == "none":
         return np.clip(image, 0.0, 1.0)
     raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
+
+
+def intensity_range(image: np.ndarray, mode: str) -> tuple[float, float]:
+    """The intensities that `normalize_intensity(image, mode)` maps to 0 and 1 (linear between, clipped beyond):
+    the image's own percentiles of `normalize_mri` ("percentile": 0.5th and 99.5th), the window of `window_ct`
+    ("ct": -100 and 200 HU), or 0 and 1 ("none"). A constant image (normalised to zeros) gives its value twice."""
+    if mode == "percentile":
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if image.size == 0 or image.min() == image.max():
+            value = float(image.flat[0]) if image.size else 0.0
+            return value, value
+        lower, upper = MRI_PERCENTILES
+        tensor = torch.from_numpy(image[None])  # what ScaleIntensityRangePercentiles takes its percentiles of
+        return float(percentile(tensor, lower)), float(percentile(tensor, upper))
+    if mode == "ct":
+        return float(CT_WINDOW[0]), float(CT_WINDOW[1])
+    if mode == "none":
+        return 0.0, 1.0
+    raise ValueError(f"unknown normalization {mode!r}; expected one of {NORMALIZATIONS}")
+
+
+def denormalize_intensity(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values in [0, 1] back to the intensities of an `intensity_range` (low, high): 0 -> low, 1 -> high, linear.
+    Intensities that the normalisation clipped stay at the range's edges."""
+    scale = ScaleIntensityRange(a_min=0.0, a_max=1.0, b_min=low, b_max=high, clip=False)
+    return np.asarray(scale(np.asarray(values, dtype=np.float32)[None])[0], dtype=np.float32)
 
 
 def as_binary_mask(mask: np.ndarray, name: str) -> np.ndarray:

@@ -19,7 +19,11 @@ import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
 from data.imageio import MedicalImage
-from data.preprocess import AXES, as_binary_mask, from_display_slices, to_display_slices
+from data.preprocess import (AXES, SquareCrop, apply_crop, as_binary_mask, foreground_crop, from_display_slices,
+                             to_display_slices)
+
+# CT voxels above this (Hounsfield units) are the body; air is about -1000.
+CT_BODY_HU = -500.0
 
 
 def _grey_raster(image: MedicalImage) -> np.ndarray:
@@ -77,14 +81,66 @@ def from_model_slices(slices: np.ndarray, image: MedicalImage, axis: str = "axia
     return apply_orientation(ras, from_ras).reshape(image.array.shape)
 
 
-def load_example(image: MedicalImage, mask: MedicalImage) -> tuple[np.ndarray, np.ndarray]:
+def load_example(image: MedicalImage, mask: MedicalImage, label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """An example pair as one display slice each, by the same rule as the query; the mask must be binary (0 and one
-    other value, e.g. a PNG's 0/255) and is returned as 0/1."""
-    image_slices = to_model_slices(image)
-    mask_slices = to_model_slices(mask)
+    other value, e.g. a PNG's 0/255) and is returned as 0/1, or, with `label`, a label map of which that value is
+    the structure."""
+    image_slices, mask_slices = load_example_slices(image, mask, "axial", label)
     if image_slices.shape[0] != 1:
-        raise ValueError(f"{image.path}: an example image must be a 2-D slice, got shape {image.array.shape}")
+        raise ValueError(f"{image.path}: a 2-D example slice was expected here, got shape {image.array.shape}")
+    return image_slices[0], mask_slices[0]
+
+
+def load_example_slices(image: MedicalImage, mask: MedicalImage, axis: str = "axial",
+                        label: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An example image (2-D slice or 3-D volume) and its mask or label map as display slices [S, H, W], by the rule
+    of the module docstring; the mask as 0/1: binary as given, or the voxels of value `label` of a label map."""
+    image_slices = to_model_slices(image, axis)
+    mask_slices = to_model_slices(mask, axis)
     if mask_slices.shape != image_slices.shape:
         raise ValueError(f"example {image.path} and its mask {mask.path} differ in size once oriented for display: "
-                         f"{image_slices.shape[1:]} vs {mask_slices.shape[1:]}")
-    return image_slices[0], as_binary_mask(mask_slices[0], f"{mask.path}: an example mask")
+                         f"{image_slices.shape} vs {mask_slices.shape}")
+    if label is None:
+        try:
+            return image_slices, as_binary_mask(mask_slices, f"{mask.path}: an example mask")
+        except ValueError as error:
+            raise ValueError(f"{error}; for a label map, name the structure's label with --example-label") from None
+    binary = (np.rint(mask_slices) == label).astype(np.float32)
+    if not binary.any():
+        values = np.unique(np.rint(mask_slices)).astype(int)
+        raise ValueError(f"{mask.path}: no voxel has the label value {label}; values present {values[:12].tolist()}")
+    return image_slices, binary
+
+
+def foreground_of(volume: np.ndarray, ct: bool = False) -> np.ndarray:
+    """Head, brain or body voxels: CT above -500 HU; other images above 5% of their 99th percentile (robust to
+    background noise)."""
+    if ct:
+        return volume > CT_BODY_HU
+    return volume > 0.05 * np.percentile(volume, 99)
+
+
+def crop_to_foreground(slices: np.ndarray, ct: bool = False, margin: int = 4,
+                       labels: np.ndarray | None = None) -> tuple[np.ndarray, SquareCrop]:
+    """A display stack [S, H, W] cut the way the dataset builder cuts its volumes: the slices that hold foreground
+    (or labels) and one square around it with a margin (zero-padded; CT padded with air). Returns the cropped
+    stack [S', size, size] and the crop (`paste_crop` puts maps back)."""
+    foreground = foreground_of(slices, ct)
+    if labels is not None:
+        foreground |= labels > 0
+    if not foreground.any():
+        raise ValueError("the image has no foreground to segment (every voxel at the background level)")
+    crop = foreground_crop(foreground, margin)
+    air = -1024.0 if ct else 0.0
+    return apply_crop(slices - air, crop) + air, crop
+
+
+def paste_crop(maps: np.ndarray, crop: SquareCrop, shape: tuple[int, int, int]) -> np.ndarray:
+    """Inverse of `crop_to_foreground` for output maps [S', size, size]: back into a zero stack of `shape`."""
+    out = np.zeros(shape, dtype=maps.dtype)
+    rows, cols = shape[1:]
+    top, left = max(crop.top, 0), max(crop.left, 0)
+    bottom, right = min(crop.top + crop.size, rows), min(crop.left + crop.size, cols)
+    out[crop.first_slice: crop.last_slice + 1, top:bottom, left:right] = \
+        maps[:, top - crop.top: bottom - crop.top, left - crop.left: right - crop.left]
+    return out

@@ -3,8 +3,10 @@
 Query and prompts are 2-D slices [H, W] or stacks [S, H, W] (a volume already cut into display slices, see
 `data.volumes`). Slice n of N_TE query slices takes prompt slice floor(n * N_TR / N_TE) (the paper). Slices are
 resized to the model's slot, run in batches, and the output is resized back to the query's in-plane size:
-a float image in [0, 1] for synthesis / denoising / inpainting, an integer label map (the prompt's label values)
-for segmentation, decoded from RGB to the nearest colour of the prompt's colour table.
+for synthesis / denoising / inpainting a float image in the query's intensity scale (the inverse of the
+normalisation to [0, 1]: the CT window back to HU, the MRI percentiles back to the query's own; the [0, 1] image is
+kept beside it), for segmentation an integer label map (the prompt's label values), decoded from RGB to the nearest
+colour of the prompt's colour table.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from mvg_head.colouring import colour_table, decode, encode
 from mvg_head.config import TASKS
 from data.episodes import prompt_slice
 from mvg_head.model import MVGModel
-from data.preprocess import normalize_intensity  # MRI percentiles / CT window / none, as SegICL
+# MRI percentiles / CT window / none, as SegICL, and the inverse that brings image outputs back to the query's scale
+from data.preprocess import denormalize_intensity, intensity_range, normalize_intensity
 
 # Default inference form per task. The paper's image tasks are trained 90% masked; at our CPU budget the masked form
 # had not learned to read the query image after 250 steps (it drew a mean brain: denoising PSNR 11.6 dB against 23.3 for
@@ -32,12 +35,18 @@ INFERENCE_MODES = {"segmentation": "autoregressive", "synthesis": "autoregressiv
 
 @dataclass
 class MVGResult:
-    """output: [S, H, W] (labels int64 for segmentation, float32 in [0, 1] otherwise); rgb: the raw predictions
-    [S, 3, R, R] at the model's resolution; prompt_slices: the prompt slice used for every query slice."""
+    """output: [S, H, W]: labels (int64) for segmentation; for the image tasks float32 in the query's intensity
+    scale: [0, 1] mapped back by the inverse of the normalisation, 0 -> intensity_range[0], 1 -> intensity_range[1]
+    (intensities the normalisation clipped come back at those edges; inpainting: outside the region the query as
+    given). output_normalized: the image tasks' output in [0, 1], what the model predicts and what the evaluation
+    scores (None for segmentation). rgb: the raw predictions [S, 3, R, R] at the model's resolution; prompt_slices:
+    the prompt slice used for every query slice."""
 
     output: np.ndarray
     rgb: np.ndarray
     prompt_slices: list[int]
+    output_normalized: np.ndarray | None = None
+    intensity_range: tuple[float, float] | None = None
 
 
 def _stack(array: np.ndarray, name: str) -> np.ndarray:
@@ -102,7 +111,8 @@ class MVGPipeline:
             prompt_images, prompt_targets: [H, W] or [S_p, H, W]: the prompt pair(s); a segmentation target is
                 an integer label map (0 = background), an image target is an image.
             task: one of TASKS; mode: "masked" or "autoregressive" (default: the task's, INFERENCE_MODES).
-            normalization: how query and prompt images (and image targets) are brought to [0, 1].
+            normalization: how query and prompt images (and image targets) are brought to [0, 1]; its inverse
+                (`data.preprocess.intensity_range` of the query) maps an image task's output back.
             colouring: override the model's colouring ("random" / "predefined" / "binary").
             region: inpainting only: the region to restore [H, W] or [S, H, W] (bool); outside it the input is kept.
         """
@@ -125,13 +135,16 @@ class MVGPipeline:
         targets = normalize_intensity(prompt_targets.astype(np.float32), normalization)
         targets_rgb = torch.from_numpy(resize(targets, (size, size), labels=False))[:, None].expand(-1, 3, -1, -1)
         rgb = self._run(self._sentences(query_n, prompt_n, targets_rgb, chosen), mode, batch_size, progress)
-        output = resize(rgb.mean(axis=1), query.shape[1:], labels=False).clip(0.0, 1.0)
+        unit = resize(rgb.mean(axis=1), query.shape[1:], labels=False).clip(0.0, 1.0)
+        scale = intensity_range(query, normalization)
+        output = denormalize_intensity(unit, *scale)
         if task == "inpainting" and region is not None:
             region = _stack(region, "region").astype(bool)
             if region.shape != query.shape:
                 raise ValueError(f"region {region.shape} must have the query's shape {query.shape}")
-            output = np.where(region, output, query_n)
-        return MVGResult(output.astype(np.float32), rgb, chosen)
+            unit = np.where(region, unit, query_n)
+            output = np.where(region, output, query)  # outside the region: the query's own intensities
+        return MVGResult(output.astype(np.float32), rgb, chosen, unit.astype(np.float32), scale)
 
     def _segment(self, query_n, prompt_n, prompt_labels, chosen, mode, colouring, batch_size, seed, progress):
         config = self.model.config

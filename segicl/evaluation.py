@@ -121,9 +121,10 @@ def evaluate_episodes(model, dataset, config: EpisodeConfig, episodes: int, num_
 @torch.no_grad()
 def evaluate_reconstruction(model, dataset, masks: int = 128, min_area: int = 64, num_steps: int = 10,
                             num_samples: int = 1, seed: int = 1234) -> dict:
-    """Stage-1 quality: Dice of held-out masks (test volumes, held-out structures) decoded from their
-    own condition tokens (teacher tokens -> decoder)."""
-    sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=0,
+    """Stage-1 quality: Dice of held-out masks (test volumes, held-out structures; every structure of the test
+    volumes where the dataset holds none out, as an imported one) decoded from their own condition tokens."""
+    structures = "held_out" if any(row["held_out"] for row in dataset.rows) else "all"
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures=structures, num_examples=0,
                                                     max_examples=0, min_area=min_area, seed=seed, transform=None))
     targets = torch.stack([torch.from_numpy(sampler[i].query_mask) for i in range(masks)])
     generator = torch.Generator().manual_seed(seed)
@@ -134,7 +135,8 @@ def evaluate_reconstruction(model, dataset, masks: int = 128, min_area: int = 64
         for chunk in targets.split(32)])
     seconds = time.perf_counter() - start
     scores = [dice((p[0] > 0.5).numpy(), m[0].numpy()) for p, m in zip(probabilities, targets)]
-    return {"reconstruction_dice": float(np.mean(scores)), "masks": len(scores), "min_area": min_area,
+    return {"reconstruction_dice": float(np.mean(scores)), "masks": len(scores), "structures": structures,
+            "min_area": min_area,
             "steps": num_steps, "samples": num_samples, "decode_s_per_mask": seconds / len(scores)}
 
 

@@ -67,13 +67,14 @@ def _as_float_array(value, name: str) -> np.ndarray:
     return array
 
 
-def check_example(image: np.ndarray, mask: np.ndarray, index: int) -> None:
-    """Refuse an example whose image and mask disagree, or whose (binary) mask is empty or not 2-D."""
+def check_example(image: np.ndarray, mask: np.ndarray, index: int, allow_empty: bool = False) -> None:
+    """Refuse an example whose image and mask disagree, or whose (binary) mask is not 2-D, or empty (unless
+    `allow_empty`)."""
     if image.ndim != 2:
         raise ValueError(f"example {index}: image must be a 2-D slice, got shape {image.shape}")
     if mask.shape != image.shape:
         raise ValueError(f"example {index}: mask shape {mask.shape} does not match image shape {image.shape}")
-    if not mask.any():
+    if not allow_empty and not mask.any():
         raise ValueError(f"example {index}: mask is empty (an example must show the structure)")
 
 
@@ -104,13 +105,14 @@ class SegICLPipeline:
             return F.interpolate(tensor, size=(self.size, self.size), mode="nearest")
         return F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
 
-    def prepare_examples(self, examples, normalization: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validated, normalised, resized example images and masks [k, 1, size, size]."""
+    def prepare_examples(self, examples, normalization: str, allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validated, normalised, resized example images and masks [k, 1, size, size]; `allow_empty` accepts masks
+        without the structure (position-matched examples saying "not on this slice")."""
         images, masks = [], []
         for index, (image, mask) in enumerate(examples):
             image = _as_float_array(image, f"example {index} image")
             mask = as_binary_mask(_as_float_array(mask, f"example {index} mask"), f"example {index}: mask")
-            check_example(image, mask, index)
+            check_example(image, mask, index, allow_empty)
             images.append(normalize_intensity(image, normalization))
             masks.append(mask)
         if not images:
@@ -123,8 +125,12 @@ class SegICLPipeline:
     def __call__(self, image, text: str, examples=(), num_samples: int = DEFAULT_SAMPLES, num_steps: int = DEFAULT_STEPS,
                  batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
                  threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
-                 progress: bool = False) -> SegmentationOutput:
-        """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis)."""
+                 progress: bool = False, slice_examples=None) -> SegmentationOutput:
+        """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis).
+
+        `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
+        (position-matched examples: `data.bank.ExampleBank`, or slices of 3-D example volumes), images already in
+        [0, 1]; their masks may be empty ("not on this slice"), and they run without the prefix cache."""
         query = _as_float_array(image, "query image")
         if query.ndim not in (2, 3):
             raise ValueError(f"query image must be 2-D [H, W] or 3-D [S, H, W], got {query.ndim}-D shape {query.shape}")
@@ -137,17 +143,22 @@ class SegICLPipeline:
         volume = query[None] if query.ndim == 2 else query
         normalized = normalize_intensity(volume, normalization)
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
+        per_slice = self._slice_examples(slice_examples, examples, volume.shape[0])
         example_images, example_masks = self.prepare_examples(examples, normalization)
         text_ids, _ = self.model.tokenize([text])
         text_ids = text_ids.to(self.device)
+        use_cache = use_cache and per_slice is None
         context = self.model.encode_context(text_ids, example_images, example_masks, timings) if use_cache else None
         # Two passes: every slice's condition tokens first (small: [S, tokens, channels]), then the decoder. The LLM
         # then runs its batches back to back on the cached prefix instead of between decoder runs that evict it.
         conditions = []
         for first in range(0, volume.shape[0], batch_size):
             chunk = self._resize(normalized[first: first + batch_size], nearest=False).clamp(0, 1)
-            conditions.append(self.model.condition_tokens(*self._shared_context(text_ids, example_images, example_masks,
-                                                                                 len(chunk)), chunk, context, timings))
+            if per_slice is None:
+                shared = self._shared_context(text_ids, example_images, example_masks, len(chunk))
+            else:
+                shared = self._own_examples(text_ids, per_slice[first: first + batch_size])
+            conditions.append(self.model.condition_tokens(*shared, chunk, context, timings))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         means, spreads = [], []
         for condition in tqdm(conditions, desc="slices", unit="batch", disable=None if progress else True):
@@ -162,6 +173,27 @@ class SegICLPipeline:
             probabilities, uncertainty = probabilities[0], uncertainty[0]
         mask = (probabilities > threshold).astype(np.uint8)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
+
+    def _slice_examples(self, slice_examples, examples, slices: int) -> list | None:
+        """Each slice's prepared examples ([k, 1, size, size] images and masks), or None without `slice_examples`."""
+        if slice_examples is None:
+            return None
+        if len(examples):
+            raise ValueError("give either examples shared by every slice or slice_examples, not both")
+        if len(slice_examples) != slices:
+            raise ValueError(f"slice_examples has {len(slice_examples)} entries for {slices} slice(s)")
+        counts = {len(pairs) for pairs in slice_examples}
+        if len(counts) != 1 or counts.pop() > self.model.config.max_examples:
+            raise ValueError(f"every slice needs the same number of examples, at most {self.model.config.max_examples}")
+        return [self.prepare_examples(pairs, "none", allow_empty=True) for pairs in slice_examples]
+
+    def _own_examples(self, text_ids: torch.Tensor, prepared: list) -> tuple[torch.Tensor, ...]:
+        """The one instruction with each slice's own examples, as the batch layout of `_shared_context`."""
+        ids = text_ids.expand(len(prepared), -1)
+        images = torch.stack([images for images, _ in prepared])
+        masks = torch.stack([masks for _, masks in prepared])
+        valid = torch.ones(images.shape[:2], dtype=torch.bool, device=self.device)
+        return ids, torch.ones_like(ids), images, masks, valid
 
     def _shared_context(self, text_ids: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
                         count: int) -> tuple[torch.Tensor, ...]:

@@ -88,6 +88,47 @@ def training_arguments(args: argparse.Namespace) -> TrainingArguments:
     return TrainingArguments(**{name: getattr(args, name) for name in fields}).validate()
 
 
+class StageArgumentParser(argparse.ArgumentParser):
+    """A stage's parser: a refused flag is one line (and exit code 2), not the whole usage block, so that under
+    `accelerate launch --quiet` the user reads just what was wrong."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", type=Path, default=None,
+                        help="a built or imported slice dataset folder (`segicl data import`: your own nnU-Net / MSD "
+                             "dataset); default: the built-in atlas dataset")
+
+
+def open_training_dataset(folder: Path | None, resolution: int, data_seed: int, accelerator):
+    """The dataset a stage trains on: `folder` (a built or imported dataset, its resolution the model's), or the
+    built-in atlas dataset; the main process says which."""
+    from data.build import DatasetConfig
+    from data.dataset import SliceDataset
+
+    if folder is None:
+        dataset = SliceDataset.build(DatasetConfig(resolution=resolution, seed=data_seed),
+                                     progress=accelerator.is_main_process)
+    else:
+        dataset = SliceDataset(folder)
+        if dataset.resolution != resolution:
+            raise ValueError(f"--dataset {folder} has {dataset.resolution} px slices but the model works at {resolution} "
+                             f"px: import it again with --resolution {resolution}")
+    if accelerator.is_main_process:
+        print(training_data_line(dataset))
+    return dataset
+
+
+def training_data_line(dataset) -> str:
+    """"training on dataset DeepGrey (/path): 3 training volumes, 3 structures, axial 64 px"."""
+    summary = dataset.summary()
+    volumes = sum(1 for info in summary["volumes"].values() if info["split"] == "train")
+    return (f"training on dataset {summary['name']} ({dataset.root}): {volumes} training volume(s), "
+            f"{summary['structures']} structures, {summary['axis']} {summary['resolution']} px")
+
+
 def run_stage(main: Callable[[], int], program: str) -> int:
     """A stage's entry point: a refused input or a missing file prints one line naming it and exits with 2."""
     return exit_code(main, program)

@@ -16,12 +16,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (add_training_arguments, finished_line, make_accelerator, run_stage, train,  # noqa: E402
+from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+                           finished_line, make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 1..K per episode")
     parser.add_argument("--min-area", type=int, default=16, help="minimum query structure area in pixels")
     parser.add_argument("--widths", type=int, nargs="+", default=None,
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--absent-prob", type=float, default=0.0,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
+    add_dataset_argument(parser)
     add_training_arguments(parser, steps=6000, batch_size=8, learning_rate=1e-3, warmup_steps=100,
                            checkpoint_every=500, output_dir=Path("runs/crossconv"))
     return parser
@@ -60,8 +62,6 @@ def episode_batches(dataset, max_examples: int, min_area: int, batch_size: int, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.build import DatasetConfig
-    from data.dataset import SliceDataset
     from segicl.config import CrossConvConfig
     from segicl.incontext import CrossConvNet
     from segicl.training import CrossConvTraining
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--widths {args.widths} differ from the --init model's {list(network.config.widths)}")
     else:
         network = CrossConvNet(CrossConvConfig(widths=tuple(args.widths)) if args.widths else CrossConvConfig())
-    dataset = SliceDataset.build(DatasetConfig(resolution=network.config.image_size, seed=args.data_seed),
-                                 progress=accelerator.is_main_process)
+    dataset = open_training_dataset(args.dataset, network.config.image_size, args.data_seed, accelerator)
     make_batch = episode_batches(dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
                                  args.absent_prob)
     stage = CrossConvTraining(network)

@@ -18,13 +18,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
+from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+                           make_accelerator, open_training_dataset, run_stage, train,
+                           training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
     from mvg_head.config import COLOURINGS, TASKS
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=("tiny", "full"), help="model preset")
     parser.add_argument("--mae-checkpoint", default=None, help="local MAE checkpoint (full preset: ViT-L/16 .pth)")
     parser.add_argument("--init", type=Path, default=None, help="start from a saved MVG model folder")
@@ -52,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--registered-probability", type=float, default=0.0,
                         help="share of segmentation episodes drawn without the random affines (registered pairs)")
     parser.add_argument("--min-area", type=int, default=64, help="minimum structure area on training query slices")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
+    add_dataset_argument(parser)
     add_training_arguments(parser, steps=1500, batch_size=8, learning_rate=1e-3, weight_decay=0.05, warmup_steps=75,
                            checkpoint_every=100, output_dir=Path("runs/mvg/train"))
     return parser
@@ -104,8 +107,6 @@ def chain_summary(summary: dict, init: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.build import DatasetConfig
-    from data.dataset import SliceDataset
     from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler, TaskMix
     from mvg_head.model import MVGModel
     from mvg_head.training import MVGTrainingModule, make_batch_fn
@@ -116,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(training.seed)
     model = initial_model(args)
     config = model.config
-    dataset = SliceDataset.build(DatasetConfig(resolution=config.image_size, seed=args.data_seed),
-                                 progress=accelerator.is_main_process)
+    dataset = open_training_dataset(args.dataset, config.image_size, args.data_seed, accelerator)
     sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", colouring=config.colouring,
                                                         palette_levels=config.palette_levels,
                                                         min_area=args.min_area, seed=training.seed,

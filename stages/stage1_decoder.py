@@ -18,11 +18,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import add_training_arguments, make_accelerator, run_stage, train, training_arguments  # noqa: E402
+from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+                           make_accelerator, open_training_dataset, run_stage, train,
+                           training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=("tiny", "full"),
                         help="model preset (full needs --sd-path, --llm-path and --clip-checkpoint)")
     parser.add_argument("--sd-path", default=None, help="local Stable Diffusion 1.5 directory (full preset)")
@@ -36,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-masks", type=int, default=128, help="held-out masks to evaluate on")
     parser.add_argument("--eval-steps", type=int, default=10, help="sampler steps at evaluation")
     parser.add_argument("--eval-samples", type=int, default=1, help="samples averaged at evaluation")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
+    add_dataset_argument(parser)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=5e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage1"))
     return parser
@@ -63,8 +66,6 @@ def mask_sampler(dataset, split: str, structures: str, min_area: int, seed: int,
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.dataset import SliceDataset
-    from data.build import DatasetConfig
     from segicl.evaluation import evaluate_reconstruction
     from segicl.model import SegICLModel
     from segicl.training import Stage1Model
@@ -74,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     training = training_arguments(args)
     config = model_config(args)
     accelerator = make_accelerator()
-    dataset = SliceDataset.build(DatasetConfig(resolution=config.condition.mask_size, seed=args.data_seed),
-                                 progress=accelerator.is_main_process)
+    dataset = open_training_dataset(args.dataset, config.condition.mask_size, args.data_seed, accelerator)
     tokenizer = build_tokenizer(corpus_from_dataset(dataset), config.llm.vocab_size)
     torch.manual_seed(training.seed)
     model = Stage1Model(SegICLModel.from_config(config, tokenizer))

@@ -17,12 +17,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (add_training_arguments, finished_line, make_accelerator, run_stage, train,  # noqa: E402
+from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+                           finished_line, make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = StageArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", type=Path, required=True, help="stage-1 model folder (runs/stage1/model)")
     parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
     parser.add_argument("--min-area", type=int, default=16, help="minimum query structure area in pixels")
@@ -42,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--absent-prob", type=float, default=0.0,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
-    parser.add_argument("--data-seed", type=int, default=0)
+    parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
+    add_dataset_argument(parser)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage2"))
     return parser
@@ -68,8 +70,6 @@ def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data.build import DatasetConfig
-    from data.dataset import SliceDataset
     from segicl.incontext import CrossConvNet
     from segicl.model import SegICLModel
     from segicl.training import Stage2Model
@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         model.add_example_prior()
     if args.crossconv is not None:
         model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
-    dataset = SliceDataset.build(DatasetConfig(resolution=model.config.condition.mask_size, seed=args.data_seed),
-                                 progress=accelerator.is_main_process)
+    dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
                                  args.anonymous_name_prob, args.absent_prob)

@@ -105,3 +105,12 @@ def test_peer_methods_build_only_what_is_asked_and_at_hand(tmp_path):
     volume_peers = peer_methods(Namespace(crossconv=tmp_path / "crossconv"), logged.append,
                                 include=("registration_vote", "crossconv"))
     assert set(volume_peers) == {"registration_vote", "crossconv"} and volume_peers["registration_vote"].fusion == "vote"
+
+
+def test_an_imported_dataset_is_scored_on_its_own_structures_into_files_of_its_name(imported_dataset, dataset):
+    from benchmarks.quality import GROUPS, dataset_groups, result_name
+
+    assert dataset_groups(imported_dataset) == {"train_structures": "train"}  # nothing held out of a user's labels
+    assert dataset_groups(dataset) == GROUPS
+    assert result_name("axial", "Deep Grey") == "quality_deep_grey"
+    assert result_name("coronal", "Deep Grey") == "quality_deep_grey_coronal"

@@ -128,6 +128,23 @@ def test_one_empty_3d_diagonal():
     assert hd95(full, empty, spacing=(3.0, 1.0, 1.0)) == pytest.approx(math.sqrt(12**2 + 8**2 + 8**2))
 
 
+def test_empty_nan_leaves_undefined_scores_undefined(offset_pair):
+    """empty="nan" (nnU-Net's folder convention): both empty -> all NaN; one empty -> Dice/IoU/NSD 0, HD95 what
+    MONAI gives (not finite); non-empty masks score as with the defined convention, without warnings."""
+    a, b = offset_pair
+    empty = np.zeros(SHAPE, dtype=bool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        both = segmentation_metrics(empty, empty, empty="nan")
+        one = segmentation_metrics(a, empty, spacing=2.0, empty="nan")
+        full = segmentation_metrics(a, b, empty="nan")
+    assert all(math.isnan(v) for v in both.values())
+    assert (one["dice"], one["iou"], one["nsd"]) == (0.0, 0.0, 0.0) and not math.isfinite(one["hd95"])
+    assert full == pytest.approx(segmentation_metrics(a, b))
+    with pytest.raises(ValueError, match="empty must be one of"):
+        dice(a, b, empty="zero")
+
+
 # ----------------------------------------------------------------------------- image metrics
 
 

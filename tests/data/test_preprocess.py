@@ -1,8 +1,11 @@
 import numpy as np
 import pytest
 
-from data.preprocess import (AXES, SquareCrop, apply_crop, foreground_crop, from_display_slices, normalize_mri,
-                             resize_slices, to_display_slices, window_ct)
+from monai.transforms import ScaleIntensityRange
+
+from data.preprocess import (AXES, NORMALIZATIONS, SquareCrop, apply_crop, denormalize_intensity, foreground_crop,
+                             from_display_slices, intensity_range, normalize_intensity, normalize_mri, resize_slices,
+                             to_display_slices, window_ct)
 
 
 @pytest.mark.parametrize("axis", sorted(AXES))
@@ -73,3 +76,33 @@ def test_resize_keeps_label_values():
     assert set(np.unique(out)) == {0, 3, 7}
     image = resize_slices(np.random.default_rng(0).random((2, 100, 100)).astype(np.float32), 32, labels=False)
     assert image.shape == (2, 32, 32) and image.dtype == np.float32
+
+
+@pytest.mark.parametrize("mode", NORMALIZATIONS)
+def test_intensity_range_is_the_range_normalize_intensity_maps_to_0_and_1(mode):
+    image = np.random.default_rng(2).normal(300, 400, size=(6, 20, 20)).astype(np.float32)
+    low, high = intensity_range(image, mode)
+    scale = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)
+    np.testing.assert_array_equal(normalize_intensity(image, mode), np.asarray(scale(image[None])[0]))
+
+
+def test_ct_round_trip_to_hounsfield_units():
+    hounsfield = np.linspace(-1000, 1500, 2501, dtype=np.float32)
+    low, high = intensity_range(hounsfield, "ct")
+    assert (low, high) == (-100.0, 200.0)
+    back = denormalize_intensity(normalize_intensity(hounsfield, "ct"), low, high)
+    inside = (hounsfield >= -100) & (hounsfield <= 200)
+    np.testing.assert_allclose(back[inside], hounsfield[inside], atol=1e-4, rtol=0)
+    assert (back[hounsfield < -100] == -100).all() and (back[hounsfield > 200] == 200).all()  # clipped: the edges
+
+
+def test_percentile_inverse_maps_to_the_images_own_percentiles():
+    volume = np.random.default_rng(3).normal(100, 20, size=(20, 20, 20)) * 1000
+    low, high = intensity_range(volume, "percentile")
+    np.testing.assert_allclose((low, high), np.percentile(volume, (0.5, 99.5)), rtol=1e-6)
+    np.testing.assert_allclose(denormalize_intensity(np.array([0.0, 0.5, 1.0]), low, high),
+                               [low, (low + high) / 2, high], rtol=1e-6)
+    assert intensity_range(np.full((4, 4), 3.0), "percentile") == (3.0, 3.0)  # a constant image: zeros -> 3
+    assert intensity_range(volume, "none") == (0.0, 1.0)
+    with pytest.raises(ValueError, match="unknown normalization 'zscore'"):
+        intensity_range(volume, "zscore")

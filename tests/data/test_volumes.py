@@ -12,7 +12,7 @@ from PIL import Image
 from data.imageio import read_image
 from data.preprocess import from_display_slices
 from commands.cli import main
-from data.volumes import from_model_slices, load_example, to_model_slices
+from data.volumes import crop_to_foreground, from_model_slices, load_example, paste_crop, to_model_slices
 
 ROWS, COLS = 24, 20  # not square, so a rotation cannot pass unnoticed
 
@@ -130,12 +130,40 @@ def test_grey_saved_as_rgb_is_grey_and_colour_is_refused(tmp_path):
 
 def test_examples_that_cannot_be_one_slice_are_refused(tmp_path):
     nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), tmp_path / "volume.nii.gz")
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 3), np.uint8), np.eye(4)), tmp_path / "volume_mask.nii.gz")
     mask = save_npy(tmp_path / "mask.npy", np.ones((8, 8), np.float32))
-    with pytest.raises(ValueError, match="volume.nii.gz: an example image must be a 2-D slice, got shape"):
-        load_example(read_image(tmp_path / "volume.nii.gz"), read_image(mask))
+    with pytest.raises(ValueError, match="volume.nii.gz: a 2-D example slice was expected here, got shape"):
+        load_example(read_image(tmp_path / "volume.nii.gz"), read_image(tmp_path / "volume_mask.nii.gz"))
     image = save_npy(tmp_path / "image.npy", np.ones((8, 9), np.float32))
-    with pytest.raises(ValueError, match=r"differ in size once oriented for display: \(8, 9\) vs \(8, 8\)"):
+    with pytest.raises(ValueError, match=r"differ in size once oriented for display: \(1, 8, 9\) vs \(1, 8, 8\)"):
         load_example(read_image(image), read_image(mask))
+
+
+def test_a_label_map_example_gives_the_named_value_as_its_mask(tmp_path):
+    labels = np.zeros((8, 8), np.uint8)
+    labels[1:3, 1:3], labels[5:7, 4:8] = 2, 5
+    image = save_npy(tmp_path / "image.npy", np.ones((8, 8), np.float32))
+    label_file = save_npy(tmp_path / "labels.npy", labels)
+    _, mask = load_example(read_image(image), read_image(label_file), label=5)
+    np.testing.assert_array_equal(mask, (labels == 5).astype(np.float32))
+    with pytest.raises(ValueError, match=r"must be binary .* --example-label"):
+        load_example(read_image(image), read_image(label_file))
+    with pytest.raises(ValueError, match=r"no voxel has the label value 3; values present \[0, 2, 5\]"):
+        load_example(read_image(image), read_image(label_file), label=3)
+
+
+def test_a_volume_cut_to_its_foreground_pastes_back_where_it_was():
+    volume = np.zeros((6, 20, 30), np.float32)
+    volume[2:5, 4:12, 10:25] = 1.0
+    cropped, crop = crop_to_foreground(volume, margin=2)
+    assert cropped.shape == (3, 19, 19) and (crop.first_slice, crop.last_slice) == (2, 4)
+    np.testing.assert_array_equal(paste_crop(cropped, crop, volume.shape), volume)
+    ct = np.full((2, 10, 10), -1000.0, np.float32)
+    ct[:, 3:6, 3:6] = 40.0
+    cropped, crop = crop_to_foreground(ct, ct=True, margin=4)  # the square reaches past the image: padded with air
+    assert cropped.min() == -1024.0 and crop.top < 0
+    with pytest.raises(ValueError, match="no foreground to segment"):
+        crop_to_foreground(np.zeros((2, 5, 5), np.float32))
 
 
 def test_segment_gives_the_same_mask_for_a_nifti_and_an_npy_case(tiny_model, tmp_path):

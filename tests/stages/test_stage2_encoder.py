@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -42,3 +43,37 @@ def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys)
                          "stage2_encoder.py") == 2
         err = capsys.readouterr().err
         assert err.startswith("stage2_encoder.py: error: ") and message in err and "Traceback" not in err
+
+
+def test_stage2_fine_tunes_on_an_imported_dataset_and_says_so(imported_dataset, tmp_path, capsys):
+    """`--dataset` (a `segicl data import` folder): 20 steps from the shipped weights, on the user's cases only."""
+    from stages.stage2_encoder import main
+
+    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
+                 "--output-dir", str(tmp_path / "run"), "--steps", "20", "--batch-size", "2", "--log-every", "5",
+                 "--warmup-steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"training on dataset DeepGrey ({imported_dataset.root}): 3 training volume(s), 3 structures" in out
+    assert (tmp_path / "run" / "model" / "segicl_config.json").exists()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_one_line(imported_dataset, tmp_path,
+                                                                                       capsys):
+    from stages.common import run_stage
+    from stages.stage1_decoder import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--data-dir", "x"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1  # no usage block
+    assert err.strip().endswith("error: unrecognized arguments: --data-dir x (see --help)")
+    folder = tmp_path / "big"
+    from data.importer import ImportConfig, import_dataset
+
+    import_dataset(Path(imported_dataset.imported["source"]), folder, ImportConfig(resolution=32), progress=False)
+    assert run_stage(lambda: main(["--dataset", str(folder), "--output-dir", str(tmp_path / "o"), "--steps", "1"]),
+                     "stage1_decoder.py") == 2
+    assert "has 32 px slices but the model works at 64 px: import it again with --resolution 64" in capsys.readouterr().err

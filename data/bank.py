@@ -1,0 +1,95 @@
+"""Example banks: in-context examples of one structure taken from a labelled slice dataset (built or imported), so
+that a user with labelled cases never picks example slices by hand.
+
+For a query slice at relative position p of its volume, each of k DIFFERENT cases lends its slice at the same
+relative position (`data.episodes.prompt_slice`, the rule MVG uses). Such a slice may not show the structure: its
+empty mask then says "not on this slice", which is what whole volumes need.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from data.dataset import SliceDataset
+from data.episodes import prompt_slice
+from data.importer import slug
+
+BANK_SPLITS = ("train", "support")
+
+
+@dataclass(frozen=True)
+class BankStructure:
+    """One structure of a dataset as a bank knows it: its name in instructions, its rows (one per lending case)."""
+
+    name: str
+    task: str
+    label_ids: tuple[int, ...]
+    modality: str
+    rows: tuple[int, ...]
+
+
+def bank_structures(dataset: SliceDataset, splits: tuple[str, ...] = BANK_SPLITS) -> dict[str, BankStructure]:
+    """Every binary structure with rows in `splits` (the cases that lend examples), by its readable name."""
+    structures: dict[str, list[int]] = {}
+    for index, row in enumerate(dataset.rows):
+        if row["kind"] != "multiclass" and row["split"] in splits:
+            structures.setdefault(row["task"], []).append(index)
+    named = {}
+    for task, rows in structures.items():
+        first = dataset.rows[rows[0]]
+        named[first["name"]] = BankStructure(first["name"], task, tuple(first["label_ids"]), first["modality"],
+                                             tuple(sorted(rows, key=lambda r: dataset.rows[r]["volume"])))
+    return named
+
+
+def find_structure(dataset: SliceDataset, label: str, splits: tuple[str, ...] = BANK_SPLITS) -> BankStructure:
+    """A structure by its name ("thalamus", "left kidney" or "left_kidney"), its task key, or (for an imported
+    dataset) its label value; a clear error listing the names otherwise."""
+    structures = bank_structures(dataset, splits)
+    wanted = slug(label)
+    for structure in structures.values():
+        keys = {slug(structure.name), slug(structure.task), slug(structure.task.split("/")[-1])}
+        if wanted in keys or (label.isdigit() and structure.label_ids == (int(label),)):
+            return structure
+    shown = sorted(structures)
+    listing = ", ".join(shown[:12]) + (f" ... ({len(shown)} in all)" if len(shown) > 12 else "")
+    raise ValueError(f"no structure {label!r} with labelled training cases in {dataset.root}; known: {listing}")
+
+
+class ExampleBank:
+    """Position-matched examples of one structure from up to k different cases of a dataset."""
+
+    def __init__(self, dataset: SliceDataset, label: str, k: int = 3, splits: tuple[str, ...] = BANK_SPLITS):
+        if k < 1:
+            raise ValueError(f"-k must be >= 1 for an example bank, got {k}")
+        self.dataset = dataset
+        self.structure = find_structure(dataset, label, splits)
+        cases = self.structure.rows
+        if len(cases) < k:
+            raise ValueError(f"{self.structure.name!r} is labelled in {len(cases)} case(s) of {dataset.root}, fewer than "
+                             f"-k {k}")
+        self.rows = cases[:k]
+
+    @property
+    def k(self) -> int:
+        return len(self.rows)
+
+    @property
+    def cases(self) -> list[str]:
+        return [self.dataset.rows[r]["volume"] for r in self.rows]
+
+    def instruction(self) -> str:
+        return f"Segment the {self.structure.name} in this {self.structure.modality} slice."
+
+    def examples_for(self, query_slice: int, query_slices: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(image, mask) [R, R] of every lending case at the query slice's relative position; images in [0, 1]."""
+        pairs = []
+        for row in self.rows:
+            volume = self.dataset.rows[row]["volume"]
+            index = prompt_slice(query_slice, query_slices, self.dataset.volumes[volume]["n_slices"])
+            pairs.append((self.dataset.image(volume, index), self.dataset.mask(row, index)))
+        return pairs
+
+    def examples_per_slice(self, query_slices: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        return [self.examples_for(index, query_slices) for index in range(query_slices)]

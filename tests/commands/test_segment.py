@@ -1,0 +1,110 @@
+"""`segicl segment` with a user's dataset: banks (--examples-from), every class in one request (--labels), 3-D example
+volumes with --example-label, the output in the input's (oblique) geometry, and the refused flag combinations."""
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from commands.cli import main
+from commands.segment import label_map
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "weights" / "segicl-tiny"
+
+
+def oblique_copy(source: Path, target: Path) -> nib.Nifti1Image:
+    """The same voxels under an oblique affine (rotated 20 degrees about two axes, anisotropic, shifted)."""
+    image = nib.load(source)
+    a, b = np.deg2rad(20), np.deg2rad(12)
+    rotation = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]]) @ \
+        np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([2.0, 2.0, 2.5])
+    affine[:3, 3] = [-40.0, 17.0, 3.0]
+    oblique = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), affine)
+    nib.save(oblique, target)
+    return oblique
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+def test_label_map_takes_the_most_probable_class_above_one_half():
+    probabilities = [np.array([[0.9, 0.2, 0.6]]), np.array([[0.7, 0.4, 0.8]])]
+    np.testing.assert_array_equal(label_map(probabilities, [3, 7]), [[3, 0, 7]])
+
+
+def test_labels_all_from_a_bank_writes_one_label_map_in_the_oblique_input_geometry(imported_dataset, nnunet_folder,
+                                                                                 dataset_writers, tmp_path, capsys):
+    """The shipped model on the dataset's unlabelled test case (imagesTs) under an oblique affine."""
+    query = oblique_copy(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz", tmp_path / "query.nii.gz")
+    code = main(["segment", "--image", str(tmp_path / "query.nii.gz"), "--examples-from", str(imported_dataset.root),
+                 "--labels", "all", "-k", "3", "--out", str(tmp_path / "labels.nii.gz"), "--model", str(SHIPPED)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "segmented 3 structure(s)" in out and '"Segment the putamen in this T1-weighted MRI slice.": 3' in out
+    written = nib.load(tmp_path / "labels.nii.gz")
+    assert written.shape == query.shape
+    np.testing.assert_allclose(written.affine, query.affine, atol=1e-5)
+    labels = np.asarray(written.dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    _, truth, _ = dataset_writers.cases(5)[4]
+    for value in (1, 2, 3):  # the three structures land where they are (measured 0.54-0.73)
+        assert dice(labels == value, truth == value) > 0.35
+
+
+def test_a_3d_example_volume_lends_position_matched_slices_and_example_label_picks_by_name(nnunet_folder, tiny_model,
+                                                                                         tmp_path, capsys):
+    tiny_model.save_pretrained(tmp_path / "model")
+    image = nnunet_folder / "imagesTr" / "colin_000_0000.nii.gz"
+    labels = nnunet_folder / "labelsTr" / "colin_000.nii.gz"
+    query = nnunet_folder / "imagesTr" / "colin_001_0000.nii.gz"
+    outputs = {}
+    for label in ("caudate", "2"):
+        out = tmp_path / f"mask_{label}.nii.gz"
+        assert main(["segment", "--image", str(query), "--text", "Segment the caudate", "--example", str(image),
+                     str(labels), "--example-label", label, "--out", str(out), "--model", str(tmp_path / "model"),
+                     "--samples", "1"]) == 0
+        outputs[label] = np.asarray(nib.load(out).dataobj)
+    np.testing.assert_array_equal(outputs["caudate"], outputs["2"])  # the name resolves to value 2 via dataset.json
+    assert outputs["2"].shape == nib.load(query).shape
+    code = main(["segment", "--image", str(query), "--text", "Segment it", "--example", str(image), str(labels),
+                 "--example-label", "hippocampus", "--out", str(tmp_path / "x.nii.gz"), "--model",
+                 str(tmp_path / "model")])
+    assert code == 2
+    assert "--example-label 'hippocampus' is not in" in capsys.readouterr().err
+    code = main(["segment", "--image", str(query), "--text", "Segment it", "--example", str(image), str(labels),
+                 "--out", str(tmp_path / "x.nii.gz"), "--model", str(tmp_path / "model")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "must be binary" in err and "--example-label" in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--label", "thalamus"], "--label and --labels name structures of a dataset: give it with --examples-from"),
+    ([], "--text is required"),
+    (["--examples-from", "DATA"], "--examples-from needs one of --label NAME"),
+    (["--examples-from", "DATA", "--label", "a", "--labels", "all"], "--examples-from needs one of --label NAME"),
+    (["--examples-from", "DATA", "--labels", "all", "--probabilities", "p.nii.gz"],
+     "--probabilities and --uncertainty are written for one structure"),
+    (["--examples-from", "DATA", "--label", "a", "--example", "i.png", "m.png"], "not both"),
+    (["--examples-from", "DATA", "--label", "a", "-k", "-1"], "-k must be >= 0"),
+])
+def test_flag_combinations_that_cannot_work_are_refused_in_one_line(flags, message, imported_dataset, tmp_path,
+                                                                    capsys):
+    flags = [str(imported_dataset.root) if flag == "DATA" else flag for flag in flags]
+    code = main(["segment", "--image", "q.nii.gz", "--out", str(tmp_path / "o.nii.gz"), "--model", str(SHIPPED),
+                 *flags])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unknown_label_of_the_bank_is_refused_with_the_known_ones(imported_dataset, nnunet_folder, tmp_path, capsys):
+    code = main(["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",
+                 str(imported_dataset.root), "--label", "amygdala", "--out", str(tmp_path / "o.nii.gz"),
+                 "--model", str(SHIPPED)])
+    assert code == 2
+    assert "no structure 'amygdala'" in capsys.readouterr().err
