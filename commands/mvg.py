@@ -39,23 +39,51 @@ def output_to_write(result, args: argparse.Namespace):
     return grey / 255.0  # the PNG writer stores a [0, 1] float image as rint(x * 255): the rounded grey values
 
 
+def dataset_prompt(args: argparse.Namespace):
+    """--prompt-from: a labelled training case of an imported dataset as the prompt volume (segmentation only)."""
+    from data.bank import prompt_volume
+    from data.dataset import SliceDataset
+
+    if args.task != "segmentation":
+        raise ValueError(f"--prompt-from lends label maps, the prompt of segmentation; --task {args.task} needs "
+                         "--prompt-image and --prompt-target")
+    return prompt_volume(SliceDataset(args.prompt_from), args.prompt_case)
+
+
 def command_mvg(args: argparse.Namespace) -> int:
     from data.imageio import read_image, write_image
-    from data.volumes import from_model_slices, to_model_slices
+    from data.preprocess import resize_slices
+    from data.volumes import crop_to_foreground, from_model_slices, paste_crop, to_model_slices
     from mvg_head.pipeline import MVGPipeline
 
     check_model_folder(args.model, "MVG")
+    if (args.prompt_from is None) == (args.prompt_image is None or args.prompt_target is None):
+        raise ValueError("give the prompt either as --prompt-image and --prompt-target, or with --prompt-from DATASET")
     start = time.perf_counter()
     query = read_image(args.image)
     slices = to_model_slices(query, args.axis)
-    prompt_images = to_model_slices(read_image(args.prompt_image), args.axis)
-    prompt_targets = to_model_slices(read_image(args.prompt_target), args.axis)
+    crop = None
+    if args.prompt_from is not None:
+        prompt_images, prompt_targets, case = dataset_prompt(args)
+        if len(slices) > 1:  # the dataset's cases are cut to their foreground: the query is cut the same way
+            slices, crop = crop_to_foreground(slices, args.normalization == "ct")
+        slices = resize_slices(slices, prompt_images.shape[-1], labels=False)  # MVG wants one grid for both
+        print(f"prompt: case {case} of {args.prompt_from} ({len(prompt_images)} slices, position-matched)")
+    else:
+        prompt_images = to_model_slices(read_image(args.prompt_image), args.axis)
+        prompt_targets = to_model_slices(read_image(args.prompt_target), args.axis)
     region = to_model_slices(read_image(args.region), args.axis) > 0 if args.region else None
     pipeline = MVGPipeline.from_pretrained(args.model)
     result = pipeline(slices, prompt_images, prompt_targets, args.task, mode=args.mode,
                       normalization=args.normalization, colouring=args.colouring, region=region,
                       batch_size=args.batch_size, seed=args.seed, progress=True)
-    path = write_image(args.out, from_model_slices(output_to_write(result, args), query, args.axis), query)
+    output = output_to_write(result, args)
+    if args.prompt_from is not None:
+        shape = to_model_slices(query, args.axis).shape
+        output = resize_slices(output, (crop.size, crop.size) if crop else shape[1:], labels=True)
+        if crop is not None:
+            output = paste_crop(output, crop, shape)
+    path = write_image(args.out, from_model_slices(output, query, args.axis), query)
     scale = ""
     if args.task != "segmentation":
         low, high = result.intensity_range
@@ -87,9 +115,13 @@ def add_mvg_commands(commands) -> None:
                     "pair. With volumes, query slice n of N takes prompt slice floor(n * N_prompt / N). The output "
                     "has the input's shape and geometry.")
     mvg.add_argument("--task", required=True, choices=TASKS)
-    mvg.add_argument("--prompt-image", type=Path, required=True, help="prompt image (2-D slice or volume)")
-    mvg.add_argument("--prompt-target", type=Path, required=True,
+    mvg.add_argument("--prompt-image", type=Path, default=None, help="prompt image (2-D slice or volume)")
+    mvg.add_argument("--prompt-target", type=Path, default=None,
                      help="the prompt's label: an integer label map (segmentation) or the target image")
+    mvg.add_argument("--prompt-from", type=Path, default=None,
+                     help="segmentation: an imported dataset (`segicl data import`) whose labelled training case is "
+                          "the prompt volume, position-matched slice by slice (instead of --prompt-image/-target)")
+    mvg.add_argument("--prompt-case", default=None, help="with --prompt-from: the case (default: the first training case)")
     mvg.add_argument("--image", type=Path, required=True, help="query image or volume")
     mvg.add_argument("--out", type=Path, required=True, help="output (.nii.gz, .nii, .png, .npy)")
     mvg.add_argument("--model", type=Path, default=DEFAULT_MVG_WEIGHTS, help="model folder (default: shipped tiny)")

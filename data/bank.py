@@ -93,3 +93,17 @@ class ExampleBank:
 
     def examples_per_slice(self, query_slices: int) -> list[list[tuple[np.ndarray, np.ndarray]]]:
         return [self.examples_for(index, query_slices) for index in range(query_slices)]
+
+
+def prompt_volume(dataset: SliceDataset, case: str | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """A whole labelled training case of an imported dataset as MVG's prompt: its slices [S, R, R] in [0, 1], its
+    label map [S, R, R] (the dataset's label values) and its name; the first training case unless `case` names one."""
+    if not dataset.imported:
+        raise ValueError(f"{dataset.root} is not an imported dataset (`segicl data import`): its label maps are atlas "
+                         "sets, not one label map per case; give --prompt-image and --prompt-target instead")
+    training = sorted(v for v, info in dataset.volumes.items() if info["split"] == "train")
+    case = case or training[0]
+    if case not in dataset.volumes:
+        raise ValueError(f"no case {case!r} in {dataset.root}; cases: {', '.join(sorted(dataset.volumes))}")
+    labels = np.load(dataset.root / "labels" / case / "labels.npy")
+    return np.asarray(dataset.images(case), dtype=np.float32), labels, case

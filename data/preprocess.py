@@ -151,14 +151,16 @@ def apply_crop(slices: np.ndarray, crop: SquareCrop) -> np.ndarray:
     return out
 
 
-def resize_slices(slices: np.ndarray, resolution: int, *, labels: bool) -> np.ndarray:
-    """Resize a stack [S, H, W] to [S, resolution, resolution]: nearest for labels, anti-aliased bilinear for images."""
+def resize_slices(slices: np.ndarray, resolution: int | tuple[int, int], *, labels: bool) -> np.ndarray:
+    """Resize a stack [S, H, W] to [S, resolution, resolution] (or [S, *resolution]): nearest for labels,
+    anti-aliased bilinear for images."""
+    size = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
     if labels:
-        resize = Resize((resolution, resolution), mode="nearest")
+        resize = Resize(size, mode="nearest")
         tensor = torch.from_numpy(slices.astype(np.int32))[:, None]
         out = torch.stack([resize(t) for t in tensor])[:, 0]
         return out.numpy().astype(slices.dtype)
-    resize = Resize((resolution, resolution), mode="bilinear", anti_aliasing=True)
+    resize = Resize(size, mode="bilinear", anti_aliasing=True)
     tensor = torch.from_numpy(slices.astype(np.float32))[:, None]
     out = torch.stack([torch.as_tensor(resize(t)) for t in tensor])[:, 0]
     return out.numpy().astype(np.float32)

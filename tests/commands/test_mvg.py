@@ -149,3 +149,23 @@ def test_mvg_segmentation_ignores_the_output_scale(tmp_path):
     labelled = np.load(tmp_path / "input.npy")
     assert labelled.dtype == np.int64 and set(np.unique(labelled)) <= {0, 3}
     np.testing.assert_array_equal(labelled, np.load(tmp_path / "unit.npy"))
+
+
+def test_mvg_segments_a_volume_from_a_prompt_case_of_an_imported_dataset(imported_dataset, nnunet_folder, tmp_path,
+                                                                          capsys):
+    import nibabel as nib
+
+    query = nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"
+    out = tmp_path / "labels.nii.gz"
+    assert main(["mvg", "--task", "segmentation", "--prompt-from", str(imported_dataset.root), "--image", str(query),
+                 "--out", str(out)]) == 0
+    assert "prompt: case colin_000 of" in capsys.readouterr().out
+    written = nib.load(out)
+    assert written.shape == nib.load(query).shape
+    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1, 2, 3}
+    assert main(["mvg", "--task", "denoising", "--prompt-from", str(imported_dataset.root), "--image", str(query),
+                 "--out", str(out)]) == 2
+    assert "--task denoising needs --prompt-image and --prompt-target" in capsys.readouterr().err
+    assert main(["mvg", "--task", "segmentation", "--image", str(query), "--out", str(out)]) == 2
+    assert "give the prompt either as --prompt-image and --prompt-target, or with --prompt-from" in \
+        capsys.readouterr().err

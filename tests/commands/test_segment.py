@@ -1,5 +1,6 @@
 """`segicl segment` with a user's dataset: banks (--examples-from), every class in one request (--labels), 3-D example
 volumes with --example-label, the output in the input's (oblique) geometry, and the refused flag combinations."""
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -27,10 +28,6 @@ def oblique_copy(source: Path, target: Path) -> nib.Nifti1Image:
     return oblique
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
-
-
 def test_label_map_takes_the_most_probable_class_above_one_half():
     probabilities = [np.array([[0.9, 0.2, 0.6]]), np.array([[0.7, 0.4, 0.8]])]
     np.testing.assert_array_equal(label_map(probabilities, [3, 7]), [[3, 0, 7]])
@@ -50,9 +47,16 @@ def test_labels_all_from_a_bank_writes_one_label_map_in_the_oblique_input_geomet
     np.testing.assert_allclose(written.affine, query.affine, atol=1e-5)
     labels = np.asarray(written.dataobj)
     assert set(np.unique(labels)) == {0, 1, 2, 3}
-    _, truth, _ = dataset_writers.cases(5)[4]
-    for value in (1, 2, 3):  # the three structures land where they are (measured 0.54-0.73)
-        assert dice(labels == value, truth == value) > 0.35
+    _, truth, affine = dataset_writers.cases(5)[4]
+    (tmp_path / "truth").mkdir()
+    (tmp_path / "pred").mkdir()
+    nib.save(nib.Nifti1Image(truth, query.affine), tmp_path / "truth" / "colin_004.nii.gz")
+    (tmp_path / "labels.nii.gz").rename(tmp_path / "pred" / "colin_004.nii.gz")
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"), "--labels",
+                 str(nnunet_folder / "dataset.json")]) == 0
+    summary = json.loads((tmp_path / "pred" / "summary.json").read_text())
+    for name in ("thalamus", "caudate", "putamen"):  # the three structures land where they are (measured 0.54-0.73)
+        assert summary["mean"][name]["dice"] > 0.35, summary["mean"]
 
 
 def test_a_3d_example_volume_lends_position_matched_slices_and_example_label_picks_by_name(nnunet_folder, tiny_model,

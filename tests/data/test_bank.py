@@ -39,3 +39,16 @@ def test_a_bank_larger_than_the_labelled_cases_is_refused(imported_dataset):
         ExampleBank(imported_dataset, "putamen", k=4)
     with pytest.raises(ValueError, match="-k must be >= 1"):
         ExampleBank(imported_dataset, "putamen", k=0)
+
+
+def test_a_training_case_is_the_prompt_volume_of_mvg(imported_dataset, dataset):
+    from data.bank import prompt_volume
+
+    images, labels, case = prompt_volume(imported_dataset)
+    assert imported_dataset.volumes[case]["split"] == "train"
+    assert images.shape == labels.shape == (imported_dataset.volumes[case]["n_slices"], 64, 64)
+    assert set(np.unique(labels)) == {0, 1, 2, 3}
+    with pytest.raises(ValueError, match="no case 'nobody'"):
+        prompt_volume(imported_dataset, "nobody")
+    with pytest.raises(ValueError, match="is not an imported dataset"):
+        prompt_volume(dataset)
