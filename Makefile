@@ -35,9 +35,9 @@ CROSSCONV_WEIGHTS ?= weights/crossconv-tiny
 TRAIN_DIR ?= runs/train-demo
 LAUNCH := $(VENV)/bin/accelerate launch --quiet --config_file accelerate_config.yaml
 
-.PHONY: install upgrade-lock system-data demo test clean-cache train-demo train-crossconv
+.PHONY: install upgrade-lock system-data system-browser demo test serve clean-cache train-demo train-crossconv
 
-install: $(VENV)/.installed system-data
+install: $(VENV)/.installed system-data system-browser
 
 # Every install goes through the lock (requirements/constraints.txt: the exact versions the suite passed with), so a
 # fresh machine gets what CI tested, not last night's releases. The stamp depends on pyproject.toml and the lock:
@@ -52,22 +52,35 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 
 # Newest releases that pyproject.toml allows, in a throwaway venv; the lock is rewritten only if the whole suite
 # passes there (README: "Dependencies and the lock").
-upgrade-lock: system-data
+upgrade-lock: system-data system-browser
 	bash requirements/upgrade-lock.sh "$(TORCH_PIN)"
+
+# $(call apt_install,FILE,PACKAGE,WHY): the Debian package, only when FILE is missing (needs root or sudo).
+apt_install = @if [ ! -e $(1) ]; then \
+		echo "installing Debian package $(2) ($(3))"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $(2) >/dev/null; \
+	fi
 
 # Debian's mricron-data carries the Colin27 head and its atlases (../shared/DATA.md).
 system-data:
-	@if [ ! -f /usr/share/mricron/templates/ch2.nii.gz ]; then \
-		echo "installing Debian package mricron-data (Colin27 + atlases)"; \
-		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mricron-data >/dev/null; \
-	fi
+	$(call apt_install,/usr/share/mricron/templates/ch2.nii.gz,mricron-data,Colin27 + atlases)
+
+# Debian's chromium runs the web app's browser test (tests/commands/test_serve.py, driven by Playwright from PyPI;
+# `playwright install`, which downloads a browser, is never needed).
+system-browser:
+	$(call apt_install,/usr/bin/chromium,chromium,the web app's browser test)
 
 demo: install
 	$(VENV)/bin/segicl demo
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The web app (README "Web app"): http://127.0.0.1:7860, offline, on the shipped weights; SERVE_ARGS="--port 8000 ...".
+SERVE_ARGS ?=
+serve: install
+	$(VENV)/bin/segicl serve $(SERVE_ARGS)
 
 # Long: hours on 2 CPU cores. Re-running resumes both stages from their last checkpoints.
 train-demo: install train-crossconv

@@ -13,6 +13,7 @@ from commands.datasets import add_dataset_arguments, add_import_command, open_da
 from commands.evaluate import add_evaluate_command
 from commands.mvg import add_mvg_commands
 from commands.segment import add_segment_command
+from commands.serve import add_serve_command
 from data.model_folders import MODEL_CONFIGS
 
 
@@ -121,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_command(data.add_subparsers(dest="data_command", metavar="SUBCOMMAND"))
 
     add_segment_command(commands, DEFAULT_WEIGHTS)
+    add_serve_command(commands, DEFAULT_WEIGHTS)
     add_evaluate_command(commands)
     export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")
     export.add_argument("source", type=Path, help="a trained model folder (e.g. runs/train-demo/stage2c/model)")

@@ -5,18 +5,25 @@ Examples come three ways: files (`--example IMAGE MASK`: a 2-D slice, or a 3-D v
 slice's relative position is used, `--example-label` naming one label of a label map), or a bank
 (`--examples-from DATASET --label NAME -k 3`: k different cases of a built or imported dataset, position-matched).
 A volume is cut to its foreground first, the way the training data was (`data.volumes.crop_to_foreground`).
+`prepare_query` + `segment_image` are the run itself, shared by the command and the web app (`commands.webapp`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
+
+if TYPE_CHECKING:
+    from data.imageio import MedicalImage
+    from data.preprocess import SquareCrop
 
 
 @dataclass
@@ -27,6 +34,53 @@ class Target:
     examples: list
     slice_examples: list | None
     value: int = 1
+
+
+@dataclass
+class Query:
+    """A query as the model sees it: the file (`data.imageio.MedicalImage`), its display slices [S, H, W] (the
+    orientation rule of `data.volumes`) and the slices the model segments (a volume cut to its foreground: `crop`)."""
+
+    image: MedicalImage
+    axis: str
+    slices: np.ndarray
+    model_slices: np.ndarray
+    crop: SquareCrop | None = None
+
+    def to_display(self, maps: np.ndarray) -> np.ndarray:
+        """Maps of the model slices back onto every display slice of the file."""
+        from data.volumes import paste_crop
+
+        return paste_crop(maps, self.crop, self.slices.shape) if self.crop else maps
+
+    def to_file(self, display_maps: np.ndarray) -> np.ndarray:
+        """Display-slice maps in the file's own voxel order and shape (what `write_image` writes beside it)."""
+        from data.volumes import from_model_slices
+
+        return from_model_slices(display_maps, self.image, self.axis)
+
+
+@dataclass
+class Settings:
+    """How the pipeline runs: decoder steps x samples (the measured default), slices per batch, intensity mapping."""
+
+    steps: int = DEFAULT_STEPS
+    samples: int = DEFAULT_SAMPLES
+    batch_size: int = 16
+    normalization: str = "percentile"
+    seed: int = 0
+
+
+@dataclass
+class SegmentResult:
+    """`segment_image`'s answer on the query's display slices [S, H, W] (`Query.to_file` gives the file's grid):
+    the mask (0/1, or the targets' values as a label map), the first target's probabilities and uncertainty (the
+    spread over the samples), and the seconds spent in the vision tower, the LLM and the decoder."""
+
+    mask: np.ndarray
+    probabilities: np.ndarray
+    uncertainty: np.ndarray
+    timings: dict = field(default_factory=dict)
 
 
 def add_segment_command(commands, default_weights: Path) -> None:
@@ -119,52 +173,73 @@ def example_label_value(label: str | None, mask_path: Path) -> int | None:
     raise ValueError(f"--example-label {label!r} is not in {description}: labels {sorted(names)}")
 
 
-def file_examples(args: argparse.Namespace, query_slices: int, ct: bool) -> tuple[list, list | None]:
-    """--example files: (shared pairs, None) when all are 2-D; (empty, one list per slice) when any is a volume,
-    each volume cut to its foreground and lending its slice at the query slice's relative position."""
+def file_examples(pairs: list, query_slices: int, axis: str = "axial", normalization: str = "percentile",
+                  example_label: str | None = None) -> tuple[list, list | None]:
+    """Example files, (image path, mask path) pairs: (shared pairs, None) when all are 2-D; (empty, one list per
+    slice) when any is a volume, each volume cut to its foreground and lending its slice at the query slice's
+    relative position. `example_label` (a value or a dataset.json name) picks the structure of label-map masks."""
     from data.episodes import prompt_slice
     from data.imageio import read_image
     from data.preprocess import apply_crop, normalize_intensity
     from data.volumes import crop_to_foreground, load_example_slices
 
     stacks = []
-    for image_path, mask_path in args.example or []:
-        label = example_label_value(args.example_label, mask_path)
-        images, masks = load_example_slices(read_image(image_path), read_image(mask_path), args.axis, label)
+    for image_path, mask_path in pairs:
+        label = example_label_value(example_label, Path(mask_path))
+        images, masks = load_example_slices(read_image(image_path), read_image(mask_path), axis, label)
         if len(images) > 1:
-            images, crop = crop_to_foreground(images, ct, labels=masks)
+            images, crop = crop_to_foreground(images, normalization == "ct", labels=masks)
             masks = apply_crop(masks, crop)
         stacks.append((images, masks))
     if all(len(images) == 1 for images, _ in stacks):
         return [(images[0], masks[0]) for images, masks in stacks], None
-    normalized = [(normalize_intensity(images, args.normalization), masks) for images, masks in stacks]
+    normalized = [(normalize_intensity(images, normalization), masks) for images, masks in stacks]
     return [], [[(images[prompt_slice(q, query_slices, len(images))], masks[prompt_slice(q, query_slices, len(images))])
                  for images, masks in normalized] for q in range(query_slices)]
 
 
-def bank_targets(args: argparse.Namespace, query_slices: int) -> list[Target]:
-    """One target per structure asked for with --label / --labels, its examples from the dataset's bank."""
-    from data.bank import ExampleBank, bank_structures, find_structure
-    from data.dataset import SliceDataset
+def bank_names(dataset, label: str | None, labels: str | None) -> list[str]:
+    """The structures asked for with --label NAME or --labels all|a,b."""
+    from data.bank import bank_structures
 
-    dataset = SliceDataset(args.examples_from)
-    if args.label:
-        names = [args.label]
-    elif args.labels.strip().lower() == "all":
+    if label:
+        return [label]
+    if labels.strip().lower() == "all":
         structures = bank_structures(dataset)
-        names = sorted(structures, key=lambda name: structures[name].label_ids)
-    else:
-        names = [name.strip() for name in args.labels.split(",") if name.strip()]
+        return sorted(structures, key=lambda name: structures[name].label_ids)
+    return [name.strip() for name in labels.split(",") if name.strip()]
+
+
+# A single 2-D query slice at relative position p of its volume is matched as slice p * POSITIONS of POSITIONS.
+POSITIONS = 1000
+
+
+def bank_targets(dataset, names: list[str], text: str | None, k: int, query_slices: int,
+                 position: float | None = None) -> list[Target]:
+    """One target per structure name of a dataset (`data.dataset.SliceDataset`), its k examples per query slice from
+    the dataset's bank (k = 0: the instruction alone); `text` replaces the worded instruction. `position` (0 = the
+    first slice of a volume, 1 = the last): where a single query slice lies in its volume, which the bank's
+    position-matched examples follow; None: the query's own slices are the volume."""
+    from data.bank import ExampleBank, find_structure
+
+    if position is not None and (query_slices != 1 or not 0.0 <= position <= 1.0):
+        raise ValueError(f"a relative position in [0, 1] is for a single query slice; got {position} for "
+                         f"{query_slices} slice(s)")
+
     targets = []
     for name in names:
         structure = find_structure(dataset, name)
-        instruction = args.text or f"Segment the {structure.name} in this {structure.modality} slice."
+        instruction = text or f"Segment the {structure.name} in this {structure.modality} slice."
         value = structure.label_ids[0] if len(structure.label_ids) == 1 else len(targets) + 1
-        if args.k == 0:
+        if k == 0:
             targets.append(Target(instruction, [], None, value))
         else:
-            bank = ExampleBank(dataset, name, args.k)
-            targets.append(Target(instruction, [], bank.examples_per_slice(query_slices), value))
+            bank = ExampleBank(dataset, name, k)
+            if position is None:
+                examples = bank.examples_per_slice(query_slices)
+            else:
+                examples = [bank.examples_for(min(int(position * POSITIONS), POSITIONS - 1), POSITIONS)]
+            targets.append(Target(instruction, [], examples, value))
     return targets
 
 
@@ -177,47 +252,70 @@ def label_map(probabilities: list[np.ndarray], values: list[int], threshold: flo
     return out
 
 
+def prepare_query(image: MedicalImage, axis: str = "axial", crop: bool = True, ct: bool = False) -> Query:
+    """A read image (`data.imageio.read_image`) as display slices; a volume cut to its foreground unless `crop` is
+    off (`data.volumes.crop_to_foreground`, as the training slices were cut)."""
+    from data.volumes import crop_to_foreground, to_model_slices
+
+    slices = to_model_slices(image, axis)
+    if crop and len(slices) > 1:
+        model_slices, square = crop_to_foreground(slices, ct)
+        return Query(image, axis, slices, model_slices, square)
+    return Query(image, axis, slices, slices)
+
+
+def segment_image(query: Query, targets: list[Target], pipeline, settings: Settings, as_label_map: bool = False,
+                  progress: bool = False, callback: Callable[[float], None] | None = None) -> SegmentResult:
+    """Every target on the query's model slices (one `SegICLPipeline` call each), back on its display slices.
+
+    `as_label_map`: the mask is a label map of the targets' values (`label_map`); otherwise the first target's 0/1
+    mask. `callback(fraction)` is called after every batch of slices with the fraction done (0..1); an exception it
+    raises stops the run (the web app's cancel button)."""
+    outputs = []
+    for index, target in enumerate(targets):
+        def step(stage: str, done: int, total: int, index: int = index) -> None:
+            passes_done = done + (total if stage == "decode" else 0)
+            callback((index + passes_done / (2 * total)) / len(targets))
+
+        outputs.append(pipeline(query.model_slices, target.instruction, target.examples, num_samples=settings.samples,
+                                num_steps=settings.steps, batch_size=settings.batch_size,
+                                normalization=settings.normalization, seed=settings.seed, progress=progress,
+                                slice_examples=target.slice_examples, callback=None if callback is None else step))
+    if as_label_map:
+        mask = label_map([o.probabilities for o in outputs], [t.value for t in targets])
+    else:
+        mask = outputs[0].mask
+    timings = {key: sum(o.timings[key] for o in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
+    return SegmentResult(query.to_display(mask), query.to_display(outputs[0].probabilities),
+                         query.to_display(outputs[0].uncertainty), timings)
+
+
 def command_segment(args: argparse.Namespace) -> int:
+    from data.dataset import SliceDataset
     from data.imageio import read_image, write_image
-    from data.volumes import crop_to_foreground, from_model_slices, paste_crop, to_model_slices
     from segicl.pipeline import SegICLPipeline
 
     check_flags(args)
     start = time.perf_counter()
-    query = read_image(args.image)
-    slices = to_model_slices(query, args.axis)
-    ct = args.normalization == "ct"
-    crop = None
-    if args.crop and len(slices) > 1:
-        model_slices, crop = crop_to_foreground(slices, ct)
-    else:
-        model_slices = slices
+    query = prepare_query(read_image(args.image), args.axis, args.crop, args.normalization == "ct")
     if args.examples_from is not None:
-        targets = bank_targets(args, len(model_slices))
+        dataset = SliceDataset(args.examples_from)
+        targets = bank_targets(dataset, bank_names(dataset, args.label, args.labels), args.text, args.k,
+                               len(query.model_slices))
     else:
-        shared, per_slice = file_examples(args, len(model_slices), ct)
+        shared, per_slice = file_examples(args.example or [], len(query.model_slices), args.axis, args.normalization,
+                                          args.example_label)
         targets = [Target(args.text, shared, per_slice)]
     pipeline = SegICLPipeline.from_pretrained(args.model)
-    outputs = []
-    for target in targets:
-        outputs.append(pipeline(model_slices, target.instruction, target.examples, num_samples=args.samples,
-                                num_steps=args.steps, batch_size=args.batch_size, normalization=args.normalization,
-                                seed=args.seed, progress=True, slice_examples=target.slice_examples))
-
-    def to_file_grid(maps: np.ndarray) -> np.ndarray:
-        return from_model_slices(paste_crop(maps, crop, slices.shape) if crop else maps, query, args.axis)
-
-    if args.labels:
-        result = label_map([o.probabilities for o in outputs], [t.value for t in targets])
-    else:
-        result = outputs[0].mask
-    written = [write_image(args.out, to_file_grid(result), query)]
-    for path, values in ((args.probabilities, outputs[0].probabilities), (args.uncertainty, outputs[0].uncertainty)):
+    settings = Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed)
+    result = segment_image(query, targets, pipeline, settings, as_label_map=bool(args.labels), progress=True)
+    written = [write_image(args.out, query.to_file(result.mask), query.image)]
+    for path, values in ((args.probabilities, result.probabilities), (args.uncertainty, result.uncertainty)):
         if path:
-            written.append(write_image(path, to_file_grid(values), query))
-    seconds = {key: sum(o.timings[key] for o in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
+            written.append(write_image(path, query.to_file(values), query.image))
+    seconds = result.timings
     what = f"{len(targets)} structure(s) " if len(targets) > 1 else ""
-    print(f"segmented {what}{len(model_slices)} slice(s) in {time.perf_counter() - start:.1f} s: vision "
+    print(f"segmented {what}{len(query.model_slices)} slice(s) in {time.perf_counter() - start:.1f} s: vision "
           f"{seconds['vision_s']:.2f} s, LLM {seconds['llm_s']:.2f} s, decoder {seconds['decoder_s']:.2f} s; wrote "
           f"{', '.join(str(p) for p in written)}")
     if args.labels:

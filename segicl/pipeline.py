@@ -125,12 +125,15 @@ class SegICLPipeline:
     def __call__(self, image, text: str, examples=(), num_samples: int = DEFAULT_SAMPLES, num_steps: int = DEFAULT_STEPS,
                  batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
                  threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
-                 progress: bool = False, slice_examples=None) -> SegmentationOutput:
+                 progress: bool = False, slice_examples=None, callback=None) -> SegmentationOutput:
         """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis).
 
         `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
         (position-matched examples: `data.bank.ExampleBank`, or slices of 3-D example volumes), images already in
-        [0, 1]; their masks may be empty ("not on this slice"), and they run without the prefix cache."""
+        [0, 1]; their masks may be empty ("not on this slice"), and they run without the prefix cache.
+        `callback(stage, done, total)`, if given, is called after every batch of the LLM pass (stage "condition")
+        and of the decoder pass ("decode"), `done` of `total` batches; an exception it raises stops the call (a
+        progress bar's cancel button)."""
         query = _as_float_array(image, "query image")
         if query.ndim not in (2, 3):
             raise ValueError(f"query image must be 2-D [H, W] or 3-D [S, H, W], got {query.ndim}-D shape {query.shape}")
@@ -159,6 +162,8 @@ class SegICLPipeline:
             else:
                 shared = self._own_examples(text_ids, per_slice[first: first + batch_size])
             conditions.append(self.model.condition_tokens(*shared, chunk, context, timings))
+            if callback is not None:
+                callback("condition", len(conditions), -(-volume.shape[0] // batch_size))
         generator = torch.Generator(device=self.device).manual_seed(seed)
         means, spreads = [], []
         for condition in tqdm(conditions, desc="slices", unit="batch", disable=None if progress else True):
@@ -167,6 +172,8 @@ class SegICLPipeline:
             timings["decoder_s"] += time.perf_counter() - start
             means.append(samples.mean(dim=1)[:, 0])
             spreads.append(samples.std(dim=1, unbiased=False)[:, 0])
+            if callback is not None:
+                callback("decode", len(means), len(conditions))
         probabilities = self._to_input_grid(torch.cat(means), volume.shape[1:])
         uncertainty = self._to_input_grid(torch.cat(spreads), volume.shape[1:])
         if query.ndim == 2:

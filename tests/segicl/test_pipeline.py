@@ -88,3 +88,21 @@ def test_a_0_255_mask_reads_as_its_0_1_mask(pipeline):
 def test_empty_instruction_refused(pipeline):
     with pytest.raises(ValueError, match="instruction text is empty"):
         pipeline(np.zeros((64, 64)), "  ", [], num_samples=1, num_steps=1)
+
+
+def test_callback_reports_every_batch_of_both_passes_and_an_exception_it_raises_stops_the_call(pipeline):
+    volume = np.random.default_rng(3).random((5, 64, 64)).astype(np.float32)
+    calls = []
+    out = pipeline(volume, "Segment the brain", [example((64, 64))], num_samples=1, num_steps=1, batch_size=2,
+                   callback=lambda *call: calls.append(call))
+    assert calls == [("condition", 1, 3), ("condition", 2, 3), ("condition", 3, 3),
+                     ("decode", 1, 3), ("decode", 2, 3), ("decode", 3, 3)]
+    plain = pipeline(volume, "Segment the brain", [example((64, 64))], num_samples=1, num_steps=1, batch_size=2)
+    np.testing.assert_array_equal(out.probabilities, plain.probabilities)  # watching does not change the answer
+
+    def stop(stage, done, total):
+        if stage == "decode":
+            raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt, match="cancelled"):
+        pipeline(volume, "Segment the brain", num_samples=1, num_steps=1, batch_size=2, callback=stop)
