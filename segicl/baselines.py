@@ -44,7 +44,8 @@ class RegistrationConfig:
         iterations: optimiser iterations per resolution level.
         histogram_bins: Mattes mutual information bins.
         shrink_factors, smoothing_sigmas: the multi-resolution pyramid (coarse to fine; sigmas in pixels).
-        seed: of the metric's random sampling.
+        seed: of the metric's random sampling, >= 1 (SimpleITK reads 0 as "seed from the wall clock", which made
+            every run register differently).
     """
 
     bspline_grid: int = 0
@@ -52,7 +53,11 @@ class RegistrationConfig:
     histogram_bins: int = 32
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas: tuple[float, ...] = (2.0, 1.0, 0.0)
-    seed: int = 0
+    seed: int = 1
+
+    def __post_init__(self) -> None:
+        if self.seed < 1:
+            raise ValueError(f"registration seed must be >= 1 (0 means the wall clock to SimpleITK), got {self.seed}")
 
 
 def _registration_method(config: RegistrationConfig, deformable: bool = False):

@@ -55,6 +55,21 @@ def test_registration_carries_the_mask_onto_a_moved_query():
     assert dice(register_mask(example_image, example_mask, query_image), query_mask) > 0.85
 
 
+def test_registration_is_repeatable_and_refuses_the_wall_clock_seed(dataset):
+    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl.baselines import RegistrationConfig, register_mask
+
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=1,
+                                                    max_examples=1, min_area=64))
+    for index in range(3):  # real slices, where the metric's random sampling decides the optimiser's path
+        episode = sampler[index]
+        runs = [register_mask(episode.example_images[0], episode.example_masks[0], episode.query_image)
+                for _ in range(3)]
+        assert all(np.array_equal(runs[0], run) for run in runs[1:])
+    with pytest.raises(ValueError, match="seed must be >= 1"):
+        RegistrationConfig(seed=0)
+
+
 def test_label_fusion_votes_and_staple():
     from segicl.baselines import fuse_masks
 
