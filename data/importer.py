@@ -34,6 +34,7 @@ from data.build import DEFAULT_CACHE, slice_areas
 from data.imageio import ImageReadError, MedicalImage, ending_of, read_image
 from data.preprocess import (AXES, CT_WINDOW, MRI_PERCENTILES, apply_crop, normalize_mri, relative_positions,
                              resize_slices, window_ct)
+from data.tasks import slugify
 from data.volumes import crop_to_foreground, to_model_slices
 
 IMPORT_VERSION = 1
@@ -150,7 +151,8 @@ def structure_name(label: str) -> str:
 
 
 def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "label"
+    """`data.tasks.slugify`, never empty (a label named only by punctuation still gets a task key)."""
+    return slugify(text) or "label"
 
 
 # ------------------------------------------------------------------------------------------------ dataset.json
