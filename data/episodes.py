@@ -44,6 +44,11 @@ class EpisodeConfig:
         anonymous_name_prob: probability that an episode with k >= 1 calls its structure by a made-up
             name (`made_up_name`: training-name words in a new combination), so that only the examples
             say what to segment, as for held-out structures, whose names the model never saw. Training only.
+        absent_prob: probability that the query is a slice of its volume WITHOUT the structure (empty target).
+        absent_examples_prob: of those absent queries, the share whose examples are the slices at the query's
+            relative position in their own volumes (`prompt_slice`), empty where the structure is absent there too,
+            as the position-matched examples of a whole volume (`segicl segment --examples-from`) are; the others
+            take the nearest slices that hold the structure.
     """
 
     split: str = "train"
@@ -56,6 +61,7 @@ class EpisodeConfig:
     seed: int = 0
     anonymous_name_prob: float = 0.0
     absent_prob: float = 0.0
+    absent_examples_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -70,6 +76,8 @@ class EpisodeConfig:
             raise ValueError(f"anonymous_name_prob must be in [0, 1], got {self.anonymous_name_prob}")
         if not 0.0 <= self.absent_prob <= 1.0:
             raise ValueError(f"absent_prob must be in [0, 1], got {self.absent_prob}")
+        if not 0.0 <= self.absent_examples_prob <= 1.0:
+            raise ValueError(f"absent_examples_prob must be in [0, 1], got {self.absent_examples_prob}")
 
 
 @dataclass
@@ -120,10 +128,13 @@ class EpisodeSampler:
     def __getitem__(self, index: int) -> Episode:
         rng = np.random.default_rng([self.config.seed, index])
         query = self._draw_query(rng)
+        position_matched = False
         if self.config.absent_prob and rng.random() < self.config.absent_prob:
             query = self._absent_slice(query, rng)
+            # drawn only when asked for, so that configs without it keep their episodes
+            position_matched = bool(self.config.absent_examples_prob) and rng.random() < self.config.absent_examples_prob
         k = self.config.num_examples if self.config.num_examples is not None else int(rng.integers(self.config.max_examples + 1))
-        return self.episode_for(query, k, rng)
+        return self.episode_for(query, k, rng, position_matched)
 
     def task_of(self, index: int) -> str:
         """The task of episode `index`, without building the episode (its first random draw)."""
@@ -136,13 +147,17 @@ class EpisodeSampler:
         candidates = self._queries_by_row[row]
         return candidates[rng.integers(len(candidates))]
 
-    def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator) -> Episode:
-        """The episode of a given query slice with k examples, randomness from `rng`."""
+    def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator,
+                    position_matched: bool = False) -> Episode:
+        """The episode of a given query slice with k examples, randomness from `rng`; `position_matched`: the
+        examples are the slices at the query's relative position, whether they hold the structure or not."""
         data = self.dataset
         task = data.rows[query.row]
         # Always draw K examples and keep the first k: the random stream, hence the query and its
         # transform, is then the same for every k (nested episodes).
-        examples = self._choose_examples(query, max(k, self.config.max_examples), rng)
+        count = max(k, self.config.max_examples)
+        examples = (self._position_matched_examples(query, count, rng) if position_matched
+                    else self._choose_examples(query, count, rng))
         pairs = [(data.image(data.rows[r]["volume"], s), data.mask(r, s)) for r, s in examples]
         pairs = [self._transform(image, mask, rng) for image, mask in pairs]
         examples, pairs = examples[:k], pairs[:k]
@@ -194,6 +209,19 @@ class EpisodeSampler:
             near = np.flatnonzero(distance <= self.config.position_tolerance)
             pick = near[rng.integers(len(near))] if near.size else int(np.argmin(distance))
             chosen.append((row, slices[pick]))
+        return chosen
+
+    def _position_matched_examples(self, query: TaskSlice, k: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+        """k (row, slice) pairs from other volumes where possible, each the slice at the query's relative position."""
+        data = self.dataset
+        query_volume = data.rows[query.row]["volume"]
+        rows = self._example_rows(query)
+        rows = [r for r in rows if data.rows[r]["volume"] != query_volume] or rows
+        query_slices = data.volumes[query_volume]["n_slices"]
+        chosen = []
+        for _ in range(k):
+            row = rows[rng.integers(len(rows))]
+            chosen.append((row, prompt_slice(query.slice, query_slices, data.volumes[data.rows[row]["volume"]]["n_slices"])))
         return chosen
 
     def _transform(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,

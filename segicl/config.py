@@ -141,6 +141,10 @@ class DecoderConfig:
         keyword_prompt: the keyword prompt c_k that enters the UNet and ControlNet through
             cross-attention, encoded by a frozen CLIP text encoder (tiny: a 2-layer CLIPTextModel built
             from config over the project tokenizer; full: SD 1.5's text_encoder/ and tokenizer/).
+        pixel_inputs: maps [B, 1, S, S] that the ControlNet reads at full resolution beside the condition
+            tokens, each pixel-unshuffled onto the token grid (patch_size ** 2 channels per map, appended to
+            every token): "prior" (the example prior's probability map) and "image" (the query image).
+            () is the paper's decoder, which sees the condition tokens only.
     """
 
     space: str = "pixel"
@@ -160,8 +164,13 @@ class DecoderConfig:
     scheduler: str = "ddim"
     freeze_unet: bool = False
     keyword_prompt: str = "segmentation mask"
+    pixel_inputs: tuple[str, ...] = ()
 
     def validate(self) -> None:
+        unknown = [name for name in self.pixel_inputs if name not in PIXEL_INPUTS]
+        if unknown or len(set(self.pixel_inputs)) != len(self.pixel_inputs):
+            raise ValueError(f"decoder pixel_inputs must be distinct names from {PIXEL_INPUTS}, "
+                             f"got {self.pixel_inputs}")
         if self.space not in ("pixel", "latent"):
             raise ValueError(f"decoder space must be 'pixel' or 'latent', got {self.space!r}")
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -176,6 +185,7 @@ class DecoderConfig:
 
 
 PRIOR_SOURCES = ("union", "crossconv")
+PIXEL_INPUTS = ("prior", "image")
 # The default decoder setting of the pipeline and `segicl segment`, chosen by `segicl bench speed`'s sampler grid
 # (README "Results"): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
 # uncertainty (>= 3 samples, AUROC >= 0.6).
@@ -256,6 +266,8 @@ class SegICLConfig:
     def validate(self) -> "SegICLConfig":
         for part in (self.vision, self.llm, self.condition, self.decoder, self.crossconv):
             part.validate()
+        if "prior" in self.decoder.pixel_inputs and not self.example_prior:
+            raise ValueError("decoder pixel_inputs 'prior' needs example_prior: there is no prior map without it")
         if self.prior_source not in PRIOR_SOURCES:
             raise ValueError(f"unknown prior_source {self.prior_source!r}; expected one of {PRIOR_SOURCES}")
         if self.prior_source == "crossconv" and self.crossconv.image_size != self.condition.mask_size:

@@ -96,6 +96,12 @@ class CrossConvNet(nn.Module):
         return self.head(query)
 
     @torch.no_grad()
+    def probabilities(self, query_image: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
+                      example_valid: torch.Tensor) -> torch.Tensor:
+        """The foreground probability [B, 1, S, S]."""
+        return torch.sigmoid(self.forward(query_image, example_images, example_masks, example_valid))
+
+    @torch.no_grad()
     def predict(self, query_image: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
                 example_valid: torch.Tensor) -> torch.Tensor:
         """The binary mask [B, 1, S, S]: probability > 0.5."""

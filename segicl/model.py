@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,15 @@ class SegICLModel(nn.Module):
         self.config.prior_source, self.config.crossconv = "crossconv", network.config
         self.incontext = network
 
+    def add_pixel_inputs(self, names: tuple[str, ...]) -> None:
+        """Let the decoder read `names` (`DecoderConfig.pixel_inputs`) at full resolution; its predictions stay the
+        same until stage 3 trains them in."""
+        decoder = dataclasses.replace(self.config.decoder, pixel_inputs=tuple(names))
+        dataclasses.replace(self.config, decoder=decoder).validate()  # refused before anything changes
+        self.decoder.add_pixel_inputs(names)
+        self.config.decoder = self.decoder.config
+        self.config.validate()
+
     @classmethod
     def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
         """Build every component (random weights, or pretrained ones from the config's local paths)."""
@@ -160,8 +170,9 @@ class SegICLModel(nn.Module):
     def condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
                          example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
                          context: ExampleContext | None = None, timings: dict | None = None) -> torch.Tensor:
-        """Condition tokens [B, grid*grid, D] for a batch of queries [B, 1, H, W]: the ONE path from instruction,
-        examples and query to the decoder's condition, for training, evaluation, the pipeline and the benchmarks.
+        """The decoder's condition for a batch of queries [B, 1, H, W]: condition tokens [B, grid*grid, D], with the
+        decoder's pixel inputs appended per token where it has them (D + P, `decoder_condition`). The ONE path from
+        instruction, examples and query to the decoder, for training, evaluation, the pipeline and the benchmarks.
 
         Each sample has its own instruction (text_ids/text_mask [B, T]) and up to K examples ([B, K, 1, H, W],
         `example_valid` [B, K] marking the real ones; K = 0 or all-invalid: no examples). With `context` (from
@@ -172,12 +183,15 @@ class SegICLModel(nn.Module):
                 query_tokens = self.image_tokens(query_image)
                 batch, k = query_image.shape[0], context.example_masks.shape[0]
                 valid = torch.ones(batch, k, dtype=torch.bool, device=query_image.device)
-                prior = self.example_prior_tokens(context.example_images.expand(batch, -1, -1, -1, -1),
-                                                  context.example_masks.expand(batch, -1, -1, -1, -1), valid,
-                                                  query_image) if k else None
+                prior_map = None
+                if k and self.example_gate is not None:
+                    prior_map = self.example_prior_probability(context.example_images.expand(batch, -1, -1, -1, -1),
+                                                               context.example_masks.expand(batch, -1, -1, -1, -1),
+                                                               valid, query_image)
             with _timed(timings, "llm_s"):
                 states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
-                return self.condition_from_states(states, prior)
+                tokens = self.condition_from_states(states, self.prior_tokens(prior_map))
+            return self.decoder_condition(tokens, prior_map, query_image)
         if example_valid.shape[1] == 0:  # the encoder's batch layout needs one slot: an invalid one
             example_images = example_masks = query_image.new_zeros(query_image.shape[0], 1, *query_image.shape[1:])
             example_valid = torch.zeros(query_image.shape[0], 1, dtype=torch.bool, device=query_image.device)
@@ -189,27 +203,52 @@ class SegICLModel(nn.Module):
                 example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
                 example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
             query_tokens = self.image_tokens(query_image)
-            prior = self.example_prior_tokens(example_images, example_masks, example_valid, query_image)
+            prior_map = (self.example_prior_probability(example_images, example_masks, example_valid, query_image)
+                         if self.example_gate is not None else None)
         with _timed(timings, "llm_s"):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
-            return self.condition_from_states(states, prior, example_valid.any(dim=1))
+            tokens = self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1))
+        return self.decoder_condition(tokens, prior_map, query_image)
+
+    def decoder_condition(self, tokens: torch.Tensor, prior_map: torch.Tensor | None,
+                          query_image: torch.Tensor) -> torch.Tensor:
+        """What the decoder reads: the condition tokens with its pixel inputs appended (`DecoderConfig.pixel_inputs`:
+        the example prior's probability map, zero without examples, and the query image); the tokens alone for the
+        paper's decoder."""
+        maps = {"image": query_image, "prior": query_image.new_zeros(query_image.shape) if prior_map is None
+                else prior_map}
+        return self.decoder.with_pixel_inputs(tokens, maps)
 
     @torch.no_grad()
     def example_prior_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
                              example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor | None:
-        """The frozen condition encoder's tokens [B, T, D] of each sample's example-prior mask: the union of its valid
-        example masks, or (prior_source "crossconv") the in-context module's prediction for the query (the empty
-        mask's tokens where a sample has no example); None when the model has no example prior."""
+        """The frozen condition encoder's tokens [B, T, D] of each sample's example-prior mask (see
+        `example_prior_mask`); None when the model has no example prior."""
         if self.example_gate is None:
             return None
-        return self.condition_encoder(self.example_prior_mask(example_images, example_masks, example_valid,
-                                                              query_image))
+        return self.prior_tokens(self.example_prior_probability(example_images, example_masks, example_valid,
+                                                                query_image))
+
+    @torch.no_grad()
+    def prior_tokens(self, prior_map: torch.Tensor | None) -> torch.Tensor | None:
+        """The condition encoder's tokens of the example prior's binary mask (its probability > 0.5)."""
+        return None if prior_map is None else self.condition_encoder((prior_map > 0.5).to(prior_map.dtype))
 
     @torch.no_grad()
     def example_prior_mask(self, example_images: torch.Tensor, example_masks: torch.Tensor,
                            example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor:
-        """The example prior's binary mask [B, 1, H, W] (see `example_prior_tokens`)."""
+        """The example prior's binary mask [B, 1, H, W]: the union of each sample's valid example masks, or
+        (prior_source "crossconv") the in-context module's prediction for the query; empty where a sample has no
+        example."""
+        probability = self.example_prior_probability(example_images, example_masks, example_valid, query_image)
+        return (probability > 0.5).to(query_image.dtype)
+
+    @torch.no_grad()
+    def example_prior_probability(self, example_images: torch.Tensor, example_masks: torch.Tensor,
+                                  example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor:
+        """The example prior's probability map [B, 1, H, W] (the union is binary; the in-context module's map is its
+        sigmoid), zero where a sample has no example."""
         prior = query_image.new_zeros(query_image.shape[0], *query_image.shape[1:])
         has_examples = example_valid.any(dim=1)
         if example_masks.shape[1] == 0 or not has_examples.any():
@@ -218,8 +257,8 @@ class SegICLModel(nn.Module):
             valid = example_valid[..., None, None, None].to(example_masks.dtype)
             return (example_masks * valid).amax(dim=1)
         self.incontext.eval()
-        prior[has_examples] = self.incontext.predict(query_image[has_examples], example_images[has_examples],
-                                                     example_masks[has_examples], example_valid[has_examples])
+        prior[has_examples] = self.incontext.probabilities(query_image[has_examples], example_images[has_examples],
+                                                           example_masks[has_examples], example_valid[has_examples])
         return prior
 
     def condition_from_states(self, states: torch.Tensor, prior: torch.Tensor | None = None,

@@ -75,11 +75,11 @@ class Stage2Model(nn.Module):
     def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         predicted = self.model.condition_tokens(text_ids, text_mask, example_images, example_masks,
-                                                        example_valid, query_image)
+                                                example_valid, query_image)
         self.model.condition_encoder.eval()
         with torch.no_grad():
             target = self.model.condition_encoder(query_mask)
-        error = (predicted - target).pow(2).mean(dim=-1)
+        error = (predicted[..., :target.shape[-1]] - target).pow(2).mean(dim=-1)  # the pixel inputs are not regressed
         weights = self.token_weights(query_mask)
         losses = {"loss": (error * weights).sum() / weights.sum(), "mse": error.mean().detach()}
         if self.decoder_loss_weight > 0:
@@ -87,6 +87,34 @@ class Stage2Model(nn.Module):
             losses["decoder"] = decoded.detach()
             losses["loss"] = losses["loss"] + self.decoder_loss_weight * decoded
         return losses
+
+
+def set_decoder_trainable(model: SegICLModel) -> None:
+    """Stage 3 trains the decoder's ControlNet (+ UNet unless frozen) on what the frozen encoder predicts."""
+    model.requires_grad_(False)
+    model.decoder.controlnet.requires_grad_(True)
+    model.decoder.unet.requires_grad_(not model.config.decoder.freeze_unet)
+
+
+class Stage3Model(nn.Module):
+    """Stage 3: the decoder's diffusion loss of the query mask from the condition that the frozen rest of the model
+    predicts for an episode (the LLM's tokens and, with `DecoderConfig.pixel_inputs`, the example prior's
+    probability map and the query image at full resolution), instead of stage 1's teacher tokens of the mask."""
+
+    def __init__(self, model: SegICLModel):
+        super().__init__()
+        self.model = model
+        set_decoder_trainable(model)
+
+    def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,
+                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        frozen = (self.model.vision, self.model.encoder, self.model.projector, self.model.condition_encoder)
+        for part in frozen:
+            part.eval()
+        with torch.no_grad():
+            condition = self.model.condition_tokens(text_ids, text_mask, example_images, example_masks,
+                                                    example_valid, query_image)
+        return self.model.decoder.training_loss(query_mask, condition, generator)
 
 
 class CrossConvTraining(nn.Module):

@@ -272,3 +272,23 @@ def _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step: int, a
                      "args": {k: str(v) for k, v in asdict(args).items()}, "config": config or {},
                      "recent_losses": recent[-10:]}
     save_checkpoint(Path(args.output_dir) / "checkpoint", trainable_state(unwrapped), trainer_state, optimizer_state)
+
+
+def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
+                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0):
+    """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
+    from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
+
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
+                                                    seed=seed, anonymous_name_prob=anonymous_name_prob,
+                                                    absent_prob=absent_prob,
+                                                    absent_examples_prob=absent_examples_prob))
+
+    def make_batch(step: int, rank: int, world: int) -> dict:
+        first = (step * world + rank) * batch_size
+        batch = collate_episodes([sampler[first + i] for i in range(batch_size)])
+        text_ids, text_mask = model.tokenize(batch.pop("instructions"))
+        batch.pop("num_examples")
+        return {"text_ids": text_ids, "text_mask": text_mask, **batch}
+
+    return make_batch

@@ -18,8 +18,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
-                           finished_line, make_accelerator, open_training_dataset, run_stage, train,
-                           training_arguments)
+                           episode_batches, finished_line, make_accelerator, open_training_dataset, run_stage,
+                           train, training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,30 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--absent-prob", type=float, default=0.0,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
+    parser.add_argument("--absent-examples-prob", type=float, default=0.0,
+                        help="of the queries without the structure, the share whose examples are the slices at the "
+                             "query's relative position in their volumes (empty where the structure is absent there "
+                             "too), as whole volumes with position-matched examples give them")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,
                            output_dir=Path("runs/stage2"))
     return parser
-
-
-def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0):
-    """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
-    from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
-
-    sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
-                                                    seed=seed, anonymous_name_prob=anonymous_name_prob,
-                                                    absent_prob=absent_prob))
-
-    def make_batch(step: int, rank: int, world: int) -> dict:
-        first = (step * world + rank) * batch_size
-        batch = collate_episodes([sampler[first + i] for i in range(batch_size)])
-        text_ids, text_mask = model.tokenize(batch.pop("instructions"))
-        batch.pop("num_examples")
-        return {"text_ids": text_ids, "text_mask": text_mask, **batch}
-
-    return make_batch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob, args.absent_prob)
+                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

@@ -155,10 +155,34 @@ def test_absent_queries_are_empty_slices_of_the_same_volume(dataset):
     assert all(e.query_mask.sum() >= 1 for e in episodes if e not in absent)
 
 
+def test_absent_queries_can_take_position_matched_examples_that_may_be_empty(dataset):
+    from data.episodes import prompt_slice
+
+    config = EpisodeConfig(split="train", min_area=16, absent_prob=1.0, absent_examples_prob=1.0, seed=3,
+                           transform=None)
+    episodes = [EpisodeSampler(dataset, config)[i] for i in range(30)]
+    empty = 0
+    for episode in episodes:
+        assert not episode.query_mask.any()
+        query_slices = dataset.volumes[episode.meta["volume"]]["n_slices"]
+        for example, mask in zip(episode.meta["examples"], episode.example_masks):
+            assert example["volume"] != episode.meta["volume"]
+            assert example["slice"] == prompt_slice(episode.meta["slice"], query_slices,
+                                                    dataset.volumes[example["volume"]]["n_slices"])
+            empty += not mask.any()
+    assert empty > sum(e.k for e in episodes) // 2  # most slices at an absent query's position are empty there too
+    with pytest.raises(ValueError, match="absent_examples_prob must be in \\[0, 1\\]"):
+        EpisodeConfig(absent_examples_prob=-0.1)
+
+
 def test_absent_probability_zero_draws_the_episodes_it_always_did(dataset):
     plain = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3))
     zero = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.0))
+    no_matched = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.5))
+    zero_matched = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.5,
+                                                         absent_examples_prob=0.0))
     for index in range(5):
         assert np.array_equal(plain[index].query_image, zero[index].query_image)
+        assert np.array_equal(no_matched[index].example_images, zero_matched[index].example_images)
     with pytest.raises(ValueError, match="absent_prob"):
         EpisodeConfig(absent_prob=1.5)

@@ -142,8 +142,9 @@ def test_crossconv_prior_is_the_in_context_modules_mask(crossconv_model):
     torch.testing.assert_close(tokens[0], model.condition_encoder(predicted)[0], atol=1e-5, rtol=0)
 
 
-def test_crossconv_prior_cached_path_equals_the_whole_sequence(crossconv_model):
-    model = crossconv_model
+@pytest.mark.parametrize("model_fixture", ["crossconv_model", "pixel_input_model"])
+def test_crossconv_prior_cached_path_equals_the_whole_sequence(model_fixture, request):
+    model = request.getfixturevalue(model_fixture)
     batch = episode_batch(model, 3, batch=1)
     queries = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -168,3 +169,63 @@ def test_crossconv_prior_of_another_size_is_refused(tokenizer, crossconv_model):
 
     with pytest.raises(ValueError, match="reads 32 px images"):
         crossconv_model.use_crossconv_prior(CrossConvNet(CrossConvConfig(image_size=32, widths=(4, 4))))
+
+
+@pytest.fixture(scope="module")
+def pixel_input_model(tokenizer):
+    from segicl.config import CrossConvConfig, tiny_config
+    from segicl.incontext import CrossConvNet
+
+    torch.manual_seed(2)
+    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
+    model.use_crossconv_prior(CrossConvNet(CrossConvConfig(widths=(8, 8, 8, 8))).eval())
+    model.add_pixel_inputs(("prior", "image"))
+    controlnet = model.decoder.controlnet
+    with torch.no_grad():  # trained-looking weights where a fresh ControlNet has zeros, so the tests below can fail
+        controlnet.controlnet_cond_embedding.conv_in.weight[:, 16:].normal_(0, 0.1)
+        for zero_conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                          controlnet.controlnet_cond_embedding.conv_out]:
+            zero_conv.weight.normal_(0, 0.1)
+    return model
+
+
+def test_pixel_inputs_carry_the_prior_probability_and_the_query_image(pixel_input_model):
+    import torch.nn.functional as F
+
+    model = pixel_input_model
+    assert model.config.decoder.pixel_inputs == ("prior", "image")
+    batch = mixed_k_batch(model)
+    with torch.no_grad():
+        condition = model.condition_tokens(**batch)
+        probability = model.incontext.probabilities(batch["query_image"][:1], batch["example_images"][:1, :2],
+                                                    batch["example_masks"][:1, :2], batch["example_valid"][:1, :2])
+    assert condition.shape == (2, 256, 16 + 16 + 16)
+    as_tokens = lambda image: F.pixel_unshuffle(image, 4).flatten(2).transpose(1, 2)  # noqa: E731
+    torch.testing.assert_close(condition[:1, :, 16:32], as_tokens(probability))
+    assert 0 < probability.min() and probability.max() < 1  # a probability map, not the binary mask
+    assert not condition[1, :, 16:32].any()  # k = 0: no prior
+    torch.testing.assert_close(condition[:, :, 32:], as_tokens(batch["query_image"]))
+    mask = sample_masks(model.decoder, condition, 2, 1, torch.Generator().manual_seed(0))
+    without_image = condition.clone()
+    without_image[:, :, 32:] = 0
+    assert not torch.equal(mask, sample_masks(model.decoder, without_image, 2, 1, torch.Generator().manual_seed(0)))
+
+
+def test_pixel_inputs_save_and_reload_bit_identically(pixel_input_model, tmp_path):
+    folder = pixel_input_model.save_pretrained(tmp_path / "model")
+    loaded = SegICLModel.from_pretrained(folder)
+    assert loaded.config.decoder.pixel_inputs == ("prior", "image")
+    for name, value in pixel_input_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_a_prior_pixel_input_is_refused_without_the_prior_and_nothing_changes(tokenizer):
+    from segicl.config import tiny_config
+
+    config = tiny_config()
+    config.example_prior = False
+    model = SegICLModel.from_config(config, tokenizer)
+    with pytest.raises(ValueError, match="pixel_inputs 'prior' needs example_prior"):
+        model.add_pixel_inputs(("prior",))
+    assert model.config.decoder.pixel_inputs == () and model.decoder.config.pixel_inputs == ()
+    assert model.decoder.controlnet.controlnet_cond_embedding.conv_in.in_channels == 16

@@ -12,9 +12,8 @@ from segicl.config import tiny_config
 from segicl.model import SegICLModel
 from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
-from stages.common import TrainingArguments, train
+from stages.common import TrainingArguments, episode_batches, train
 from stages.stage1_decoder import mask_sampler
-from stages.stage2_encoder import episode_batches
 from tests.stages.conftest import fresh_model
 
 
