@@ -43,8 +43,10 @@ SPECIALIST_K = 3
 # The tables' rows, in order: record key -> label. SegICL answers every k; the others need k >= 1.
 METHODS = {
     "segicl": "SegICL",
+    "segicl_largest_component": "SegICL + largest component",
     "crossconv": "CrossConv peer (UniverSeg-style)",
     "registration_vote": "registration + majority vote",
+    "registration_vote_largest_component": "registration + majority vote + largest component",
     "registration_staple": "registration + STAPLE",
     "union_examples": "union of the examples",
     "copy_example": "copy the first example",

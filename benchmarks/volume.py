@@ -8,7 +8,9 @@ support rows), two ways:
 - fixed: one set for the whole volume, each example volume's slice with the structure's largest area (what a user
   picking "three clear examples" would give `segicl segment`).
 No random affines: the volumes as they are. Every method answers every slice; the scores are the 3-D Dice per
-structure and the false-positive voxels on the slices where the structure is absent.
+structure and the false-positive voxels on the slices where the structure is absent. SegICL and registration + vote are also
+scored with their mask's largest 3-D connected component kept (`segicl segment --largest-component`, nnU-Net-style
+post-processing).
 """
 from __future__ import annotations
 
@@ -26,8 +28,11 @@ from data.metrics import dice
 from data.model_folders import shown_path
 from segicl.baselines import predict_union
 from segicl.evaluation import segment_episodes
+from segicl.pipeline import keep_largest_component
 
 VOLUME_K = 3
+# Scored again with the mask's largest 3-D connected component kept: SegICL and the strongest plain peer.
+LARGEST_COMPONENT_OF = ("segicl", "registration_vote")
 SETTINGS = ("position_matched", "fixed")
 
 
@@ -102,7 +107,13 @@ def predict_volume(model, episodes: list[Episode], methods: dict, args, generato
         predictions["segicl"] += list((probabilities > 0.5).astype(np.float32))
         for name, method in methods.items():
             predictions[name] += list(method(chunk))
-    return {name: np.stack(values) for name, values in predictions.items()}
+    volumes = {name: np.stack(values) for name, values in predictions.items()}
+    ordered = {}
+    for name, volume in volumes.items():
+        ordered[name] = volume
+        if name in LARGEST_COMPONENT_OF:
+            ordered[f"{name}_largest_component"] = keep_largest_component(volume)
+    return ordered
 
 
 def summarize(structures: dict) -> dict:

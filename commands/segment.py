@@ -62,13 +62,15 @@ class Query:
 
 @dataclass
 class Settings:
-    """How the pipeline runs: decoder steps x samples (the measured default), slices per batch, intensity mapping."""
+    """How the pipeline runs: decoder steps x samples (the measured default), slices per batch, intensity mapping,
+    and whether each mask keeps only its largest connected component."""
 
     steps: int = DEFAULT_STEPS
     samples: int = DEFAULT_SAMPLES
     batch_size: int = 16
     normalization: str = "percentile"
     seed: int = 0
+    largest_component: bool = False
 
 
 @dataclass
@@ -124,6 +126,10 @@ def add_segment_command(commands, default_weights: Path) -> None:
     segment.add_argument("--crop", action=argparse.BooleanOptionalAction, default=True,
                          help="cut a volume to its foreground (the slices and the square that hold it) before "
                               "segmenting, as the training data was cut (default); --no-crop: the whole slices")
+    segment.add_argument("--largest-component", action="store_true",
+                         help="keep only the largest connected component of each mask, over the whole volume (nnU-Net's "
+                              "post-processing: removes the specks left on slices without the structure, and any "
+                              "second piece of a two-part structure; README \"Whole volumes\")")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
 
@@ -280,9 +286,15 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
         outputs.append(pipeline(query.model_slices, target.instruction, target.examples, num_samples=settings.samples,
                                 num_steps=settings.steps, batch_size=settings.batch_size,
                                 normalization=settings.normalization, seed=settings.seed, progress=progress,
-                                slice_examples=target.slice_examples, callback=None if callback is None else step))
+                                slice_examples=target.slice_examples, callback=None if callback is None else step,
+                                largest_component=settings.largest_component))
     if as_label_map:
         mask = label_map([o.probabilities for o in outputs], [t.value for t in targets])
+        if settings.largest_component:
+            from segicl.pipeline import keep_largest_component
+
+            for target in targets:
+                mask[(mask == target.value) & ~keep_largest_component(mask == target.value)] = 0
     else:
         mask = outputs[0].mask
     timings = {key: sum(o.timings[key] for o in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
@@ -307,7 +319,8 @@ def command_segment(args: argparse.Namespace) -> int:
                                           args.example_label)
         targets = [Target(args.text, shared, per_slice)]
     pipeline = SegICLPipeline.from_pretrained(args.model)
-    settings = Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed)
+    settings = Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed,
+                        args.largest_component)
     result = segment_image(query, targets, pipeline, settings, as_label_map=bool(args.labels), progress=True)
     written = [write_image(args.out, query.to_file(result.mask), query.image)]
     for path, values in ((args.probabilities, result.probabilities), (args.uncertainty, result.uncertainty)):

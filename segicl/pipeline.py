@@ -43,6 +43,16 @@ def sample_masks(decoder: MaskDecoder, tokens: torch.Tensor, num_steps: int = 10
     return probabilities.view(batch, num_samples, 1, *probabilities.shape[-2:])
 
 
+def keep_largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest connected component of a binary mask (2-D slice or 3-D volume, full connectivity; MONAI's
+    KeepLargestConnectedComponent), as nnU-Net's post-processing does for one-piece structures: the scattered specks
+    the decoder leaves on slices without the structure go, and so does any second piece of a two-part structure."""
+    from monai.transforms import KeepLargestConnectedComponent
+
+    kept = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(np.asarray(mask, np.uint8)[None])
+    return np.asarray(kept)[0].astype(mask.dtype)
+
+
 @dataclass
 class SegmentationOutput:
     """What a pipeline call returns; arrays have the query's shape.
@@ -125,7 +135,8 @@ class SegICLPipeline:
     def __call__(self, image, text: str, examples=(), num_samples: int = DEFAULT_SAMPLES, num_steps: int = DEFAULT_STEPS,
                  batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
                  threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
-                 progress: bool = False, slice_examples=None, callback=None) -> SegmentationOutput:
+                 progress: bool = False, slice_examples=None, callback=None,
+                 largest_component: bool = False) -> SegmentationOutput:
         """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis).
 
         `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
@@ -133,7 +144,8 @@ class SegICLPipeline:
         [0, 1]; their masks may be empty ("not on this slice"), and they run without the prefix cache.
         `callback(stage, done, total)`, if given, is called after every batch of the LLM pass (stage "condition")
         and of the decoder pass ("decode"), `done` of `total` batches; an exception it raises stops the call (a
-        progress bar's cancel button)."""
+        progress bar's cancel button). `largest_component` keeps only the mask's largest connected component (over
+        the whole volume), `keep_largest_component`."""
         query = _as_float_array(image, "query image")
         if query.ndim not in (2, 3):
             raise ValueError(f"query image must be 2-D [H, W] or 3-D [S, H, W], got {query.ndim}-D shape {query.shape}")
@@ -179,6 +191,8 @@ class SegICLPipeline:
         if query.ndim == 2:
             probabilities, uncertainty = probabilities[0], uncertainty[0]
         mask = (probabilities > threshold).astype(np.uint8)
+        if largest_component:
+            mask = keep_largest_component(mask)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
 
     def _slice_examples(self, slice_examples, examples, slices: int) -> list | None:

@@ -53,9 +53,17 @@ def test_volume_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pat
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", volume="colin27", structures=1, steps=1, samples=1, batch_size=64,
                      seed=0, out_dir=tmp_path / "bench")
-    result = run_volume(args, dataset, {"copy_example": lambda episodes: [predict_copy(e) for e in episodes]}, log=lambda _: None)
+    methods = {name: (lambda episodes: [predict_copy(e) for e in episodes]) for name in ("copy_example",
+                                                                                          "registration_vote")}
+    result = run_volume(args, dataset, methods, log=lambda _: None)
     saved = json.loads((tmp_path / "bench" / "volume.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(result["summary"]))
     for setting in SETTINGS:
-        assert set(saved["summary"][setting]) == {"segicl", "copy_example", "union_examples"}
-    assert "| position-matched | SegICL |" in (tmp_path / "bench" / "volume.md").read_text()
+        assert set(saved["summary"][setting]) == {"segicl", "segicl_largest_component", "copy_example",
+                                                  "registration_vote", "registration_vote_largest_component",
+                                                  "union_examples"}
+        scores = next(iter(saved["structures"].values()))[setting]
+        for name in ("segicl", "registration_vote"):  # the largest piece of a mask is part of it
+            assert scores[f"{name}_largest_component"]["predicted_voxels"] <= scores[name]["predicted_voxels"]
+    table = (tmp_path / "bench" / "volume.md").read_text()
+    assert "| position-matched | SegICL |" in table and "| position-matched | SegICL + largest component |" in table

@@ -112,3 +112,18 @@ def test_an_unknown_label_of_the_bank_is_refused_with_the_known_ones(imported_da
                  "--model", str(SHIPPED)])
     assert code == 2
     assert "no structure 'amygdala'" in capsys.readouterr().err
+
+
+def test_largest_component_leaves_one_piece_per_class_of_the_label_map(imported_dataset, nnunet_folder, tmp_path):
+    from scipy import ndimage
+
+    image = nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"
+    common = ["segment", "--image", str(image), "--examples-from", str(imported_dataset.root), "--labels", "all",
+              "-k", "1", "--model", str(SHIPPED)]
+    assert main([*common, "--out", str(tmp_path / "plain.nii.gz")]) == 0
+    assert main([*common, "--largest-component", "--out", str(tmp_path / "kept.nii.gz")]) == 0
+    plain = np.asarray(nib.load(tmp_path / "plain.nii.gz").dataobj)
+    kept = np.asarray(nib.load(tmp_path / "kept.nii.gz").dataobj)
+    for value in (1, 2, 3):
+        pieces = ndimage.label(kept == value, structure=np.ones((3, 3, 3)))[1]
+        assert pieces == 1 and ((kept == value) <= (plain == value)).all()
