@@ -274,6 +274,23 @@ def _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step: int, a
     save_checkpoint(Path(args.output_dir) / "checkpoint", trainable_state(unwrapped), trainer_state, optimizer_state)
 
 
+def add_episode_arguments(parser: argparse.ArgumentParser, min_area: int, anonymous_name_prob: float,
+                          absent_prob: float) -> None:
+    """The flags of the training episodes that stages 2 and 3 draw (`episode_batches`), with each stage's defaults."""
+    parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
+    parser.add_argument("--min-area", type=int, default=min_area, help="minimum query structure area in pixels")
+    parser.add_argument("--anonymous-name-prob", type=float, default=anonymous_name_prob,
+                        help="probability that an episode with examples names its structure with a made-up word, "
+                             "so that only the examples say what to segment")
+    parser.add_argument("--absent-prob", type=float, default=absent_prob,
+                        help="share of episodes whose query slice does not hold the structure (empty target), so that "
+                             "the model learns to leave such slices empty, as whole volumes need")
+    parser.add_argument("--absent-examples-prob", type=float, default=0.0,
+                        help="of the queries without the structure, the share whose examples are the slices at the "
+                             "query's relative position in their volumes (empty where the structure is absent there "
+                             "too), as whole volumes with position-matched examples give them")
+
+
 def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
                     anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""

@@ -17,36 +17,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
-                           episode_batches, finished_line, make_accelerator, open_training_dataset, run_stage,
-                           train, training_arguments)
+from stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,  # noqa: E402
+                           add_training_arguments, episode_batches, finished_line, make_accelerator,
+                           open_training_dataset, run_stage, train, training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = StageArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--init", type=Path, required=True, help="stage-1 model folder (runs/stage1/model)")
-    parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
-    parser.add_argument("--min-area", type=int, default=16, help="minimum query structure area in pixels")
     parser.add_argument("--foreground-weight", type=float, default=4.0,
                         help="extra loss weight of condition tokens whose patch holds foreground")
     parser.add_argument("--decoder-loss-weight", type=float, default=0.0,
                         help="weight of the frozen decoder's reconstruction loss on the predicted tokens (0: off)")
-    parser.add_argument("--anonymous-name-prob", type=float, default=0.0,
-                        help="probability that an episode with examples names its structure with a made-up word, "
-                             "so that only the examples say what to segment")
     parser.add_argument("--example-prior", action="store_true",
                         help="add the example prior (gate over the union of the example masks) to an --init model "
                              "trained without it")
     parser.add_argument("--crossconv", type=Path, default=None,
                         help="a trained CrossConv folder (stages/crossconv_train.py) to become the example prior's "
                              "source (frozen), instead of the union of the example masks; switches the prior on")
-    parser.add_argument("--absent-prob", type=float, default=0.0,
-                        help="share of episodes whose query slice does not hold the structure (empty target), so that "
-                             "the model learns to leave such slices empty, as whole volumes need")
-    parser.add_argument("--absent-examples-prob", type=float, default=0.0,
-                        help="of the queries without the structure, the share whose examples are the slices at the "
-                             "query's relative position in their volumes (empty where the structure is absent there "
-                             "too), as whole volumes with position-matched examples give them")
+    add_episode_arguments(parser, min_area=16, anonymous_name_prob=0.0, absent_prob=0.0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
     add_training_arguments(parser, steps=2000, batch_size=16, learning_rate=3e-4, checkpoint_every=200,

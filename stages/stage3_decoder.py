@@ -19,9 +19,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
-                           episode_batches, finished_line, make_accelerator, open_training_dataset, run_stage,
-                           train, training_arguments)
+from stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,  # noqa: E402
+                           add_training_arguments, episode_batches, finished_line, make_accelerator,
+                           open_training_dataset, run_stage, train, training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,16 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pixel-inputs", nargs="*", choices=PIXEL_INPUTS, default=None,
                         help="maps the decoder reads at full resolution, switched on for an --init model without "
                              "them (nothing given: keep the --init model's)")
-    parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
-    parser.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
-    parser.add_argument("--anonymous-name-prob", type=float, default=0.5,
-                        help="probability that an episode with examples names its structure with a made-up word")
-    parser.add_argument("--absent-prob", type=float, default=0.15,
-                        help="share of episodes whose query slice does not hold the structure (empty target)")
-    parser.add_argument("--absent-examples-prob", type=float, default=0.0,
-                        help="of the queries without the structure, the share whose examples are the slices at the "
-                             "query's relative position in their volumes (empty where the structure is absent there "
-                             "too), as whole volumes with position-matched examples give them")
+    add_episode_arguments(parser, min_area=64, anonymous_name_prob=0.5, absent_prob=0.15)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
     add_training_arguments(parser, steps=700, batch_size=16, learning_rate=3e-4, checkpoint_every=100,
