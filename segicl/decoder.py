@@ -186,8 +186,9 @@ class MaskDecoder(nn.Module):
         grid, width = self.condition.grid, self.condition.token_dim + pixel_channels(self.config, self.condition)
         if tokens.ndim != 3 or tokens.shape[1] != grid * grid or tokens.shape[2] not in (self.condition.token_dim,
                                                                                           width):
-            raise ValueError(f"condition tokens must have shape [B, {grid * grid}, {self.condition.token_dim}] or "
-                             f"[B, {grid * grid}, {width}] (with the pixel inputs), got {tuple(tokens.shape)}")
+            with_pixels = f" or [B, {grid * grid}, {width}] (with the pixel inputs)" if self.config.pixel_inputs else ""
+            raise ValueError(f"condition tokens must have shape [B, {grid * grid}, {self.condition.token_dim}]"
+                             f"{with_pixels}, got {tuple(tokens.shape)}")
         if tokens.shape[2] != width:
             tokens = F.pad(tokens, (0, width - tokens.shape[2]))
         spatial = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)

@@ -94,6 +94,8 @@ def test_pixel_inputs_land_on_the_token_over_their_pixel(tiny_model):
     assert condition[0, 2 * 16 + 5, 16 + 1 * 4 + 2] == 1
     control = decoder.control_map(condition)
     assert control.shape == (1, 32, 16, 16) and control[0, 16 + 6, 2, 5] == 1
+    with pytest.raises(ValueError, match="or \\[B, 256, 32\\] \\(with the pixel inputs\\), got \\(1, 256, 20\\)"):
+        decoder.control_map(torch.zeros(1, 256, 20))
 
 
 def write_tiny_stable_diffusion(folder, cross_attention_dim: int = 32):
