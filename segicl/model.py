@@ -130,7 +130,6 @@ class SegICLModel(nn.Module):
         dataclasses.replace(self.config, decoder=decoder).validate()  # refused before anything changes
         self.decoder.add_pixel_inputs(names)
         self.config.decoder = self.decoder.config
-        self.config.validate()
 
     @classmethod
     def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
@@ -216,6 +215,8 @@ class SegICLModel(nn.Module):
         """What the decoder reads: the condition tokens with its pixel inputs appended (`DecoderConfig.pixel_inputs`:
         the example prior's probability map, zero without examples, and the query image); the tokens alone for the
         paper's decoder."""
+        if not self.decoder.config.pixel_inputs:
+            return tokens
         maps = {"image": query_image, "prior": query_image.new_zeros(query_image.shape) if prior_map is None
                 else prior_map}
         return self.decoder.with_pixel_inputs(tokens, maps)

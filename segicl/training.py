@@ -10,12 +10,17 @@ from torch import nn
 from segicl.model import SegICLModel
 
 
-def set_stage1_trainable(model: SegICLModel) -> None:
-    """Stage 1 trains the condition encoder and the decoder's ControlNet (+ UNet unless frozen)."""
+def set_decoder_trainable(model: SegICLModel) -> None:
+    """Only the decoder's ControlNet (+ UNet unless frozen) trains: stage 3, and stage 1 with the condition encoder."""
     model.requires_grad_(False)
-    model.condition_encoder.requires_grad_(True)
     model.decoder.controlnet.requires_grad_(True)
     model.decoder.unet.requires_grad_(not model.config.decoder.freeze_unet)
+
+
+def set_stage1_trainable(model: SegICLModel) -> None:
+    """Stage 1 trains the condition encoder and the decoder's ControlNet (+ UNet unless frozen)."""
+    set_decoder_trainable(model)
+    model.condition_encoder.requires_grad_(True)
 
 
 def set_stage2_trainable(model: SegICLModel) -> None:
@@ -87,13 +92,6 @@ class Stage2Model(nn.Module):
             losses["decoder"] = decoded.detach()
             losses["loss"] = losses["loss"] + self.decoder_loss_weight * decoded
         return losses
-
-
-def set_decoder_trainable(model: SegICLModel) -> None:
-    """Stage 3 trains the decoder's ControlNet (+ UNet unless frozen) on what the frozen encoder predicts."""
-    model.requires_grad_(False)
-    model.decoder.controlnet.requires_grad_(True)
-    model.decoder.unet.requires_grad_(not model.config.decoder.freeze_unet)
 
 
 class Stage3Model(nn.Module):
