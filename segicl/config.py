@@ -241,6 +241,15 @@ class SegICLConfig:
             "crossconv" (the query mask that the in-context module `crossconv` predicts from the query and the
             examples: an aligned label fusion).
         crossconv: the in-context module's shape (used when prior_source is "crossconv").
+        gate_reads_prior: the example prior's gate also reads the prior's probability map under each condition
+            token (its `condition.patch_size` ** 2 pixels), beside the LLM's states, so that it can follow the prior
+            where the prior is sure of itself (e.g. an empty answer where the examples say "not on this slice").
+            False: the gate reads the LLM's states only.
+        empty_examples_follow_prior: where a query's examples all have empty masks (the position-matched examples
+            of a volume's slices beyond the structure: "not on this slice"), the condition is the example prior's
+            alone (gate 1), instead of the gate's mix with the LLM's tokens, whose small errors the decoder
+            renders as specks on such slices (README "Whole volumes"). On by default, also for model folders saved
+            before the switch existed.
     """
 
     preset: str = "tiny"
@@ -254,6 +263,8 @@ class SegICLConfig:
     example_prior: bool = False
     prior_source: str = "union"
     crossconv: CrossConvConfig = field(default_factory=CrossConvConfig)
+    gate_reads_prior: bool = False
+    empty_examples_follow_prior: bool = True
 
     @property
     def tokens_per_query(self) -> int:
@@ -268,6 +279,8 @@ class SegICLConfig:
             part.validate()
         if "prior" in self.decoder.pixel_inputs and not self.example_prior:
             raise ValueError("decoder pixel_inputs 'prior' needs example_prior: there is no prior map without it")
+        if self.gate_reads_prior and not self.example_prior:
+            raise ValueError("gate_reads_prior needs example_prior: there is no prior gate without it")
         if self.prior_source not in PRIOR_SOURCES:
             raise ValueError(f"unknown prior_source {self.prior_source!r}; expected one of {PRIOR_SOURCES}")
         if self.prior_source == "crossconv" and self.crossconv.image_size != self.condition.mask_size:

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -77,18 +78,36 @@ class Projector(nn.Module):
 
 class ExamplePriorGate(nn.Module):
     """LLM output-query states [B, M, H] -> weight in (0, 1) [B, grid*grid, 1] per condition token, in the
-    Projector's token order: how much that token follows the examples' fused mask instead of the LLM."""
+    Projector's token order: how much that token follows the examples' fused mask instead of the LLM. With
+    `SegICLConfig.gate_reads_prior` the weight also depends on the prior's probabilities under the token
+    (`prior_linear`, starting at zero: the gate of a model trained without it is unchanged)."""
 
     def __init__(self, hidden: int, config: SegICLConfig):
         super().__init__()
         self.query_grid = config.query_grid
         self.block = config.condition.grid // config.query_grid
+        self.patch = config.condition.patch_size
         self.linear = nn.Linear(hidden, self.block**2)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
+        self.prior_linear = None
+        if config.gate_reads_prior:
+            self.add_prior_input()
 
-    def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(to_condition_order(self.linear(states), self.query_grid, self.block))
+    def add_prior_input(self) -> None:
+        """The prior's `patch`**2 probabilities under each token as extra inputs of the gate, at zero weight."""
+        self.prior_linear = nn.Linear(self.patch**2, 1)
+        nn.init.zeros_(self.prior_linear.weight)
+        nn.init.zeros_(self.prior_linear.bias)
+
+    def forward(self, states: torch.Tensor, prior_map: torch.Tensor | None = None) -> torch.Tensor:
+        logits = to_condition_order(self.linear(states), self.query_grid, self.block)
+        if self.prior_linear is not None:
+            if prior_map is None:
+                raise ValueError("this gate reads the prior's probability map: pass prior_map")
+            under_token = F.pixel_unshuffle(prior_map.to(logits.dtype), self.patch).flatten(2).transpose(1, 2)
+            logits = logits + self.prior_linear(under_token)
+        return torch.sigmoid(logits)
 
 
 class SegICLModel(nn.Module):
@@ -122,6 +141,16 @@ class SegICLModel(nn.Module):
         self.add_example_prior()
         self.config.prior_source, self.config.crossconv = "crossconv", network.config
         self.incontext = network
+
+    def add_gate_prior_input(self) -> None:
+        """Let the example prior's gate read the prior's probability map (`SegICLConfig.gate_reads_prior`); the
+        gate's weights stay what they were until stage 2 trains the new input in from zero."""
+        if self.example_gate is None:
+            raise ValueError("the model has no example prior, so no gate to read it: add the prior first "
+                             "(--example-prior or --crossconv)")
+        if self.example_gate.prior_linear is None:
+            self.example_gate.add_prior_input()
+        self.config.gate_reads_prior = True
 
     def add_pixel_inputs(self, names: tuple[str, ...]) -> None:
         """Let the decoder read `names` (`DecoderConfig.pixel_inputs`) at full resolution; its predictions stay the
@@ -189,7 +218,11 @@ class SegICLModel(nn.Module):
                                                                valid, query_image)
             with _timed(timings, "llm_s"):
                 states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
-                tokens = self.condition_from_states(states, self.prior_tokens(prior_map))
+                follow = None
+                if prior_map is not None and self.config.empty_examples_follow_prior:
+                    follow = (~context.example_masks.flatten(1).any(dim=1).any()).expand(batch)
+                tokens = self.condition_from_states(states, self.prior_tokens(prior_map), prior_map=prior_map,
+                                                    follow_prior=follow)
             return self.decoder_condition(tokens, prior_map, query_image)
         if example_valid.shape[1] == 0:  # the encoder's batch layout needs one slot: an invalid one
             example_images = example_masks = query_image.new_zeros(query_image.shape[0], 1, *query_image.shape[1:])
@@ -207,7 +240,8 @@ class SegICLModel(nn.Module):
         with _timed(timings, "llm_s"):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
-            tokens = self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1))
+            tokens = self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1),
+                                                prior_map, self._examples_all_empty(example_masks, example_valid))
         return self.decoder_condition(tokens, prior_map, query_image)
 
     def decoder_condition(self, tokens: torch.Tensor, prior_map: torch.Tensor | None,
@@ -262,15 +296,29 @@ class SegICLModel(nn.Module):
                                                            example_masks[has_examples], example_valid[has_examples])
         return prior
 
+    def _examples_all_empty(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
+        """[B] True where a sample has examples and every one of their masks is empty (position-matched examples
+        saying "not on this slice"), when `SegICLConfig.empty_examples_follow_prior` is on; else None."""
+        if not self.config.empty_examples_follow_prior:
+            return None
+        shown = (example_masks.flatten(2).amax(dim=2) > 0) & example_valid
+        return example_valid.any(dim=1) & ~shown.any(dim=1)
+
     def condition_from_states(self, states: torch.Tensor, prior: torch.Tensor | None = None,
-                              has_examples: torch.Tensor | None = None) -> torch.Tensor:
-        """Condition tokens from the output-query states: the projection, mixed with the example prior
-        (per-token gate) for the samples that have examples. `has_examples` [B] defaults to "prior given"
-        where `prior` is not None; pass it when some samples of a batch have k = 0."""
+                              has_examples: torch.Tensor | None = None,
+                              prior_map: torch.Tensor | None = None,
+                              follow_prior: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition tokens from the output-query states: the projection, mixed with the example prior's tokens
+        `prior` (per-token gate) for the samples that have examples. `has_examples` [B] defaults to "prior given"
+        where `prior` is not None; pass it when some samples of a batch have k = 0. `prior_map` (the prior's
+        probability map [B, 1, H, W]) is what a gate that reads the prior reads. Where `follow_prior` [B] is True
+        the gate is 1: the condition is the prior's alone."""
         projected = self.projector(states)
         if prior is None or self.example_gate is None:
             return projected
-        gate = self.example_gate(states)
+        gate = self.example_gate(states, prior_map)
+        if follow_prior is not None:
+            gate = torch.where(follow_prior[:, None, None], torch.ones_like(gate), gate)
         if has_examples is not None:
             gate = gate * has_examples.to(gate.dtype)[:, None, None]
         return projected + gate * (prior - projected)

@@ -63,13 +63,18 @@ class Stage2Model(nn.Module):
     With `decoder_loss_weight` > 0 the predicted tokens also go through the FROZEN decoder's stage-1 loss
     (reconstruct the query mask from them): the decoder was trained on teacher tokens plus small noise,
     and this term pulls the regression toward tokens the decoder actually reads correctly.
+    `gate_learning_rate_scale` multiplies the example prior gate's learning rate (`learning_rate_scales`, which the
+    training loop reads): the gate starts at zero and is a few thousand weights beside the LoRA's.
     """
 
-    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0, decoder_loss_weight: float = 0.0):
+    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0, decoder_loss_weight: float = 0.0,
+                 gate_learning_rate_scale: float = 1.0):
         super().__init__()
         self.model = model
         self.foreground_weight = foreground_weight
         self.decoder_loss_weight = decoder_loss_weight
+        self.learning_rate_scales = ({"model.example_gate.": gate_learning_rate_scale}
+                                     if gate_learning_rate_scale != 1.0 else {})
         set_stage2_trainable(model)
 
     def token_weights(self, query_mask: torch.Tensor) -> torch.Tensor:

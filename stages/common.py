@@ -168,6 +168,18 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
+def parameter_groups(module: torch.nn.Module, learning_rate: float) -> list[dict]:
+    """AdamW's parameter groups: every trainable parameter at `learning_rate`, except those under a prefix of the
+    module's `learning_rate_scales` (parameter-name prefix -> factor), each prefix a group of its own."""
+    scales = getattr(module, "learning_rate_scales", {})
+    groups = {prefix: [] for prefix in ("", *scales)}
+    for name, parameter in module.named_parameters():
+        if parameter.requires_grad:
+            groups[next((prefix for prefix in scales if name.startswith(prefix)), "")].append(parameter)
+    return [{"params": params, "lr": learning_rate * scales.get(prefix, 1.0)}
+            for prefix, params in groups.items() if params]
+
+
 def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], args: TrainingArguments,
           accelerator=None, config: dict | None = None, description: str = "training") -> dict:
     """Optimise the trainable parameters of `module`; `module(**batch, generator=g)` returns a dict with "loss".
@@ -182,7 +194,8 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the module has no trainable parameters")
-    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(module, args.learning_rate), lr=args.learning_rate,
+                                  weight_decay=args.weight_decay)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
     start_step = 0
     checkpoint = output / "checkpoint"

@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crossconv", type=Path, default=None,
                         help="a trained CrossConv folder (stages/crossconv_train.py) to become the example prior's "
                              "source (frozen), instead of the union of the example masks; switches the prior on")
+    parser.add_argument("--gate-reads-prior", action="store_true",
+                        help="let the example prior's gate read the prior's probability map too (trained in from "
+                             "zero; SegICLConfig.gate_reads_prior)")
+    parser.add_argument("--gate-lr-scale", type=float, default=1.0,
+                        help="the example prior gate's learning rate as a multiple of --learning-rate (default 1)")
     add_episode_arguments(parser, min_area=16, anonymous_name_prob=0.0, absent_prob=0.0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     from segicl.training import Stage2Model
 
     args = build_parser().parse_args(argv)
+    if not args.gate_lr_scale > 0:
+        raise ValueError(f"--gate-lr-scale must be > 0, got {args.gate_lr_scale}")
     training = training_arguments(args)
     accelerator = make_accelerator()
     torch.manual_seed(training.seed)
@@ -57,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         model.add_example_prior()
     if args.crossconv is not None:
         model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
+    if args.gate_reads_prior:
+        model.add_gate_prior_input()
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
-    stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
+    stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
                                  args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")

@@ -50,3 +50,11 @@ def test_output_queries_must_tile_the_condition_grid():
     config.num_output_queries = 48
     with pytest.raises(ValueError, match="num_output_queries"):
         config.validate()
+
+
+def test_a_config_saved_before_the_empty_examples_switch_loads_with_it_on(tmp_path):
+    data = tiny_config().to_dict()
+    del data["empty_examples_follow_prior"], data["gate_reads_prior"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    loaded = SegICLConfig.load(tmp_path / "old.json")
+    assert loaded.empty_examples_follow_prior and not loaded.gate_reads_prior

@@ -229,3 +229,106 @@ def test_a_prior_pixel_input_is_refused_without_the_prior_and_nothing_changes(to
         model.add_pixel_inputs(("prior",))
     assert model.config.decoder.pixel_inputs == () and model.decoder.config.pixel_inputs == ()
     assert model.decoder.controlnet.controlnet_cond_embedding.conv_in.in_channels == 16
+
+
+@pytest.fixture(scope="module")
+def prior_reading_model(tokenizer):
+    from segicl.config import CrossConvConfig, tiny_config
+    from segicl.incontext import CrossConvNet
+
+    torch.manual_seed(3)
+    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
+    model.use_crossconv_prior(CrossConvNet(CrossConvConfig(widths=(8, 8, 8, 8))).eval())
+    with torch.no_grad():  # a gate that has learned something, so that "unchanged" below can fail
+        model.example_gate.linear.weight.normal_(0, 0.05)
+    return model
+
+
+def test_gate_prior_input_starts_at_zero_then_reads_the_prior_under_each_token(prior_reading_model):
+    import torch.nn.functional as F
+
+    model = prior_reading_model
+    batch = mixed_k_batch(model)
+    with torch.no_grad():
+        before = model.condition_tokens(**batch)
+        model.add_gate_prior_input()
+        assert model.config.gate_reads_prior
+        assert torch.equal(model.condition_tokens(**batch), before)  # zero weights: the same model
+        probability = model.example_prior_probability(batch["example_images"], batch["example_masks"],
+                                                      batch["example_valid"], batch["query_image"])
+        states = model.encoder(batch["text_ids"], batch["text_mask"], model.image_tokens(batch["example_images"]),
+                               model.image_tokens(batch["example_masks"]), batch["example_valid"],
+                               model.image_tokens(batch["query_image"]))
+        linear = model.example_gate.prior_linear
+        try:
+            linear.weight.fill_(2.0)
+            gate = model.example_gate(states, probability)
+            states_only = torch.logit(model.example_gate(states, torch.zeros_like(probability)))
+            under_token = F.pixel_unshuffle(probability, 4).flatten(2).transpose(1, 2).sum(-1, keepdim=True)
+            torch.testing.assert_close(gate, torch.sigmoid(states_only + 2.0 * under_token), atol=1e-5, rtol=1e-4)
+            assert not torch.equal(model.condition_tokens(**batch)[0], before[0])
+            torch.testing.assert_close(model.condition_tokens(**batch)[1], before[1])  # k = 0: no prior, no gate
+        finally:
+            linear.weight.zero_()
+
+
+def test_gate_prior_input_reloads_bit_identically_and_is_refused_without_a_prior(prior_reading_model, tokenizer,
+                                                                               tmp_path):
+    from segicl.config import tiny_config
+
+    model = prior_reading_model
+    model.add_gate_prior_input()
+    with torch.no_grad():
+        model.example_gate.prior_linear.weight.normal_(0, 1.0)
+    loaded = SegICLModel.from_pretrained(model.save_pretrained(tmp_path / "model"))
+    assert loaded.config.gate_reads_prior and loaded.example_gate.prior_linear is not None
+    batch = mixed_k_batch(model)
+    with torch.no_grad():
+        assert torch.equal(loaded.condition_tokens(**batch), model.condition_tokens(**batch))
+        model.example_gate.prior_linear.weight.zero_()
+    config = tiny_config()
+    config.example_prior = False
+    without = SegICLModel.from_config(config, tokenizer)
+    with pytest.raises(ValueError, match="no example prior, so no gate"):
+        without.add_gate_prior_input()
+    assert not without.config.gate_reads_prior
+    config.gate_reads_prior = True
+    with pytest.raises(ValueError, match="gate_reads_prior needs example_prior"):
+        config.validate()
+
+
+def test_queries_whose_examples_are_all_empty_follow_the_prior_alone(crossconv_model):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=3)
+    batch["example_masks"][0] = 0  # every example says "not on this slice"
+    batch["example_masks"][1, 1:] = 0  # one example shows the structure
+    batch["example_valid"][2] = False  # k = 0
+    assert model.config.empty_examples_follow_prior  # the default
+    with torch.no_grad():
+        followed = model.condition_tokens(**batch)
+        prior = model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
+                                           batch["query_image"])
+        model.config.empty_examples_follow_prior = False
+        try:
+            mixed = model.condition_tokens(**batch)
+        finally:
+            model.config.empty_examples_follow_prior = True
+    torch.testing.assert_close(followed[0], prior[0])
+    assert not torch.allclose(mixed[0], prior[0], atol=1e-3)  # the switch is what changed it
+    assert torch.equal(followed[1:], mixed[1:])
+
+
+def test_empty_examples_follow_the_prior_on_the_cached_path_too(crossconv_model):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=1)
+    batch["example_masks"].zero_()
+    queries = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        context = model.encode_context(batch["text_ids"], batch["example_images"][0], batch["example_masks"][0])
+        cached = model.condition_tokens(None, None, None, None, None, queries, context)
+        whole = torch.cat([model.condition_tokens(**{**batch, "query_image": q[None]}) for q in queries])
+        prior = model.example_prior_tokens(batch["example_images"].expand(2, -1, -1, -1, -1),
+                                           batch["example_masks"].expand(2, -1, -1, -1, -1),
+                                           batch["example_valid"].expand(2, -1), queries)
+    torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, prior, atol=1e-5, rtol=0)

@@ -76,3 +76,37 @@ def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_o
     assert run_stage(lambda: main(["--dataset", str(folder), "--output-dir", str(tmp_path / "o"), "--steps", "1"]),
                      "stage1_decoder.py") == 2
     assert "has 32 px slices but the model works at 64 px: import it again with --resolution 64" in capsys.readouterr().err
+
+
+def test_stage2_trains_a_gate_that_reads_the_prior_in_from_zero(imported_dataset, tmp_path):
+    """`--gate-reads-prior --gate-lr-scale`: from the shipped weights, the gate's new input starts at zero and trains."""
+    from stages.stage2_encoder import main
+
+    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
+                 "--output-dir", str(tmp_path / "run"), "--steps", "6", "--batch-size", "2", "--warmup-steps", "1",
+                 "--gate-reads-prior", "--gate-lr-scale", "20"]) == 0
+    model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
+    shipped = SegICLModel.from_pretrained(REPO / "weights" / "segicl-tiny")
+    assert model.config.gate_reads_prior and not shipped.config.gate_reads_prior
+    assert model.example_gate.prior_linear.weight.abs().sum() > 0
+
+
+def test_stage2_gate_learning_rate_scale_is_a_group_of_its_own(tokenizer):
+    from stages.common import parameter_groups
+
+    model = fresh_model(tokenizer)
+    model.add_example_prior()
+    groups = parameter_groups(Stage2Model(model, gate_learning_rate_scale=20.0), 1e-3)
+    gate = {id(p) for p in model.example_gate.parameters()}
+    assert [group["lr"] for group in groups] == [1e-3, pytest.approx(2e-2)]
+    assert {id(p) for p in groups[1]["params"]} == gate and not gate & {id(p) for p in groups[0]["params"]}
+    assert len(parameter_groups(Stage2Model(model), 1e-3)) == 1
+
+
+def test_stage2_refuses_a_gate_learning_rate_scale_of_zero_in_one_line(tmp_path, capsys):
+    from stages.common import run_stage
+    from stages.stage2_encoder import main
+
+    assert run_stage(lambda: main(["--init", str(tmp_path), "--output-dir", str(tmp_path / "out"),
+                                   "--gate-lr-scale", "0"]), "stage2_encoder.py") == 2
+    assert capsys.readouterr().err == "stage2_encoder.py: error: --gate-lr-scale must be > 0, got 0.0\n"
