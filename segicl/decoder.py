@@ -113,6 +113,12 @@ def inference_scheduler(config: DecoderConfig, train: DDPMScheduler, name: str |
     raise ValueError(f"unknown scheduler {name!r}; expected 'ddim' or 'dpmsolver++'")
 
 
+def under_tokens(image: torch.Tensor, patch: int) -> torch.Tensor:
+    """A map [B, 1, S, S] -> [B, (S / patch)**2, patch**2]: the pixels under each condition token, in the token
+    grid's row order (pixel unshuffle)."""
+    return F.pixel_unshuffle(image, patch).flatten(2).transpose(1, 2)
+
+
 class MaskDecoder(nn.Module):
     """Condition tokens -> mask, by conditional diffusion (ControlNet + UNet)."""
 
@@ -168,8 +174,7 @@ class MaskDecoder(nn.Module):
         """Condition tokens [B, M, D] + the configured pixel input maps [B, 1, S, S] -> the decoder's condition
         [B, M, D + P]: each map pixel-unshuffled onto the token grid and appended to the tokens (see
         `DecoderConfig.pixel_inputs`). Without pixel inputs the tokens are the condition."""
-        patch = self.condition.patch_size
-        packed = [F.pixel_unshuffle(maps[name].to(tokens.dtype), patch).flatten(2).transpose(1, 2)
+        packed = [under_tokens(maps[name].to(tokens.dtype), self.condition.patch_size)
                   for name in self.config.pixel_inputs]
         return torch.cat([tokens, *packed], dim=-1) if packed else tokens
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -17,7 +16,7 @@ from torch import nn
 from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
-from segicl.decoder import MaskDecoder
+from segicl.decoder import MaskDecoder, under_tokens
 from segicl.encoder import MultimodalEncoder, build_llm
 from segicl.incontext import CrossConvNet
 from segicl.vision import VisionTower
@@ -105,8 +104,7 @@ class ExamplePriorGate(nn.Module):
         if self.prior_linear is not None:
             if prior_map is None:
                 raise ValueError("this gate reads the prior's probability map: pass prior_map")
-            under_token = F.pixel_unshuffle(prior_map.to(logits.dtype), self.patch).flatten(2).transpose(1, 2)
-            logits = logits + self.prior_linear(under_token)
+            logits = logits + self.prior_linear(under_tokens(prior_map.to(logits.dtype), self.patch))
         return torch.sigmoid(logits)
 
 
@@ -218,9 +216,7 @@ class SegICLModel(nn.Module):
                                                                valid, query_image)
             with _timed(timings, "llm_s"):
                 states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
-                follow = None
-                if prior_map is not None and self.config.empty_examples_follow_prior:
-                    follow = (~context.example_masks.flatten(1).any(dim=1).any()).expand(batch)
+                follow = self._examples_all_empty(context.example_masks.expand(batch, -1, -1, -1, -1), valid)
                 tokens = self.condition_from_states(states, self.prior_tokens(prior_map), prior_map=prior_map,
                                                     follow_prior=follow)
             return self.decoder_condition(tokens, prior_map, query_image)

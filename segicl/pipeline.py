@@ -141,8 +141,9 @@ class SegICLPipeline:
 
         `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
         (position-matched examples: `data.bank.ExampleBank`, or slices of 3-D example volumes), images already in
-        [0, 1]; their masks may be empty ("not on this slice": a slice whose examples are all empty takes the example prior's
-        answer alone, `SegICLConfig.empty_examples_follow_prior`), and they run without the prefix cache.
+        [0, 1]; their masks may be empty ("not on this slice": a slice whose examples are all empty takes the
+        example prior's answer alone, `SegICLConfig.empty_examples_follow_prior`), and they run without the prefix
+        cache.
         `callback(stage, done, total)`, if given, is called after every batch of the LLM pass (stage "condition")
         and of the decoder pass ("decode"), `done` of `total` batches; an exception it raises stops the call (a
         progress bar's cancel button). `largest_component` keeps only the mask's largest connected component (over
