@@ -130,6 +130,16 @@ def add_segment_command(commands, default_weights: Path) -> None:
                          help="keep only the largest connected component of each mask, over the whole volume (nnU-Net's "
                               "post-processing: removes the specks left on slices without the structure, and any "
                               "second piece of a two-part structure; README \"Whole volumes\")")
+    segment.add_argument("--registration-weight", type=float, default=None, metavar="W",
+                         help="weight in [0, 1] of the example masks registered to the query (SimpleITK affine) in the "
+                              "example prior, from 2 examples on (0: off; default: the model's setting, 0.5 for the "
+                              "shipped weights; about 0.05 s per example and slice; README \"Registered examples, and "
+                              "the examples checking the LLM\")")
+    segment.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
+                         help="answer each example from the others and, where the example prior alone does better than "
+                              "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
+                              "about twice the time per slice; default: the model's setting, off for the shipped "
+                              "weights; README \"Registered examples, and the examples checking the LLM\")")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
 
@@ -142,6 +152,8 @@ def check_flags(args: argparse.Namespace) -> None:
         raise ValueError("--uncertainty needs --samples >= 2: the uncertainty is the spread over the samples")
     if not args.model.exists():
         raise FileNotFoundError(f"model folder not found: {args.model} (train one with `make train-demo`)")
+    if args.registration_weight is not None and not 0.0 <= args.registration_weight <= 1.0:
+        raise ValueError(f"--registration-weight must be in [0, 1], got {args.registration_weight}")
     if args.examples_from is None:
         if args.label or args.labels:
             raise ValueError("--label and --labels name structures of a dataset: give it with --examples-from")
@@ -302,6 +314,17 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
                          query.to_display(outputs[0].uncertainty), timings)
 
 
+def apply_prior_flags(model, registration_weight: float | None, check_examples: bool | None) -> None:
+    """`--registration-weight` and `--check-examples` (None: keep the model's setting) on the model's example prior."""
+    for flag, value in (("--registration-weight", registration_weight), ("--check-examples", check_examples)):
+        if value and not model.config.example_prior:
+            raise ValueError(f"{flag} needs a model with an example prior; this one has none")
+    if registration_weight is not None:
+        model.config.prior_registration_weight = registration_weight
+    if check_examples is not None:
+        model.config.examples_check_the_llm = check_examples
+
+
 def command_segment(args: argparse.Namespace) -> int:
     from data.dataset import SliceDataset
     from data.imageio import read_image, write_image
@@ -319,6 +342,7 @@ def command_segment(args: argparse.Namespace) -> int:
                                           args.example_label)
         targets = [Target(args.text, shared, per_slice)]
     pipeline = SegICLPipeline.from_pretrained(args.model)
+    apply_prior_flags(pipeline.model, args.registration_weight, args.check_examples)
     settings = Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed,
                         args.largest_component)
     result = segment_image(query, targets, pipeline, settings, as_label_map=bool(args.labels), progress=True)

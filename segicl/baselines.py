@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from data.episodes import Episode
+from segicl.config import FUSIONS
 
 
 def copy_example_baseline(example_mask: np.ndarray, query_shape: tuple[int, int]) -> np.ndarray:
@@ -113,45 +115,63 @@ def register_mask(example_image: np.ndarray, example_mask: np.ndarray, query_ima
     return sitk.GetArrayFromImage(moved).astype(np.float32)
 
 
-def fuse_masks(masks: list[np.ndarray], fusion: str = "vote") -> np.ndarray:
-    """Binary label fusion of registered masks [S, S] each: "vote" (majority; a tie is background) or "staple"
-    (SimpleITK's STAPLE, probability > 0.5)."""
+def fusion_probability(masks: list[np.ndarray], fusion: str = "vote") -> np.ndarray:
+    """The foreground probability [S, S] that label fusion gives registered masks [S, S] each: "vote" (the fraction
+    of masks marking a pixel) or "staple" (SimpleITK's STAPLE; the vote where STAPLE is undefined: one rater, or
+    an empty one)."""
     if not masks:
         raise ValueError("label fusion needs at least one mask")
-    if fusion == "vote":
-        return (np.mean(masks, axis=0) > 0.5).astype(np.float32)
-    if fusion == "staple":
-        import SimpleITK as sitk
+    if fusion not in FUSIONS:
+        raise ValueError(f"unknown label fusion {fusion!r}; expected 'vote' or 'staple'")
+    if fusion == "vote" or len(masks) == 1 or not all(m.any() for m in masks):
+        return np.mean(masks, axis=0).astype(np.float32)
+    import SimpleITK as sitk
 
-        if len(masks) == 1 or not all(m.any() for m in masks):
-            return fuse_masks(masks, "vote")  # STAPLE is undefined for one rater or an empty one
-        probability = sitk.STAPLE([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks], 1.0)
-        return (sitk.GetArrayFromImage(probability) > 0.5).astype(np.float32)
-    raise ValueError(f"unknown label fusion {fusion!r}; expected 'vote' or 'staple'")
+    probability = sitk.STAPLE([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks], 1.0)
+    return sitk.GetArrayFromImage(probability).astype(np.float32)
+
+
+def fuse_masks(masks: list[np.ndarray], fusion: str = "vote") -> np.ndarray:
+    """Binary label fusion of registered masks [S, S] each: `fusion_probability` > 0.5 (for "vote" a majority; a tie
+    is background)."""
+    return (fusion_probability(masks, fusion) > 0.5).astype(np.float32)
 
 
 class RegistrationFusion:
     """Episodes -> registration + label fusion predictions (None for k = 0), each example registered once: nested
-    episodes of k = 1, 3, 5 share their query and first examples, so their registrations are reused."""
+    episodes of k = 1, 3, 5 share their query and first examples, so their registrations are reused. The cache
+    keeps the `cache_size` most recent registrations (None: all of them, as a benchmark wants)."""
 
-    def __init__(self, config: RegistrationConfig = RegistrationConfig(), fusion: str = "vote"):
+    def __init__(self, config: RegistrationConfig = RegistrationConfig(), fusion: str = "vote",
+                 cache_size: int | None = None):
         fuse_masks([np.zeros((1, 1))], fusion)  # refuse an unknown fusion now, not mid-benchmark
-        self.config, self.fusion = config, fusion
-        self._registered: dict[tuple[bytes, bytes], np.ndarray] = {}
+        if cache_size is not None and cache_size < 1:
+            raise ValueError(f"registration cache_size must be >= 1 or None, got {cache_size}")
+        self.config, self.fusion, self.cache_size = config, fusion, cache_size
+        self._registered: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()
 
     def register(self, example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray) -> np.ndarray:
-        key = (hashlib.sha1(query_image.tobytes()).digest(),
-               hashlib.sha1(example_image.tobytes() + example_mask.tobytes()).digest())
-        if key not in self._registered:
-            self._registered[key] = register_mask(example_image, example_mask, query_image, self.config)
+        key = (hashlib.sha1(np.ascontiguousarray(query_image, np.float32).tobytes()).digest(),
+               hashlib.sha1(np.ascontiguousarray(example_image, np.float32).tobytes()
+                            + np.ascontiguousarray(example_mask, np.float32).tobytes()).digest())
+        if key in self._registered:
+            self._registered.move_to_end(key)
+            return self._registered[key]
+        self._registered[key] = register_mask(example_image, example_mask, query_image, self.config)
+        if self.cache_size is not None and len(self._registered) > self.cache_size:
+            self._registered.popitem(last=False)
         return self._registered[key]
+
+    def registered_masks(self, example_images: np.ndarray, example_masks: np.ndarray,
+                         query_image: np.ndarray) -> list[np.ndarray]:
+        """Each example's mask [S, S] carried onto the query (example_images / example_masks [K, 1, S, S])."""
+        return [self.register(image, mask, query_image) for image, mask in zip(example_images, example_masks)]
 
     def predict(self, episode: Episode) -> np.ndarray:
         if episode.k == 0:
             raise ValueError("registration + label fusion needs at least one example (k >= 1)")
-        masks = [self.register(image, mask, episode.query_image)
-                 for image, mask in zip(episode.example_images, episode.example_masks)]
-        return fuse_masks(masks, self.fusion)
+        return fuse_masks(self.registered_masks(episode.example_images, episode.example_masks, episode.query_image),
+                          self.fusion)
 
     def __call__(self, episodes: list[Episode]) -> list[np.ndarray | None]:
         return [self.predict(e) if e.k else None for e in episodes]

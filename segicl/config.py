@@ -185,6 +185,7 @@ class DecoderConfig:
 
 
 PRIOR_SOURCES = ("union", "crossconv")
+FUSIONS = ("vote", "staple")  # label fusions of registered example masks (segicl.baselines)
 PIXEL_INPUTS = ("prior", "image")
 # The default decoder setting of the pipeline and `segicl segment`, chosen by `segicl bench speed`'s sampler grid
 # (README "Results"): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
@@ -250,6 +251,23 @@ class SegICLConfig:
             alone (gate 1), instead of the gate's mix with the LLM's tokens, whose small errors the decoder
             renders as specks on such slices (README "Whole volumes"). On by default, also for model folders saved
             before the switch existed.
+        prior_registration_weight: w in [0, 1]: the example prior's probability map becomes
+            `(1 - w) * prior + w * registered`, where `registered` is the label fusion (`prior_registration_fusion`)
+            of the example masks, each carried onto the query by affine registration of its image (SimpleITK,
+            `segicl.baselines.register_mask`): the label fusion a user would run, aligned by a transform instead of
+            learned. 0: off. Inference only: the training stages never register (~0.05 s per example and query).
+            Only queries with at least `prior_registration_min_examples` valid examples use it.
+        prior_registration_fusion: how the registered masks become `registered`: "staple" (SimpleITK's STAPLE
+            probability; their mean where STAPLE is undefined, e.g. an empty mask) or "vote" (their mean).
+        prior_registration_min_examples: the fewest examples a query needs for the registered masks to enter the
+            prior. With one example `registered` is a single binary mask, and at w = 0.5 the blend is the
+            intersection of that mask with the prior's, not a fusion of estimates.
+        examples_check_the_llm: answer each of a query's own examples (from 2 on) from the other examples, once
+            with the gate's mix of the LLM and the prior and once with the prior alone, and score both against the
+            example's mask (in condition-token space); where the prior alone is closer, the query's condition is the
+            prior's alone (gate 1). The learned gate cannot tell a structure the LLM knows from one it never saw
+            (README "Peers"); the examples, whose answers are known, can. Inference only; costs one more pass of the
+            model per example.
     """
 
     preset: str = "tiny"
@@ -265,6 +283,10 @@ class SegICLConfig:
     crossconv: CrossConvConfig = field(default_factory=CrossConvConfig)
     gate_reads_prior: bool = False
     empty_examples_follow_prior: bool = True
+    prior_registration_weight: float = 0.0
+    prior_registration_fusion: str = "staple"
+    prior_registration_min_examples: int = 2
+    examples_check_the_llm: bool = False
 
     @property
     def tokens_per_query(self) -> int:
@@ -281,6 +303,18 @@ class SegICLConfig:
             raise ValueError("decoder pixel_inputs 'prior' needs example_prior: there is no prior map without it")
         if self.gate_reads_prior and not self.example_prior:
             raise ValueError("gate_reads_prior needs example_prior: there is no prior gate without it")
+        if not 0.0 <= self.prior_registration_weight <= 1.0:
+            raise ValueError(f"prior_registration_weight must be in [0, 1], got {self.prior_registration_weight}")
+        if self.prior_registration_weight and not self.example_prior:
+            raise ValueError("prior_registration_weight needs example_prior: there is no prior map without it")
+        if self.examples_check_the_llm and not self.example_prior:
+            raise ValueError("examples_check_the_llm needs example_prior: there is no prior to follow without it")
+        if self.prior_registration_fusion not in FUSIONS:
+            raise ValueError(f"unknown prior_registration_fusion {self.prior_registration_fusion!r}; expected one of "
+                             f"{FUSIONS}")
+        if self.prior_registration_min_examples < 1:
+            raise ValueError(f"prior_registration_min_examples must be >= 1, got "
+                             f"{self.prior_registration_min_examples}")
         if self.prior_source not in PRIOR_SOURCES:
             raise ValueError(f"unknown prior_source {self.prior_source!r}; expected one of {PRIOR_SOURCES}")
         if self.prior_source == "crossconv" and self.crossconv.image_size != self.condition.mask_size:

@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl.baselines import RegistrationFusion, fusion_probability
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder, under_tokens
@@ -22,6 +24,7 @@ from segicl.incontext import CrossConvNet
 from segicl.vision import VisionTower
 
 CONFIG_NAME = MODEL_CONFIGS["SegICL"]
+REGISTRATION_CACHE_SIZE = 4096  # registrations kept for reuse: 64 MB of masks at 64 px
 
 
 def to_condition_order(per_query: torch.Tensor, query_grid: int, block: int) -> torch.Tensor:
@@ -38,12 +41,15 @@ class ExampleContext:
         cache: the LLM's KV cache of the instruction + examples prefix (never changed in place).
         length: the prefix length in tokens.
         example_images, example_masks: the examples [k, 1, H, W], for the example prior of each query.
+        prior_beats_llm: the example prior alone predicts the examples (each from the others) better than the gate's
+            mix with the LLM (`SegICLConfig.examples_check_the_llm`): every query takes the prior's condition alone.
     """
 
     cache: Any
     length: int
     example_images: torch.Tensor
     example_masks: torch.Tensor
+    prior_beats_llm: bool = False
 
 
 @contextlib.contextmanager
@@ -123,6 +129,11 @@ class SegICLModel(nn.Module):
         self.decoder = decoder
         self.example_gate = ExamplePriorGate(encoder.hidden_size, config) if config.example_prior else None
         self.incontext = CrossConvNet(config.crossconv) if config.prior_source == "crossconv" else None
+        self._registration: RegistrationFusion | None = None  # built on first use (prior_registration_weight)
+        # Registering the examples and checking the LLM on them are inference-time settings (they cost a registration
+        # per example, an LLM pass per example): the training stages switch them off; the config they save keeps them.
+        self.use_inference_only_settings = True
+        self._checking_examples = False
 
     def add_example_prior(self) -> None:
         """Switch the example prior on for a model trained without it (its gate starts at 0.5 everywhere)."""
@@ -191,7 +202,10 @@ class SegICLModel(nn.Module):
             image_tokens, mask_tokens = self.image_tokens(example_images), self.image_tokens(example_masks)
         with _timed(timings, "llm_s"):
             cache, length = self.encoder.encode_prefix(text_ids, image_tokens, mask_tokens)
-        return ExampleContext(cache, length, example_images, example_masks)
+            valid = torch.ones(1, example_masks.shape[0], dtype=torch.bool, device=example_masks.device)
+            beats = self._prior_beats_llm(text_ids, torch.ones_like(text_ids), example_images[None],
+                                          example_masks[None], valid)
+        return ExampleContext(cache, length, example_images, example_masks, bool(beats is not None and beats[0]))
 
     def condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
                          example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
@@ -217,6 +231,8 @@ class SegICLModel(nn.Module):
             with _timed(timings, "llm_s"):
                 states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
                 follow = self._examples_all_empty(context.example_masks.expand(batch, -1, -1, -1, -1), valid)
+                if context.prior_beats_llm:
+                    follow = torch.ones(batch, dtype=torch.bool, device=query_image.device)
                 tokens = self.condition_from_states(states, self.prior_tokens(prior_map), prior_map=prior_map,
                                                     follow_prior=follow)
             return self.decoder_condition(tokens, prior_map, query_image)
@@ -236,8 +252,9 @@ class SegICLModel(nn.Module):
         with _timed(timings, "llm_s"):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
+            follow = self._follow_prior(text_ids, text_mask, example_images, example_masks, example_valid)
             tokens = self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1),
-                                                prior_map, self._examples_all_empty(example_masks, example_valid))
+                                                prior_map, follow)
         return self.decoder_condition(tokens, prior_map, query_image)
 
     def decoder_condition(self, tokens: torch.Tensor, prior_map: torch.Tensor | None,
@@ -286,11 +303,84 @@ class SegICLModel(nn.Module):
             return prior
         if self.incontext is None:
             valid = example_valid[..., None, None, None].to(example_masks.dtype)
-            return (example_masks * valid).amax(dim=1)
-        self.incontext.eval()
-        prior[has_examples] = self.incontext.probabilities(query_image[has_examples], example_images[has_examples],
-                                                           example_masks[has_examples], example_valid[has_examples])
-        return prior
+            prior = (example_masks * valid).amax(dim=1)
+        else:
+            self.incontext.eval()
+            prior[has_examples] = self.incontext.probabilities(query_image[has_examples], example_images[has_examples],
+                                                               example_masks[has_examples],
+                                                               example_valid[has_examples])
+        return self._with_registered_examples(prior, example_images, example_masks, example_valid, query_image)
+
+    def clear_registration_cache(self) -> None:
+        """Forget the examples' registrations kept for reuse, so that the next call registers anew (a timing of a
+        new volume, or a caller that needs the memory back)."""
+        self._registration = None
+
+    def _with_registered_examples(self, prior: torch.Tensor, example_images: torch.Tensor,
+                                  example_masks: torch.Tensor, example_valid: torch.Tensor,
+                                  query_image: torch.Tensor) -> torch.Tensor:
+        """The prior blended with the label fusion of the example masks registered to the query
+        (`SegICLConfig.prior_registration_weight`, `prior_registration_fusion`), for the samples with enough valid
+        examples."""
+        weight = self.config.prior_registration_weight
+        if not weight or not self.use_inference_only_settings:
+            return prior
+        if self._registration is None:
+            self._registration = RegistrationFusion(cache_size=REGISTRATION_CACHE_SIZE)
+        blended = prior.clone()
+        for index in torch.nonzero(example_valid.sum(dim=1) >= self.config.prior_registration_min_examples)[:, 0]:
+            valid = example_valid[index]
+            masks = self._registration.registered_masks(example_images[index][valid].float().cpu().numpy(),
+                                                        example_masks[index][valid].float().cpu().numpy(),
+                                                        query_image[index].float().cpu().numpy())
+            registered = torch.from_numpy(fusion_probability(masks, self.config.prior_registration_fusion)).to(prior)
+            blended[index, 0] = (1 - weight) * prior[index, 0] + weight * registered
+        return blended
+
+    def _follow_prior(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
+                      example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
+        """[B] True where the condition is the example prior's alone: every example empty, or the prior beating the
+        mix on the examples (`_prior_beats_llm`); None when neither rule is on."""
+        rules = [flags for flags in (self._examples_all_empty(example_masks, example_valid),
+                                     self._prior_beats_llm(text_ids, text_mask, example_images, example_masks,
+                                                           example_valid)) if flags is not None]
+        return None if not rules else torch.stack(rules).any(dim=0)
+
+    @torch.no_grad()
+    def _prior_beats_llm(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
+                         example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
+        """[B] True where, scored on the sample's own examples (`SegICLConfig.examples_check_the_llm`, from 2 valid
+        examples on, each answered from the others), the example prior alone is closer to the examples' masks than
+        the gate's mix of the LLM and the prior, in condition-token space (mean squared error, as stage 2 regresses);
+        None when the check is off."""
+        if not (self.config.examples_check_the_llm and self.example_gate is not None
+                and self.use_inference_only_settings) or self._checking_examples:
+            return None
+        beats = torch.zeros(example_valid.shape[0], dtype=torch.bool, device=example_valid.device)
+        for index in torch.nonzero(example_valid.sum(dim=1) >= 2)[:, 0]:
+            valid = example_valid[index]
+            mix_error, prior_error = self._errors_on_examples(text_ids[index:index + 1], text_mask[index:index + 1],
+                                                              example_images[index][valid],
+                                                              example_masks[index][valid])
+            beats[index] = prior_error < mix_error
+        return beats
+
+    def _errors_on_examples(self, text_ids: torch.Tensor, text_mask: torch.Tensor, images: torch.Tensor,
+                            masks: torch.Tensor) -> tuple[float, float]:
+        """Token errors on n examples ([n, 1, H, W]), each answered from the other n - 1 under one instruction
+        ([1, T]): of the gate's mix of the LLM and the prior, and of the example prior alone."""
+        count = images.shape[0]
+        target = self.condition_encoder(masks)
+        others = ~torch.eye(count, dtype=torch.bool, device=images.device)
+        shared = (images[None].expand(count, -1, -1, -1, -1), masks[None].expand(count, -1, -1, -1, -1))
+        self._checking_examples = True  # the answers below must not run the check again
+        try:
+            mixed = self.condition_tokens(text_ids.expand(count, -1), text_mask.expand(count, -1), *shared, others,
+                                          images)[..., :target.shape[-1]]
+        finally:
+            self._checking_examples = False
+        left_out = self.prior_tokens(self.example_prior_probability(*shared, others, images))
+        return (mixed - target).pow(2).mean().item(), (left_out - target).pow(2).mean().item()
 
     def _examples_all_empty(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
         """[B] True where a sample has examples and every one of their masks is empty (position-matched examples

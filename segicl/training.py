@@ -75,6 +75,7 @@ class Stage2Model(nn.Module):
         self.decoder_loss_weight = decoder_loss_weight
         self.learning_rate_scales = ({"model.example_gate.": gate_learning_rate_scale}
                                      if gate_learning_rate_scale != 1.0 else {})
+        model.use_inference_only_settings = False
         set_stage2_trainable(model)
 
     def token_weights(self, query_mask: torch.Tensor) -> torch.Tensor:
@@ -107,6 +108,7 @@ class Stage3Model(nn.Module):
     def __init__(self, model: SegICLModel):
         super().__init__()
         self.model = model
+        model.use_inference_only_settings = False
         set_decoder_trainable(model)
 
     def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,

@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "zero; SegICLConfig.gate_reads_prior)")
     parser.add_argument("--gate-lr-scale", type=float, default=1.0,
                         help="the example prior gate's learning rate as a multiple of --learning-rate (default 1)")
+    parser.add_argument("--prior-registration-weight", type=float, default=None,
+                        help="at inference, blend the example masks registered to the query into the example prior "
+                             "with this weight (SegICLConfig.prior_registration_weight; written into the saved "
+                             "config, never used in training; default: the --init model's)")
     add_episode_arguments(parser, min_area=16, anonymous_name_prob=0.0, absent_prob=0.0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
@@ -66,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
     if args.gate_reads_prior:
         model.add_gate_prior_input()
+    if args.prior_registration_weight is not None:
+        model.config.prior_registration_weight = args.prior_registration_weight
+        model.config.validate()
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from benchmarks.speed import PeakMemory, median_run, time_volume, uncertainty_auroc
 from benchmarks.training import summarize_log
 from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
@@ -46,6 +46,27 @@ def test_peak_memory_sees_an_allocation():
 def test_median_run_takes_the_median_timing_and_the_peak_memory():
     runs = [{"llm_ms_per_slice": v, "volume_s": 10 * v, "peak_rss_mib": m} for v, m in ((3.0, 100), (1.0, 300), (2.0, 200))]
     assert median_run(runs) == {"llm_ms_per_slice": 2.0, "volume_s": 20.0, "peak_rss_mib": 300, "repeats": 3}
+
+
+def test_every_timed_volume_registers_its_examples_anew():
+    class Pipeline:
+        """Records whether the model's registration cache was cleared before each call."""
+
+        def __init__(self):
+            self.cleared, self.calls = False, []
+            self.model = Namespace(clear_registration_cache=lambda: setattr(self, "cleared", True))
+
+        def __call__(self, *args, **kwargs):
+            self.calls.append(self.cleared)
+            self.cleared = False
+            timings = {"vision_s": 0.1, "llm_s": 0.2, "decoder_s": 0.3, "slices": 2}
+            return Namespace(timings=timings)
+
+    pipeline = Pipeline()
+    for _ in range(2):
+        run = time_volume(pipeline, None, "text", [], True, Namespace(batch_size=2), steps=1, samples=1)
+    assert pipeline.calls == [True, True]
+    assert run["volume_s"] == pytest.approx(0.6) and run["llm_ms_per_slice"] == pytest.approx(100.0)
 
 
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):

@@ -95,6 +95,7 @@ def test_a_3d_example_volume_lends_position_matched_slices_and_example_label_pic
      "--probabilities and --uncertainty are written for one structure"),
     (["--examples-from", "DATA", "--label", "a", "--example", "i.png", "m.png"], "not both"),
     (["--examples-from", "DATA", "--label", "a", "-k", "-1"], "-k must be >= 0"),
+    (["--text", "x", "--registration-weight", "1.5"], "--registration-weight must be in [0, 1], got 1.5"),
 ])
 def test_flag_combinations_that_cannot_work_are_refused_in_one_line(flags, message, imported_dataset, tmp_path,
                                                                     capsys):
@@ -127,3 +128,26 @@ def test_largest_component_leaves_one_piece_per_class_of_the_label_map(imported_
     for value in (1, 2, 3):
         pieces = ndimage.label(kept == value, structure=np.ones((3, 3, 3)))[1]
         assert pieces == 1 and ((kept == value) <= (plain == value)).all()
+
+
+def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(imported_dataset, nnunet_folder, tmp_path):
+    from commands.segment import apply_prior_flags
+    from segicl.model import SegICLModel
+
+    common = ["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",
+              str(imported_dataset.root), "--label", "thalamus", "-k", "3", "--model", str(SHIPPED)]
+    probabilities = {}
+    for weight in ("0", "1"):
+        assert main([*common, "--registration-weight", weight, "--out", str(tmp_path / f"m{weight}.nii.gz"),
+                     "--probabilities", str(tmp_path / f"p{weight}.nii.gz")]) == 0
+        probabilities[weight] = np.asarray(nib.load(tmp_path / f"p{weight}.nii.gz").dataobj)
+    assert probabilities["0"].shape == probabilities["1"].shape
+    assert not np.allclose(probabilities["0"], probabilities["1"])
+    model = SegICLModel.from_pretrained(SHIPPED)
+    model.config.example_prior = False
+    for weight, check, flag in ((0.5, None, "--registration-weight"), (None, True, "--check-examples")):
+        with pytest.raises(ValueError, match=f"{flag} needs a model with an example prior"):
+            apply_prior_flags(model, weight, check)
+    model.config.example_prior = True
+    apply_prior_flags(model, 0.25, True)
+    assert model.config.prior_registration_weight == 0.25 and model.config.examples_check_the_llm

@@ -97,3 +97,35 @@ def test_registration_fusion_registers_each_example_once(dataset):
     assert len(fusion._registered) == 5  # k = 1 and 3 reuse k = 5's registrations of the same examples
     with pytest.raises(ValueError, match="at least one example"):
         fusion.predict(nested[0])
+
+
+def test_registration_cache_keeps_the_most_recent_and_refuses_a_zero_size():
+    from segicl.baselines import RegistrationFusion
+
+    query_image, _ = blob_image()
+    examples = [blob_image(shift=(shift, 0)) for shift in (2, 4, 6)]
+    fusion = RegistrationFusion(cache_size=2)
+    first = fusion.registered_masks(np.stack([examples[0][0]])[:, None], np.stack([examples[0][1]])[:, None],
+                                    query_image)[0]
+    for image, mask in examples[1:]:
+        fusion.register(image[None], mask[None], query_image)
+    assert len(fusion._registered) == 2  # the first registration was dropped
+    assert np.array_equal(fusion.register(examples[0][0][None], examples[0][1][None], query_image), first)
+    with pytest.raises(ValueError, match="cache_size must be >= 1"):
+        RegistrationFusion(cache_size=0)
+
+
+def test_fusion_probability_is_staples_where_defined_and_the_vote_fraction_elsewhere():
+    from segicl.baselines import fusion_probability
+
+    a, b, c = (np.zeros((8, 8), np.float32) for _ in range(3))
+    a[:4], b[:5], c[:6] = 1, 1, 1
+    votes = fusion_probability([a, b, c], "vote")
+    np.testing.assert_allclose(votes[:, 0], [1, 1, 1, 1, 2 / 3, 1 / 3, 0, 0], rtol=1e-6)
+    staple = fusion_probability([a, b, c], "staple")
+    assert staple.shape == (8, 8) and (staple[:4] > 0.5).all() and (staple[6:] < 0.5).all()
+    assert not np.allclose(staple, votes)
+    c[:] = 0  # an empty rater: STAPLE is undefined, the vote fraction stands in
+    np.testing.assert_array_equal(fusion_probability([a, b, c], "staple"), fusion_probability([a, b, c], "vote"))
+    with pytest.raises(ValueError, match="unknown label fusion 'mean'"):
+        fusion_probability([a], "mean")

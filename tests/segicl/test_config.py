@@ -58,3 +58,18 @@ def test_a_config_saved_before_the_empty_examples_switch_loads_with_it_on(tmp_pa
     (tmp_path / "old.json").write_text(json.dumps(data))
     loaded = SegICLConfig.load(tmp_path / "old.json")
     assert loaded.empty_examples_follow_prior and not loaded.gate_reads_prior
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"prior_registration_weight": 1.5}, "prior_registration_weight must be in \\[0, 1\\], got 1.5"),
+    ({"prior_registration_weight": 0.5, "example_prior": False}, "prior_registration_weight needs example_prior"),
+    ({"prior_registration_min_examples": 0}, "prior_registration_min_examples must be >= 1, got 0"),
+    ({"prior_registration_fusion": "mean"}, "unknown prior_registration_fusion .mean."),
+    ({"examples_check_the_llm": True, "example_prior": False}, "examples_check_the_llm needs example_prior"),
+])
+def test_registered_example_settings_are_checked(changes, message):
+    config = tiny_config()
+    for name, value in changes.items():
+        setattr(config, name, value)
+    with pytest.raises(ValueError, match=message):
+        config.validate()

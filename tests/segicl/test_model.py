@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -331,4 +332,115 @@ def test_empty_examples_follow_the_prior_on_the_cached_path_too(crossconv_model)
                                            batch["example_masks"].expand(2, -1, -1, -1, -1),
                                            batch["example_valid"].expand(2, -1), queries)
     torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, prior, atol=1e-5, rtol=0)
+
+
+def prior_with_registration(model, batch: dict, weight: float, fusion: str) -> torch.Tensor:
+    """The model's example prior map with the registered examples blended in at `weight` by `fusion`."""
+    model.config.prior_registration_weight, model.config.prior_registration_fusion = weight, fusion
+    try:
+        return model.example_prior_probability(**batch)
+    finally:
+        model.config.prior_registration_weight, model.config.prior_registration_fusion = 0.0, "staple"
+
+
+def test_registered_examples_enter_the_prior_with_their_weight(crossconv_model):
+    from segicl.baselines import fusion_probability, register_mask
+
+    from .test_baselines import blob_image
+
+    model = crossconv_model
+    query, _ = blob_image()
+    shifted = [blob_image(shift=shift) for shift in ((5, -4), (-3, 6), (4, 4))]
+    examples = {name: torch.from_numpy(np.stack([pair[index] for pair in shifted]))[None, :, None].repeat(2, 1, 1, 1, 1)
+                for index, name in enumerate(("example_images", "example_masks"))}
+    batch = dict(**examples,
+                 example_valid=torch.tensor([[True, True, True], [True, False, False]]),
+                 query_image=torch.from_numpy(query)[None, None].repeat(2, 1, 1, 1))
+    alone = model.example_prior_probability(**batch)
+    registered = [register_mask(image, mask, query) for image, mask in shifted]
+    blended = {fusion: prior_with_registration(model, batch, 0.25, fusion) for fusion in ("vote", "staple")}
+    for fusion, probability in blended.items():
+        expected = 0.75 * alone[0, 0] + 0.25 * torch.from_numpy(fusion_probability(registered, fusion))
+        torch.testing.assert_close(probability[0, 0], expected)
+        assert not torch.allclose(probability[0], alone[0])
+        assert torch.equal(probability[1], alone[1])  # one example: fewer than prior_registration_min_examples (2)
+    assert not torch.allclose(blended["vote"], blended["staple"])
+    assert len(model._registration._registered) == 3  # the second fusion reused the registrations
+    model.clear_registration_cache()
+    assert model._registration is None
+    torch.testing.assert_close(prior_with_registration(model, batch, 0.25, "vote"), blended["vote"])
+    assert len(model._registration._registered) == 3  # registered anew, to the same answer
+
+
+def test_registration_weight_is_saved_and_old_folders_load_without_it(crossconv_model, tmp_path):
+    import json
+
+    model = crossconv_model
+    model.config.prior_registration_weight = 0.5
+    try:
+        model.save_pretrained(tmp_path / "registered")
+    finally:
+        model.config.prior_registration_weight = 0.0
+    assert SegICLModel.from_pretrained(tmp_path / "registered").config.prior_registration_weight == 0.5
+    config_path = tmp_path / "registered" / "segicl_config.json"
+    saved = json.loads(config_path.read_text())
+    del saved["prior_registration_weight"], saved["prior_registration_fusion"], saved["prior_registration_min_examples"]
+    config_path.write_text(json.dumps(saved))
+    old = SegICLModel.from_pretrained(tmp_path / "registered").config
+    assert old.prior_registration_weight == 0.0 and old.prior_registration_min_examples == 2
+    assert old.prior_registration_fusion == "staple"
+
+
+def test_examples_check_the_llm_follows_the_prior_where_it_predicts_the_examples_better(crossconv_model,
+                                                                                        monkeypatch):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=2)
+    batch["example_masks"][:, :, :, 20:40, 20:40] = 1.0  # every example shows the structure
+    with torch.no_grad():
+        mixed = model.condition_tokens(**batch)
+        prior = model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
+                                           batch["query_image"])
+        mix_error, prior_error = model._errors_on_examples(batch["text_ids"][:1], batch["text_mask"][:1],
+                                                           batch["example_images"][0], batch["example_masks"][0])
+    assert np.isfinite([mix_error, prior_error]).all() and min(mix_error, prior_error) > 0
+    answers = iter([(1.0, 0.5), (0.5, 1.0)])  # sample 0: the prior is closer; sample 1: the mix is
+    monkeypatch.setattr(model, "_errors_on_examples", lambda *args: next(answers))
+    model.config.examples_check_the_llm = True
+    try:
+        with torch.no_grad():
+            checked = model.condition_tokens(**batch)
+        model.use_inference_only_settings = False  # as the training stages run it: no check
+        with torch.no_grad():
+            training = model.condition_tokens(**batch)
+    finally:
+        model.config.examples_check_the_llm, model.use_inference_only_settings = False, True
+    torch.testing.assert_close(checked[0], prior[0])
+    assert not torch.allclose(mixed[0], prior[0], atol=1e-3)
+    assert torch.equal(checked[1], mixed[1]) and torch.equal(training, mixed)
+
+
+def test_examples_check_the_llm_once_per_context_on_the_cached_path(crossconv_model, monkeypatch):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=1)
+    batch["example_masks"][:, :, :, 20:40, 20:40] = 1.0
+    queries = torch.rand(2, 1, 64, 64, generator=torch.Generator().manual_seed(8))
+    calls = []
+
+    def prior_closer(*args):
+        calls.append(args)
+        return 1.0, 0.5
+
+    monkeypatch.setattr(model, "_errors_on_examples", prior_closer)
+    model.config.examples_check_the_llm = True
+    try:
+        with torch.no_grad():
+            context = model.encode_context(batch["text_ids"], batch["example_images"][0], batch["example_masks"][0])
+            cached = model.condition_tokens(None, None, None, None, None, queries, context)
+            prior = model.example_prior_tokens(batch["example_images"].expand(2, -1, -1, -1, -1),
+                                               batch["example_masks"].expand(2, -1, -1, -1, -1),
+                                               batch["example_valid"].expand(2, -1), queries)
+    finally:
+        model.config.examples_check_the_llm = False
+    assert context.prior_beats_llm and len(calls) == 1
     torch.testing.assert_close(cached, prior, atol=1e-5, rtol=0)

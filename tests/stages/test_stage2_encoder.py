@@ -110,3 +110,19 @@ def test_stage2_refuses_a_gate_learning_rate_scale_of_zero_in_one_line(tmp_path,
     assert run_stage(lambda: main(["--init", str(tmp_path), "--output-dir", str(tmp_path / "out"),
                                    "--gate-lr-scale", "0"]), "stage2_encoder.py") == 2
     assert capsys.readouterr().err == "stage2_encoder.py: error: --gate-lr-scale must be > 0, got 0.0\n"
+
+
+def test_stage2_saves_the_registration_weight_without_registering_in_training(imported_dataset, tmp_path,
+                                                                             monkeypatch):
+    import segicl.baselines
+    from stages.stage2_encoder import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training registered an example")
+
+    monkeypatch.setattr(segicl.baselines, "register_mask", refuse)
+    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
+                 "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--warmup-steps", "1",
+                 "--prior-registration-weight", "0.5"]) == 0
+    model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
+    assert model.config.prior_registration_weight == 0.5 and model.use_inference_only_settings
