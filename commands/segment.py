@@ -133,8 +133,8 @@ def add_segment_command(commands, default_weights: Path) -> None:
     segment.add_argument("--registration-weight", type=float, default=None, metavar="W",
                          help="weight in [0, 1] of the example masks registered to the query (SimpleITK affine) in the "
                               "example prior, from 2 examples on (0: off; default: the model's setting, 0.5 for the "
-                              "shipped weights; about 0.05 s per example and slice; README \"Registered examples, and "
-                              "the examples checking the LLM\")")
+                              "shipped weights; about 0.16 s per example and slice in `segicl bench speed`; README "
+                              "\"Registered examples, and the examples checking the LLM\")")
     segment.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                          help="answer each example from the others and, where the example prior alone does better than "
                               "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
