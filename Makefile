@@ -96,7 +96,7 @@ train-demo: install train-crossconv
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2c/model --output-dir $(TRAIN_DIR)/stage2d \
 		--crossconv $(CROSSCONV_WEIGHTS) --absent-prob $(ABSENT_PROB) --anonymous-name-prob 0.5 --min-area 64 \
 		--decoder-loss-weight 1 --warmup-steps 20 --steps $(STAGE2D_STEPS) --max-minutes $(STAGE2D_MINUTES) \
-		--checkpoint-every 100 --prior-registration-weight 0.5 --resume
+		--checkpoint-every 100 --prior-registration-weight 0.5 --examples-check-the-llm --resume
 	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2d/model $(WEIGHTS)
 
 # The CrossConv peer / in-context module (one thread, about 80 min), exported to weights/crossconv-tiny (float16).

@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -138,8 +138,8 @@ def add_segment_command(commands, default_weights: Path) -> None:
     segment.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                          help="answer each example from the others and, where the example prior alone does better than "
                               "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
-                              "about twice the time per slice; default: the model's setting, off for the shipped "
-                              "weights; README \"Registered examples, and the examples checking the LLM\")")
+                              "about twice the time per slice with position-matched examples, once per volume with "
+                              "one example set; default: the model's setting, on for the shipped weights; README \"Registered examples, and the examples checking the LLM\")")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
 
@@ -315,14 +315,17 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
 
 
 def apply_prior_flags(model, registration_weight: float | None, check_examples: bool | None) -> None:
-    """`--registration-weight` and `--check-examples` (None: keep the model's setting) on the model's example prior."""
-    for flag, value in (("--registration-weight", registration_weight), ("--check-examples", check_examples)):
-        if value and not model.config.example_prior:
-            raise ValueError(f"{flag} needs a model with an example prior; this one has none")
-    if registration_weight is not None:
-        model.config.prior_registration_weight = registration_weight
-    if check_examples is not None:
-        model.config.examples_check_the_llm = check_examples
+    """`--registration-weight` and `--check-examples` (None: keep the model's setting) on the model's example prior;
+    a setting the model's config refuses (SegICLConfig.validate) is refused naming the flag, the model unchanged."""
+    changes = {name: value for name, value in (("prior_registration_weight", registration_weight),
+                                               ("examples_check_the_llm", check_examples)) if value is not None}
+    try:
+        config = replace(model.config, **changes).validate()
+    except ValueError as error:
+        flags = [flag for flag, value in (("--registration-weight", registration_weight),
+                                          ("--check-examples", check_examples)) if value is not None]
+        raise ValueError(f"{' / '.join(flags)}: {error}") from None
+    model.config = config
 
 
 def command_segment(args: argparse.Namespace) -> int:

@@ -268,7 +268,8 @@ class SegICLConfig:
             example's mask (in condition-token space); where the prior alone is closer, the query's condition is the
             prior's alone (gate 1). The learned gate cannot tell a structure the LLM knows from one it never saw
             (README "Peers"); the examples, whose answers are known, can. Inference only; costs one more pass of the
-            model per example.
+            model per example (once per volume when its slices share one example set). Off here; the shipped
+            config turns it on (README "Registered examples, and the examples checking the LLM").
     """
 
     preset: str = "tiny"

@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at inference, blend the example masks registered to the query into the example prior "
                              "with this weight (SegICLConfig.prior_registration_weight; written into the saved "
                              "config, never used in training; default: the --init model's)")
+    parser.add_argument("--examples-check-the-llm", action=argparse.BooleanOptionalAction, default=None,
+                        help="at inference, answer each example from the others and follow the example prior alone "
+                             "where it beats its mix with the LLM there (SegICLConfig.examples_check_the_llm; written "
+                             "into the saved config, never used in training; default: the --init model's)")
     add_episode_arguments(parser, min_area=16, anonymous_name_prob=0.0, absent_prob=0.0)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
@@ -72,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         model.add_gate_prior_input()
     if args.prior_registration_weight is not None:
         model.config.prior_registration_weight = args.prior_registration_weight
-        model.config.validate()
+    if args.examples_check_the_llm is not None:
+        model.config.examples_check_the_llm = args.examples_check_the_llm
+    model.config.validate()
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,

@@ -144,10 +144,15 @@ def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(impor
     assert probabilities["0"].shape == probabilities["1"].shape
     assert not np.allclose(probabilities["0"], probabilities["1"])
     model = SegICLModel.from_pretrained(SHIPPED)
-    model.config.example_prior = False
-    for weight, check, flag in ((0.5, None, "--registration-weight"), (None, True, "--check-examples")):
-        with pytest.raises(ValueError, match=f"{flag} needs a model with an example prior"):
+    model.config.example_prior, model.config.prior_registration_weight = False, 0.0
+    model.config.examples_check_the_llm = False
+    for weight, check, flag, field in ((0.5, None, "--registration-weight", "prior_registration_weight"),
+                                       (None, True, "--check-examples", "examples_check_the_llm")):
+        with pytest.raises(ValueError, match=f"{flag}: {field} needs example_prior"):
             apply_prior_flags(model, weight, check)
+        assert model.config.prior_registration_weight == 0.0 and not model.config.examples_check_the_llm  # unchanged
+    with pytest.raises(ValueError, match=r"--registration-weight: prior_registration_weight must be in \[0, 1\]"):
+        apply_prior_flags(model, 1.5, None)
     model.config.example_prior = True
     apply_prior_flags(model, 0.25, True)
     assert model.config.prior_registration_weight == 0.25 and model.config.examples_check_the_llm

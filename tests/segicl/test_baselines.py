@@ -70,6 +70,15 @@ def test_registration_is_repeatable_and_refuses_the_wall_clock_seed(dataset):
         RegistrationConfig(seed=0)
 
 
+def test_registration_runs_on_the_configured_threads():
+    from segicl.baselines import RegistrationConfig, _registration_method
+
+    assert _registration_method(RegistrationConfig()).GetNumberOfThreads() == 1
+    assert _registration_method(RegistrationConfig(threads=3), deformable=True).GetNumberOfThreads() == 3
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        RegistrationConfig(threads=0)
+
+
 def test_label_fusion_votes_and_staple():
     from segicl.baselines import fuse_masks
 
