@@ -44,6 +44,7 @@ SPECIALIST_K = 3
 METHODS = {
     "segicl": "SegICL",
     "segicl_largest_component": "SegICL + largest component",
+    "example_prior": "SegICL's example prior alone (diagnostic)",
     "crossconv": "CrossConv peer (UniverSeg-style)",
     "registration_vote": "registration + majority vote",
     "registration_vote_largest_component": "registration + majority vote + largest component",
@@ -80,6 +81,18 @@ def mvg_method(mvg_dir: Path):
                           np.stack([e.example_masks[0, 0] for e in episodes]).astype(np.int64),
                           task="segmentation", normalization="none")
         return (result.output == 1).astype(np.float32)
+
+    return with_examples_only(predict_batch)
+
+
+def example_prior_method(model):
+    """Episodes -> SegICL's own example prior, binarised (its probability > 0.5; None for k = 0): the map the LLM's
+    gate mixes in and the decoder renders from tokens, scored alone to show what the rest of SegICL adds to it."""
+
+    def predict_batch(episodes: list[Episode]) -> np.ndarray:
+        batch = collate_episodes(episodes)
+        return model.example_prior_mask(batch["example_images"], batch["example_masks"], batch["example_valid"],
+                                        batch["query_image"])[:, 0].numpy()
 
     return with_examples_only(predict_batch)
 
@@ -345,6 +358,8 @@ def run_quality(args, dataset, log=print) -> dict:
     start = time.perf_counter()
     model = SegICLModel.from_pretrained(args.model).eval()
     methods = peer_methods(args, log)
+    if model.config.example_prior:
+        methods["example_prior"] = example_prior_method(model)
     result: dict = {group: run_group(model, dataset, structures, args, methods, log)
                     for group, structures in dataset_groups(dataset).items()}
     crossconv = f", CrossConv peer `{shown_path(args.crossconv)}`" if "crossconv" in methods else ""

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +13,8 @@ import torch.nn.functional as F
 
 from data.episodes import Episode
 from segicl.config import FUSIONS
+
+_SIMPLEITK_THREADS_LOCK = threading.Lock()  # one registration at a time may hold SimpleITK's global thread count
 
 
 def copy_example_baseline(example_mask: np.ndarray, query_shape: tuple[int, int]) -> np.ndarray:
@@ -48,10 +52,11 @@ class RegistrationConfig:
         shrink_factors, smoothing_sigmas: the multi-resolution pyramid (coarse to fine; sigmas in pixels).
         seed: of the metric's random sampling, >= 1 (SimpleITK reads 0 as "seed from the wall clock", which made
             every run register differently).
-        threads: SimpleITK threads of one registration. One by default: on 64-px slices more threads save
-            nothing (50 ms per registration with 1, 2 or 4 on an idle 2-core machine, the same masks on 60 real
-            registrations) and cost under load, where the default of one thread per core competes with the other
-            processes (124 ms per registration with one thread, 231 ms with two, two other processes running).
+        threads: SimpleITK threads of one registration (and of STAPLE). One by default, on every machine: the
+            registered masks depend on the thread count (10 of 120 real registrations differed between 2 and 4
+            threads, and at 2 some differed from run to run; none at 1), and on 64-px slices more threads save
+            nothing (50 ms per registration with 1, 2 or 4 on an idle 2-core machine) and cost under load (124 ms
+            with one thread, 231 ms with two, two other processes running).
     """
 
     bspline_grid: int = 0
@@ -75,7 +80,6 @@ def _registration_method(config: RegistrationConfig, deformable: bool = False):
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
-    method.SetNumberOfThreads(config.threads)
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.5, config.seed)
@@ -93,12 +97,35 @@ def _registration_method(config: RegistrationConfig, deformable: bool = False):
     return method
 
 
+@contextmanager
+def _simpleitk_threads(threads: int):
+    """SimpleITK's global default thread count set to `threads` for the block, then restored. Global because the
+    filters a registration builds inside ITK (initializer, pyramid, metric) read the default, not the method's own
+    setting: with only the method pinned, 10 of 120 registered masks still differed between defaults of 2 and 4
+    threads, and some between two runs at 2."""
+    import SimpleITK as sitk
+
+    with _SIMPLEITK_THREADS_LOCK:
+        previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
 def register_mask(example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray,
                   config: RegistrationConfig = RegistrationConfig()) -> np.ndarray:
     """The example's mask carried onto the query [S, S]: the example image registered to the query image (affine,
     Mattes mutual information, multi-resolution; then a B-spline stage when `config.bspline_grid`), the mask
-    resampled through the transform by nearest neighbour. Falls back to the unregistered mask when the optimiser
-    fails (a constant image has no gradient)."""
+    resampled through the transform by nearest neighbour, on `config.threads` SimpleITK threads. Falls back to the
+    unregistered mask when the optimiser fails (a constant image has no gradient)."""
+    with _simpleitk_threads(config.threads):
+        return _register_mask(example_image, example_mask, query_image, config)
+
+
+def _register_mask(example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray,
+                   config: RegistrationConfig) -> np.ndarray:
     import SimpleITK as sitk
 
     fixed = sitk.GetImageFromArray(np.asarray(query_image, np.float32).squeeze())
@@ -135,7 +162,8 @@ def fusion_probability(masks: list[np.ndarray], fusion: str = "vote") -> np.ndar
         return np.mean(masks, axis=0).astype(np.float32)
     import SimpleITK as sitk
 
-    probability = sitk.STAPLE([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks], 1.0)
+    with _simpleitk_threads(RegistrationConfig().threads):
+        probability = sitk.STAPLE([sitk.GetImageFromArray(m.astype(np.uint8)) for m in masks], 1.0)
     return sitk.GetArrayFromImage(probability).astype(np.float32)
 
 

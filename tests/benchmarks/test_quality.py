@@ -81,6 +81,23 @@ def test_peer_methods_answer_episodes_with_examples_and_skip_k0(dataset, tmp_pat
         assert method(episodes[:1]) == [None]
 
 
+def test_the_example_prior_alone_is_the_models_prior_mask(dataset, tokenizer):
+    from benchmarks.quality import example_prior_method
+    from segicl.baselines import predict_union
+    from segicl.config import tiny_config
+    from segicl.model import SegICLModel
+
+    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
+    model.add_example_prior()  # the union of the example masks: a prior whose answer is known
+    config = EpisodeConfig(split="test", structures="held_out", min_area=64, max_examples=3)
+    episodes = [EpisodeSampler(dataset, EpisodeConfig(**{**config.__dict__, "num_examples": k}))[i]
+                for k, i in ((0, 0), (3, 1), (1, 2))]
+    answers = example_prior_method(model)(episodes)
+    assert answers[0] is None
+    for answer, episode in zip(answers[1:], episodes[1:]):
+        assert answer.shape == (64, 64) and np.array_equal(answer, predict_union(episode))
+
+
 def test_another_axis_writes_its_own_files_and_title():
     from benchmarks.quality import quality_lines, result_name
 

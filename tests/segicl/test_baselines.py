@@ -70,11 +70,26 @@ def test_registration_is_repeatable_and_refuses_the_wall_clock_seed(dataset):
         RegistrationConfig(seed=0)
 
 
-def test_registration_runs_on_the_configured_threads():
-    from segicl.baselines import RegistrationConfig, _registration_method
+def test_registration_does_not_depend_on_simpleitks_default_thread_count(dataset):
+    import SimpleITK as sitk
 
-    assert _registration_method(RegistrationConfig()).GetNumberOfThreads() == 1
-    assert _registration_method(RegistrationConfig(threads=3), deformable=True).GetNumberOfThreads() == 3
+    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl.baselines import RegistrationConfig, register_mask
+
+    sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=3,
+                                                    max_examples=3, min_area=64))
+    pairs = [(e.example_images[j], e.example_masks[j], e.query_image) for e in map(sampler.__getitem__, range(20))
+             for j in range(3)]
+    default = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    registered = {}
+    try:
+        for threads in (1, 4):  # unpinned, 2 of these 60 masks differed between the two
+            sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+            registered[threads] = [register_mask(*pair) for pair in pairs]
+            assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == threads  # restored after each
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(default)
+    assert all(np.array_equal(a, b) for a, b in zip(registered[1], registered[4]))
     with pytest.raises(ValueError, match="threads must be >= 1"):
         RegistrationConfig(threads=0)
 
