@@ -38,7 +38,8 @@ def test_labels_all_from_a_bank_writes_one_label_map_in_the_oblique_input_geomet
     """The shipped model on the dataset's unlabelled test case (imagesTs) under an oblique affine."""
     query = oblique_copy(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz", tmp_path / "query.nii.gz")
     code = main(["segment", "--image", str(tmp_path / "query.nii.gz"), "--examples-from", str(imported_dataset.root),
-                 "--labels", "all", "-k", "3", "--out", str(tmp_path / "labels.nii.gz"), "--model", str(SHIPPED)])
+                 "--labels", "all", "-k", "3", "--out", str(tmp_path / "labels.nii.gz"), "--model", str(SHIPPED),
+                 "--no-check-examples"])  # the geometry is under test here; the check triples this test's time
     assert code == 0
     out = capsys.readouterr().out
     assert "segmented 3 structure(s)" in out and '"Segment the putamen in this T1-weighted MRI slice.": 3' in out
@@ -135,7 +136,8 @@ def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(impor
     from segicl.model import SegICLModel
 
     common = ["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",
-              str(imported_dataset.root), "--label", "thalamus", "-k", "3", "--model", str(SHIPPED)]
+              str(imported_dataset.root), "--label", "thalamus", "-k", "3", "--model", str(SHIPPED),
+              "--no-check-examples"]  # the registration weight is under test; the check would double the time
     probabilities = {}
     for weight in ("0", "1"):
         assert main([*common, "--registration-weight", weight, "--out", str(tmp_path / f"m{weight}.nii.gz"),
