@@ -133,13 +133,14 @@ def add_segment_command(commands, default_weights: Path) -> None:
     segment.add_argument("--registration-weight", type=float, default=None, metavar="W",
                          help="weight in [0, 1] of the example masks registered to the query (SimpleITK affine) in the "
                               "example prior, from 2 examples on (0: off; default: the model's setting, 0.5 for the "
-                              "shipped weights; about 0.16 s per example and slice in `segicl bench speed`; README "
+                              "shipped weights; about 0.06 s per example and slice in `segicl bench speed`; README "
                               "\"Registered examples, and the examples checking the LLM\")")
     segment.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                          help="answer each example from the others and, where the example prior alone does better than "
                               "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
                               "about twice the time per slice with position-matched examples, once per volume with "
-                              "one example set; default: the model's setting, on for the shipped weights; README \"Registered examples, and the examples checking the LLM\")")
+                              "one example set; default: the model's setting, on for the shipped weights; README "
+                              "\"Registered examples, and the examples checking the LLM\")")
     segment.add_argument("--seed", type=int, default=0)
     segment.set_defaults(handler=command_segment)
 
@@ -320,12 +321,13 @@ def apply_prior_flags(model, registration_weight: float | None, check_examples: 
     changes = {name: value for name, value in (("prior_registration_weight", registration_weight),
                                                ("examples_check_the_llm", check_examples)) if value is not None}
     try:
-        config = replace(model.config, **changes).validate()
+        replace(model.config, **changes).validate()  # on a copy: parts of the model hold the config object itself
     except ValueError as error:
         flags = [flag for flag, value in (("--registration-weight", registration_weight),
                                           ("--check-examples", check_examples)) if value is not None]
         raise ValueError(f"{' / '.join(flags)}: {error}") from None
-    model.config = config
+    for name, value in changes.items():
+        setattr(model.config, name, value)
 
 
 def command_segment(args: argparse.Namespace) -> int:

@@ -99,10 +99,9 @@ def _registration_method(config: RegistrationConfig, deformable: bool = False):
 
 @contextmanager
 def _simpleitk_threads(threads: int):
-    """SimpleITK's global default thread count set to `threads` for the block, then restored. Global because the
-    filters a registration builds inside ITK (initializer, pyramid, metric) read the default, not the method's own
-    setting: with only the method pinned, 10 of 120 registered masks still differed between defaults of 2 and 4
-    threads, and some between two runs at 2."""
+    """SimpleITK's global default thread count set to `threads` for the block, then restored. Global because parts
+    of a registration read the default, not the registration method's own count: with that set to 1, 10 of 120
+    registered masks still differed between defaults of 2 and 4 threads, and 1-2 between two runs at 2."""
     import SimpleITK as sitk
 
     with _SIMPLEITK_THREADS_LOCK:

@@ -255,7 +255,7 @@ class SegICLConfig:
             `(1 - w) * prior + w * registered`, where `registered` is the label fusion (`prior_registration_fusion`)
             of the example masks, each carried onto the query by affine registration of its image (SimpleITK,
             `segicl.baselines.register_mask`): the label fusion a user would run, aligned by a transform instead of
-            learned. 0: off. Inference only: the training stages never register (~0.16 s per example and query in
+            learned. 0: off. Inference only: the training stages never register (~0.06 s per example and query in
             `segicl bench speed`).
             Only queries with at least `prior_registration_min_examples` valid examples use it.
         prior_registration_fusion: how the registered masks become `registered`: "staple" (SimpleITK's STAPLE
