@@ -45,6 +45,13 @@ def blob_image(shift: tuple[int, int] = (0, 0), size: int = 64) -> tuple[np.ndar
     return 0.3 * head + 0.5 * mask + 0.05 * np.sin(xx / 3 + shift[1] / 3), mask
 
 
+def three_raters() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Three 8 x 8 masks marking the first 4, 5 and 6 rows: rows 0-3 hold 3 votes, row 4 two, row 5 one."""
+    a, b, c = (np.zeros((8, 8), np.float32) for _ in range(3))
+    a[:4], b[:5], c[:6] = 1, 1, 1
+    return a, b, c
+
+
 def test_registration_carries_the_mask_onto_a_moved_query():
     from data.metrics import dice
     from segicl.baselines import register_mask
@@ -97,8 +104,7 @@ def test_registration_does_not_depend_on_simpleitks_default_thread_count(dataset
 def test_label_fusion_votes_and_staple():
     from segicl.baselines import fuse_masks
 
-    a, b, c = (np.zeros((8, 8), np.float32) for _ in range(3))
-    a[:4], b[:5], c[:6] = 1, 1, 1
+    a, b, c = three_raters()
     voted = fuse_masks([a, b, c], "vote")
     assert voted[:5].all() and not voted[5:].any()  # rows 0-4 hold 2 or 3 votes, row 5 only one
     assert fuse_masks([a, b, c], "staple")[:4].all()
@@ -142,8 +148,7 @@ def test_registration_cache_keeps_the_most_recent_and_refuses_a_zero_size():
 def test_fusion_probability_is_staples_where_defined_and_the_vote_fraction_elsewhere():
     from segicl.baselines import fusion_probability
 
-    a, b, c = (np.zeros((8, 8), np.float32) for _ in range(3))
-    a[:4], b[:5], c[:6] = 1, 1, 1
+    a, b, c = three_raters()
     votes = fusion_probability([a, b, c], "vote")
     np.testing.assert_allclose(votes[:, 0], [1, 1, 1, 1, 2 / 3, 1 / 3, 0, 0], rtol=1e-6)
     staple = fusion_probability([a, b, c], "staple")
