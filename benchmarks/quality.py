@@ -183,6 +183,25 @@ def summarize(records: list[dict], seed: int = 0) -> dict:
     return cells
 
 
+def margin_over_best_peer(records: list[dict], cells: dict, seed: int = 0) -> dict:
+    """k -> {peer, margin, ci95, episodes}: SegICL's Dice minus that of the best peer at k (by mean, `best_peer`) on
+    the episodes both answered, with the paired bootstrap 95% interval of the mean difference. Paired, the interval
+    is the one that says whether a margin is there: both methods' own intervals carry the spread between episodes,
+    which the difference cancels."""
+    margins = {}
+    for k in sorted(cells.get("segicl", {}), key=int):
+        peer = best_peer(cells, k)
+        if peer is None:
+            continue
+        differences = [r["segicl"]["dice"] - r[peer[0]]["dice"] for r in records
+                       if r["k"] == int(k) and "segicl" in r and peer[0] in r]
+        interval = bootstrap_interval(differences, seed=seed)
+        margins[k] = {"peer": peer[0], "margin": round(float(np.mean(differences)), 4),
+                      "ci95": None if interval is None else [round(interval[0], 4), round(interval[1], 4)],
+                      "episodes": len(differences)}
+    return margins
+
+
 def run_group(model, dataset, structures: str, args, methods: dict, log) -> dict:
     """All k for one group of structures (and the specialist comparison for held-out structures)."""
     base = EpisodeConfig(split="test", structures=structures, max_examples=max(QUALITY_K), min_area=args.min_area,
@@ -196,7 +215,9 @@ def run_group(model, dataset, structures: str, args, methods: dict, log) -> dict
         records += rows
         scores = ", ".join(f"{name} {mean_score(rows, name):.3f}" for name in METHODS if mean_score(rows, name) is not None)
         log(f"  {structures:9s} k={k}: {scores}")
-    summary = {"cells": summarize(records, args.seed), "per_structure": per_structure(records)}
+    cells = summarize(records, args.seed)
+    summary = {"cells": cells, "margin_over_best_peer": margin_over_best_peer(records, cells, args.seed),
+               "per_structure": per_structure(records)}
     if structures == "held_out" and args.specialists:
         summary["specialist_comparison"] = specialist_comparison(model, dataset, base, args, methods, log)
     return summary
@@ -291,8 +312,10 @@ def quality_lines(quality: dict, plot: str | None = None) -> list[str]:
     lines.append(f"- {what}, k = 0 < 1 < 3 <= 5: **{'yes' if ordered else 'no'}** "
                  f"({' / '.join(f'{v:.3f}' for v in segicl.values())}).")
     if peer:
+        paired = quality[group].get("margin_over_best_peer", {}).get("3", {}).get("ci95")
+        interval = f", paired 95% interval {paired[0]:+.3f} to {paired[1]:+.3f}" if paired else ""
         lines.append(f"- {what}, k = 3: SegICL {segicl['3']:.3f} against the best peer, "
-                     f"{METHODS[peer[0]]}, {peer[1]:.3f} (SegICL {segicl['3'] - peer[1]:+.3f}).")
+                     f"{METHODS[peer[0]]}, {peer[1]:.3f} (SegICL {segicl['3'] - peer[1]:+.3f}{interval}).")
     comparison = quality[group].get("specialist_comparison")
     if comparison:
         cells = comparison["cells"]

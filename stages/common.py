@@ -302,17 +302,23 @@ def add_episode_arguments(parser: argparse.ArgumentParser, min_area: int, anonym
                         help="of the queries without the structure, the share whose examples are the slices at the "
                              "query's relative position in their volumes (empty where the structure is absent there "
                              "too), as whole volumes with position-matched examples give them")
+    parser.add_argument("--merged-structure-prob", type=float, default=0.0,
+                        help="share of episodes with examples whose structure is joined with a second structure of "
+                             "its label set under a made-up name: structures the model can only know from the "
+                             "examples, as held-out ones (EpisodeConfig.merged_structure_prob)")
 
 
 def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0):
+                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0,
+                    merged_structure_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
     from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
                                                     seed=seed, anonymous_name_prob=anonymous_name_prob,
                                                     absent_prob=absent_prob,
-                                                    absent_examples_prob=absent_examples_prob))
+                                                    absent_examples_prob=absent_examples_prob,
+                                                    merged_structure_prob=merged_structure_prob))
 
     def make_batch(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * batch_size

@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob)
+                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob,
+                                 args.merged_structure_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

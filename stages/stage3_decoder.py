@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage3Model(model)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob)
+                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob,
+                                 args.merged_structure_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 3")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

@@ -35,6 +35,8 @@ def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pa
                 assert value["episodes"] == 3 and 0 <= value["dice"] <= 1
                 assert value["ci95"] is None or value["ci95"][0] <= value["dice"] <= value["ci95"][1]
         assert result[group]["per_structure"]
+        margins = result[group]["margin_over_best_peer"]
+        assert set(margins) == {"1", "3", "5"} and all(m["episodes"] == 3 for m in margins.values())
     comparison = result["held_out_structures"]["specialist_comparison"]
     assert len(comparison["structures"]) == 2 and comparison["episodes"] == 4  # ceil(3 / 2) per structure
     assert {"segicl", "specialist_unet", "registration_vote"} <= set(comparison["cells"])
@@ -96,6 +98,28 @@ def test_the_example_prior_alone_is_the_models_prior_mask(dataset, tokenizer):
     assert answers[0] is None
     for answer, episode in zip(answers[1:], episodes[1:]):
         assert answer.shape == (64, 64) and np.array_equal(answer, predict_union(episode))
+
+
+def test_the_margin_over_the_best_peer_is_paired_on_the_same_episodes():
+    from benchmarks.quality import margin_over_best_peer, quality_lines, summarize
+
+    rng = np.random.default_rng(0)
+    hardness = rng.uniform(0.2, 0.8, size=40)  # a spread between episodes far wider than the margin
+    records = [{"k": 3, "structure": "s", "segicl": {"dice": h + 0.02, "iou": h, "hd95": 1.0},
+                "registration_vote": {"dice": h, "iou": h, "hd95": 1.0},
+                "union_examples": {"dice": h - 0.1, "iou": h, "hd95": 1.0}} for h in hardness]
+    records[0]["segicl"]["dice"] -= 0.01  # some spread in the difference itself
+    records += [{"k": 0, "structure": "s", "segicl": {"dice": 0.1, "iou": 0.1, "hd95": 1.0}}]
+    cells = summarize(records)
+    margin = margin_over_best_peer(records, cells)
+    assert set(margin) == {"3"} and margin["3"]["peer"] == "registration_vote" and margin["3"]["episodes"] == 40
+    assert margin["3"]["margin"] == pytest.approx(0.02 - 0.01 / 40, abs=1e-4)
+    low, high = margin["3"]["ci95"]
+    assert 0 < low <= margin["3"]["margin"] <= high < 0.021  # the unpaired intervals (width ~0.1) would overlap
+    assert cells["segicl"]["3"]["ci95"][0] < cells["registration_vote"]["3"]["dice"]
+    cells["segicl"]["1"] = cells["segicl"]["5"] = cells["segicl"]["3"]
+    lines = quality_lines({"setting": "s", "held_out_structures": {"cells": cells, "margin_over_best_peer": margin}})
+    assert any("paired 95% interval +0.0" in line for line in lines)
 
 
 def test_another_axis_writes_its_own_files_and_title():

@@ -127,3 +127,21 @@ def test_stage2_saves_the_registration_weight_without_registering_in_training(im
     model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
     assert model.config.prior_registration_weight == 0.5 and not model.config.examples_check_the_llm  # shipped: on
     assert model.use_inference_only_settings
+
+
+def test_stage2_trains_on_merged_structures_when_asked(imported_dataset, tmp_path, monkeypatch):
+    from data.episodes import EpisodeSampler
+    from stages.stage2_encoder import main
+
+    partners = []
+    draw_partner = EpisodeSampler._partner_task
+
+    def recorded(self, query, rng):
+        partners.append(draw_partner(self, query, rng))
+        return partners[-1]
+
+    monkeypatch.setattr(EpisodeSampler, "_partner_task", recorded)
+    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
+                 "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--warmup-steps", "1",
+                 "--merged-structure-prob", "1", "--min-area", "1"]) == 0
+    assert any(partner is not None for partner in partners)  # the user's other labels joined the structure
