@@ -208,7 +208,8 @@ class SegICLModel(nn.Module):
 
     def condition_tokens(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
                          example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
-                         context: ExampleContext | None = None, timings: dict | None = None) -> torch.Tensor:
+                         context: ExampleContext | None = None, timings: dict | None = None,
+                         prior_map: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder's condition for a batch of queries [B, 1, H, W]: condition tokens [B, grid*grid, D], with the
         decoder's pixel inputs appended per token where it has them (D + P, `decoder_condition`). The ONE path from
         instruction, examples and query to the decoder, for training, evaluation, the pipeline and the benchmarks.
@@ -216,7 +217,9 @@ class SegICLModel(nn.Module):
         Each sample has its own instruction (text_ids/text_mask [B, T]) and up to K examples ([B, K, 1, H, W],
         `example_valid` [B, K] marking the real ones; K = 0 or all-invalid: no examples). With `context` (from
         `encode_context`, shared by every sample of the batch) the LLM runs only the query part on the cached
-        prefix; without it, the whole sequence of every sample. `timings` adds the vision and LLM seconds."""
+        prefix; without it, the whole sequence of every sample. `timings` adds the vision and LLM seconds.
+        `prior_map`: the example prior's probability map of exactly these inputs, when the caller has it already
+        (`example_prior_probability`; uncached path only), so that it is not computed twice."""
         if context is not None:
             with _timed(timings, "vision_s"):
                 query_tokens = self.image_tokens(query_image)
@@ -246,8 +249,8 @@ class SegICLModel(nn.Module):
                 example_image_tokens[example_valid] = self.image_tokens(example_images[example_valid])
                 example_mask_tokens[example_valid] = self.image_tokens(example_masks[example_valid])
             query_tokens = self.image_tokens(query_image)
-            prior_map = (self.example_prior_probability(example_images, example_masks, example_valid, query_image)
-                         if self.example_gate is not None else None)
+            if prior_map is None and self.example_gate is not None:
+                prior_map = self.example_prior_probability(example_images, example_masks, example_valid, query_image)
         with _timed(timings, "llm_s"):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
@@ -372,13 +375,14 @@ class SegICLModel(nn.Module):
         target = self.condition_encoder(masks)
         others = ~torch.eye(count, dtype=torch.bool, device=images.device)
         shared = (images[None].expand(count, -1, -1, -1, -1), masks[None].expand(count, -1, -1, -1, -1))
+        prior_map = self.example_prior_probability(*shared, others, images)
         self._checking_examples = True  # the answers below must not run the check again
         try:
             mixed = self.condition_tokens(text_ids.expand(count, -1), text_mask.expand(count, -1), *shared, others,
-                                          images)[..., :target.shape[-1]]
+                                          images, prior_map=prior_map)[..., :target.shape[-1]]
         finally:
             self._checking_examples = False
-        left_out = self.prior_tokens(self.example_prior_probability(*shared, others, images))
+        left_out = self.prior_tokens(prior_map)
         return (mixed - target).pow(2).mean().item(), (left_out - target).pow(2).mean().item()
 
     def _examples_all_empty(self, example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:

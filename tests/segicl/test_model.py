@@ -444,3 +444,26 @@ def test_examples_check_the_llm_once_per_context_on_the_cached_path(crossconv_mo
         model.config.examples_check_the_llm = False
     assert context.prior_beats_llm and len(calls) == 1
     torch.testing.assert_close(cached, prior, atol=1e-5, rtol=0)
+
+
+def test_the_examples_check_computes_each_left_out_prior_once_and_scores_what_the_model_answers(crossconv_model,
+                                                                                               monkeypatch):
+    model = crossconv_model
+    batch = episode_batch(model, 3, batch=1)
+    batch["example_masks"][:, :, :, 20:40, 20:40] = 1.0
+    images, masks = batch["example_images"][0], batch["example_masks"][0]
+    others = ~torch.eye(3, dtype=torch.bool)
+    shared = (images[None].expand(3, -1, -1, -1, -1), masks[None].expand(3, -1, -1, -1, -1))
+    with torch.no_grad():
+        target = model.condition_encoder(masks)
+        mixed = model.condition_tokens(batch["text_ids"][:1].expand(3, -1), batch["text_mask"][:1].expand(3, -1),
+                                       *shared, others, images)
+        prior = model.example_prior_tokens(*shared, others, images)
+    calls = []
+    compute = model.example_prior_probability
+    monkeypatch.setattr(model, "example_prior_probability", lambda *args: calls.append(1) or compute(*args))
+    with torch.no_grad():
+        mix_error, prior_error = model._errors_on_examples(batch["text_ids"][:1], batch["text_mask"][:1], images, masks)
+    assert len(calls) == 1
+    assert mix_error == pytest.approx((mixed - target).pow(2).mean().item(), rel=1e-6)
+    assert prior_error == pytest.approx((prior - target).pow(2).mean().item(), rel=1e-6)
