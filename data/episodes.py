@@ -7,7 +7,6 @@ so that copying an example's mask is not the answer. Everything is deterministic
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cache
 
 import numpy as np
 import torch
@@ -131,6 +130,7 @@ class EpisodeSampler:
         for query in self.queries:
             self._queries_by_row.setdefault(query.row, []).append(query)
         self._row_of_task = {(row["task"], row["volume"]): index for index, row in enumerate(dataset.rows)}
+        self._areas_of_training_tasks: dict[tuple[str, str], dict[str, dict[int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -203,12 +203,15 @@ class EpisodeSampler:
                       if other != task["task"] and areas.get(query.slice, 0) >= max(self.config.min_area, 1)]
         return candidates[rng.integers(len(candidates))] if candidates else None
 
-    @cache
     def _training_areas(self, volume: str, label_set: str) -> dict[str, dict[int, int]]:
-        """{task: {slice: area}} of the binary training structures of one label set on one volume."""
-        return {row["task"]: dict(zip(row["slices"], row["areas"])) for row in self.dataset.rows
+        """{task: {slice: area}} of the binary training structures of one label set on one volume (kept)."""
+        key = (volume, label_set)
+        if key not in self._areas_of_training_tasks:
+            self._areas_of_training_tasks[key] = {
+                row["task"]: dict(zip(row["slices"], row["areas"])) for row in self.dataset.rows
                 if row["volume"] == volume and row["label_set"] == label_set and row["kind"] != "multiclass"
                 and not row["held_out"]}
+        return self._areas_of_training_tasks[key]
 
     def _merged_mask(self, row: int, slice_index: int, partner: str) -> np.ndarray:
         """The row's mask joined with the partner task's mask on the same volume (empty where it has no row there)."""
@@ -217,7 +220,7 @@ class EpisodeSampler:
         return mask if partner_row is None else np.maximum(mask, self.dataset.mask(partner_row, slice_index))
 
     def _name_of_task(self, task: str) -> str:
-        return next(row["name"] for row in self.dataset.rows if row["task"] == task)
+        return self.dataset.rows[self.dataset.rows_by_task[task][0]]["name"]
 
     def _absent_slice(self, query: TaskSlice, rng: np.random.Generator) -> TaskSlice:
         """A slice of the query's volume without its structure (the query itself when the structure is on all)."""
