@@ -129,7 +129,6 @@ class EpisodeSampler:
         self._queries_by_row: dict[int, list[TaskSlice]] = {}
         for query in self.queries:
             self._queries_by_row.setdefault(query.row, []).append(query)
-        self._row_of_task = {(row["task"], row["volume"]): index for index, row in enumerate(dataset.rows)}
         self._areas_of_training_tasks: dict[tuple[str, str], dict[str, dict[int, int]]] = {}
 
     def __len__(self) -> int:
@@ -168,17 +167,16 @@ class EpisodeSampler:
         a second task whose structure joins the query's in every mask (`merged_structure_prob`), or None."""
         data = self.dataset
         task = data.rows[query.row]
-        mask = self._merged_mask if partner else (lambda row, s, _: data.mask(row, s))
         # Always draw K examples and keep the first k: the random stream, hence the query and its
         # transform, is then the same for every k (nested episodes).
         count = max(k, self.config.max_examples)
         examples = (self._position_matched_examples(query, count, rng) if position_matched
                     else self._choose_examples(query, count, rng))
-        pairs = [(data.image(data.rows[r]["volume"], s), mask(r, s, partner)) for r, s in examples]
+        pairs = [(data.image(data.rows[r]["volume"], s), self._episode_mask(r, s, partner)) for r, s in examples]
         pairs = [self._transform(image, example_mask, rng) for image, example_mask in pairs]
         examples, pairs = examples[:k], pairs[:k]
         query_image, query_mask = self._transform(data.image(task["volume"], query.slice),
-                                                  mask(query.row, query.slice, partner), rng)
+                                                  self._episode_mask(query.row, query.slice, partner), rng)
         template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
         anonymous = partner is not None or (rng.random() < self.config.anonymous_name_prob and k)
         name = made_up_name(rng, self._training_names) if anonymous else task["name"]
@@ -213,11 +211,16 @@ class EpisodeSampler:
                 and not row["held_out"]}
         return self._areas_of_training_tasks[key]
 
-    def _merged_mask(self, row: int, slice_index: int, partner: str) -> np.ndarray:
-        """The row's mask joined with the partner task's mask on the same volume (empty where it has no row there)."""
-        mask = self.dataset.mask(row, slice_index)
-        partner_row = self._row_of_task.get((partner, self.dataset.rows[row]["volume"]))
-        return mask if partner_row is None else np.maximum(mask, self.dataset.mask(partner_row, slice_index))
+    def _episode_mask(self, row: int, slice_index: int, partner: str | None) -> np.ndarray:
+        """The row's mask, joined with the partner task's mask on the same volume when there is a partner (and the
+        partner has a row on that volume)."""
+        data = self.dataset
+        mask = data.mask(row, slice_index)
+        if partner is None:
+            return mask
+        volume = data.rows[row]["volume"]
+        partner_row = next((r for r in data.rows_by_task[partner] if data.rows[r]["volume"] == volume), None)
+        return mask if partner_row is None else np.maximum(mask, data.mask(partner_row, slice_index))
 
     def _name_of_task(self, task: str) -> str:
         return self.dataset.rows[self.dataset.rows_by_task[task][0]]["name"]
