@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at inference, blend the example masks registered to the query into the example prior "
                              "with this weight (SegICLConfig.prior_registration_weight; written into the saved "
                              "config, never used in training; default: the --init model's)")
+    parser.add_argument("--prior-registration-min-examples", type=int, default=None,
+                        help="the fewest examples a query needs for the registered masks to enter the prior "
+                             "(SegICLConfig.prior_registration_min_examples; written into the saved config; default: "
+                             "the --init model's)")
     parser.add_argument("--examples-check-the-llm", action=argparse.BooleanOptionalAction, default=None,
                         help="at inference, answer each example from the others and follow the example prior alone "
                              "where it beats its mix with the LLM there (SegICLConfig.examples_check_the_llm; written "
@@ -76,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         model.add_gate_prior_input()
     if args.prior_registration_weight is not None:
         model.config.prior_registration_weight = args.prior_registration_weight
+    if args.prior_registration_min_examples is not None:
+        model.config.prior_registration_min_examples = args.prior_registration_min_examples
     if args.examples_check_the_llm is not None:
         model.config.examples_check_the_llm = args.examples_check_the_llm
     model.config.validate()

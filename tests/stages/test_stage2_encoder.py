@@ -123,9 +123,11 @@ def test_stage2_saves_the_registration_weight_without_registering_in_training(im
     monkeypatch.setattr(segicl.baselines, "register_mask", refuse)
     assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
                  "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--warmup-steps", "1",
-                 "--prior-registration-weight", "0.5", "--no-examples-check-the-llm"]) == 0
+                 "--prior-registration-weight", "0.5", "--prior-registration-min-examples", "4",
+                 "--no-examples-check-the-llm"]) == 0
     model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
     assert model.config.prior_registration_weight == 0.5 and not model.config.examples_check_the_llm  # shipped: on
+    assert model.config.prior_registration_min_examples == 4
     assert model.use_inference_only_settings
 
 
