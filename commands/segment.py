@@ -132,9 +132,15 @@ def add_segment_command(commands, default_weights: Path) -> None:
                               "second piece of a two-part structure; README \"Whole volumes\")")
     segment.add_argument("--registration-weight", type=float, default=None, metavar="W",
                          help="weight in [0, 1] of the example masks registered to the query (SimpleITK affine) in the "
-                              "example prior, from 2 examples on (0: off; default: the model's setting, 0.5 for the "
-                              "shipped weights; about 0.06 s per example and slice in `segicl bench speed`; README "
-                              "\"Registered examples, and the examples checking the LLM\")")
+                              "example prior, for queries with at least --registration-min-examples examples (0: off; "
+                              "default: the model's setting, 0.5 for the shipped weights; about 0.06 s per example and "
+                              "slice in `segicl bench speed`; README \"Registered examples, and the examples checking "
+                              "the LLM\")")
+    segment.add_argument("--registration-min-examples", type=int, default=None, metavar="N",
+                         help="the fewest examples a query needs for the registered examples to enter its prior "
+                              "(default: the model's setting, 4 for the shipped weights, so that with this command's "
+                              "at most 3 examples they do not: chosen on training structures, README \"Peers\"; 2 "
+                              "switches them on from 2 examples)")
     segment.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                          help="answer each example from the others and, where the example prior alone does better than "
                               "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
@@ -315,17 +321,21 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
                          query.to_display(outputs[0].uncertainty), timings)
 
 
-def apply_prior_flags(model, registration_weight: float | None, check_examples: bool | None) -> None:
-    """`--registration-weight` and `--check-examples` (None: keep the model's setting) on the model's example prior;
-    a setting the model's config refuses (SegICLConfig.validate) is refused naming the flag, the model unchanged."""
-    changes = {name: value for name, value in (("prior_registration_weight", registration_weight),
-                                               ("examples_check_the_llm", check_examples)) if value is not None}
+def apply_prior_flags(model, registration_weight: float | None, check_examples: bool | None,
+                      registration_min_examples: int | None = None) -> None:
+    """`--registration-weight`, `--check-examples` and `--registration-min-examples` (None: keep the model's
+    setting) on the model's example prior; a setting the model's config refuses (SegICLConfig.validate) is refused
+    naming the flag, the model unchanged."""
+    given = [(flag, field, value) for flag, field, value in (
+        ("--registration-weight", "prior_registration_weight", registration_weight),
+        ("--check-examples", "examples_check_the_llm", check_examples),
+        ("--registration-min-examples", "prior_registration_min_examples", registration_min_examples))
+        if value is not None]
+    changes = {field: value for _, field, value in given}
     try:
         replace(model.config, **changes).validate()  # on a copy: parts of the model hold the config object itself
     except ValueError as error:
-        flags = [flag for flag, value in (("--registration-weight", registration_weight),
-                                          ("--check-examples", check_examples)) if value is not None]
-        raise ValueError(f"{' / '.join(flags)}: {error}") from None
+        raise ValueError(f"{' / '.join(flag for flag, _, _ in given)}: {error}") from None
     for name, value in changes.items():
         setattr(model.config, name, value)
 
@@ -347,7 +357,8 @@ def command_segment(args: argparse.Namespace) -> int:
                                           args.example_label)
         targets = [Target(args.text, shared, per_slice)]
     pipeline = SegICLPipeline.from_pretrained(args.model)
-    apply_prior_flags(pipeline.model, args.registration_weight, args.check_examples)
+    apply_prior_flags(pipeline.model, args.registration_weight, args.check_examples,
+                      args.registration_min_examples)
     settings = Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed,
                         args.largest_component)
     result = segment_image(query, targets, pipeline, settings, as_label_map=bool(args.labels), progress=True)

@@ -137,7 +137,8 @@ def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(impor
 
     common = ["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",
               str(imported_dataset.root), "--label", "thalamus", "-k", "3", "--model", str(SHIPPED),
-              "--no-check-examples"]  # the registration weight is under test; the check would double the time
+              "--no-check-examples",  # the registration weight is under test; the check would double the time
+              "--registration-min-examples", "2"]  # the shipped weights register from 4 examples on
     probabilities = {}
     for weight in ("0", "1"):
         assert main([*common, "--registration-weight", weight, "--out", str(tmp_path / f"m{weight}.nii.gz"),
@@ -155,6 +156,9 @@ def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(impor
         assert model.config.prior_registration_weight == 0.0 and not model.config.examples_check_the_llm  # unchanged
     with pytest.raises(ValueError, match=r"--registration-weight: prior_registration_weight must be in \[0, 1\]"):
         apply_prior_flags(model, 1.5, None)
+    with pytest.raises(ValueError, match="--registration-min-examples: prior_registration_min_examples must be >= 1"):
+        apply_prior_flags(model, None, None, 0)
     model.config.example_prior = True
-    apply_prior_flags(model, 0.25, True)
+    apply_prior_flags(model, 0.25, True, 3)
     assert model.config.prior_registration_weight == 0.25 and model.config.examples_check_the_llm
+    assert model.config.prior_registration_min_examples == 3
