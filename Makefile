@@ -28,11 +28,16 @@ STAGE2C_MINUTES ?= 60
 # queries without the structure (ABSENT_PROB) so that whole volumes' empty slices stay empty (README: "Peers").
 STAGE2D_STEPS ?= 700
 STAGE2D_MINUTES ?= 30
+# Stage 2i: the stage-2d recipe again with the peer trained for the chain's CPU time (train-crossconv's last export)
+# as the prior, registered examples entering it from 4 examples on (chosen on training structures: README "Peers").
+STAGE2I_STEPS ?= 700
+STAGE2I_MINUTES ?= 30
 ABSENT_PROB ?= 0.15
 CROSSCONV_STEPS ?= 9000
 CROSSCONV_MINUTES ?= 80
 CROSSCONV_WEIGHTS ?= weights/crossconv-tiny
 TRAIN_DIR ?= runs/train-demo
+CROSSCONV_80MIN ?= $(TRAIN_DIR)/crossconv-80min
 LAUNCH := $(VENV)/bin/accelerate launch --quiet --config_file accelerate_config.yaml
 
 .PHONY: install upgrade-lock system-data system-browser demo test serve clean-cache train-demo train-crossconv
@@ -94,16 +99,30 @@ train-demo: install train-crossconv
 		--example-prior --anonymous-name-prob 0.5 --min-area 64 --decoder-loss-weight 1 --warmup-steps 20 \
 		--steps $(STAGE2C_STEPS) --max-minutes $(STAGE2C_MINUTES) --checkpoint-every 250 --resume
 	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2c/model --output-dir $(TRAIN_DIR)/stage2d \
-		--crossconv $(CROSSCONV_WEIGHTS) --absent-prob $(ABSENT_PROB) --anonymous-name-prob 0.5 --min-area 64 \
+		--crossconv $(CROSSCONV_80MIN) --absent-prob $(ABSENT_PROB) --anonymous-name-prob 0.5 --min-area 64 \
 		--decoder-loss-weight 1 --warmup-steps 20 --steps $(STAGE2D_STEPS) --max-minutes $(STAGE2D_MINUTES) \
 		--checkpoint-every 100 --prior-registration-weight 0.5 --examples-check-the-llm --resume
-	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2d/model $(WEIGHTS)
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2d/model $(TRAIN_DIR)/stage2d-export
+	$(LAUNCH) stages/stage2_encoder.py --init $(TRAIN_DIR)/stage2d-export --output-dir $(TRAIN_DIR)/stage2i \
+		--crossconv $(CROSSCONV_WEIGHTS) --absent-prob $(ABSENT_PROB) --anonymous-name-prob 0.5 --min-area 64 \
+		--decoder-loss-weight 1 --warmup-steps 20 --steps $(STAGE2I_STEPS) --max-minutes $(STAGE2I_MINUTES) \
+		--checkpoint-every 100 --prior-registration-weight 0.5 --prior-registration-min-examples 4 \
+		--examples-check-the-llm --resume
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/stage2i/model $(WEIGHTS)
 
-# The CrossConv peer / in-context module (one thread, about 80 min), exported to weights/crossconv-tiny (float16).
+# The CrossConv peer / in-context module, on one thread for the CPU time of SegICL's stage-2 chain (about 205 min):
+# 80 min, exported (float16: the 80-min network is stage 2d's prior), then continued twice on fresh episodes (seeds
+# 2 and 3, 92 and 33 min), exported to weights/crossconv-tiny (float16), stage 2i's prior and the benchmarks' peer.
 train-crossconv: install
 	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --output-dir $(TRAIN_DIR)/crossconv \
 		--steps $(CROSSCONV_STEPS) --max-minutes $(CROSSCONV_MINUTES) --absent-prob $(ABSENT_PROB) --log-every 50 --resume
-	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv/model $(CROSSCONV_WEIGHTS)
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv/model $(CROSSCONV_80MIN)
+	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --init $(CROSSCONV_80MIN) --output-dir $(TRAIN_DIR)/crossconv2 \
+		--steps 6500 --max-minutes 92 --seed 2 --absent-prob $(ABSENT_PROB) --log-every 50 --resume
+	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --init $(TRAIN_DIR)/crossconv2/model \
+		--output-dir $(TRAIN_DIR)/crossconv3 --steps 2300 --max-minutes 33 --seed 3 --absent-prob $(ABSENT_PROB) \
+		--log-every 50 --resume
+	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv3/model $(CROSSCONV_WEIGHTS)
 
 clean-cache:
 	rm -rf .cache/segicl
