@@ -35,6 +35,11 @@ STAGE2I_MINUTES ?= 30
 ABSENT_PROB ?= 0.15
 CROSSCONV_STEPS ?= 9000
 CROSSCONV_MINUTES ?= 80
+# Its two continuations on fresh episodes (seeds 2 and 3) to the CPU time of SegICL's stage-2 chain.
+CROSSCONV2_STEPS ?= 6500
+CROSSCONV2_MINUTES ?= 92
+CROSSCONV3_STEPS ?= 2300
+CROSSCONV3_MINUTES ?= 33
 CROSSCONV_WEIGHTS ?= weights/crossconv-tiny
 TRAIN_DIR ?= runs/train-demo
 CROSSCONV_80MIN ?= $(TRAIN_DIR)/crossconv-80min
@@ -118,9 +123,11 @@ train-crossconv: install
 		--steps $(CROSSCONV_STEPS) --max-minutes $(CROSSCONV_MINUTES) --absent-prob $(ABSENT_PROB) --log-every 50 --resume
 	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv/model $(CROSSCONV_80MIN)
 	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --init $(CROSSCONV_80MIN) --output-dir $(TRAIN_DIR)/crossconv2 \
-		--steps 6500 --max-minutes 92 --seed 2 --absent-prob $(ABSENT_PROB) --log-every 50 --resume
+		--steps $(CROSSCONV2_STEPS) --max-minutes $(CROSSCONV2_MINUTES) --seed 2 --absent-prob $(ABSENT_PROB) \
+		--log-every 50 --resume
 	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --init $(TRAIN_DIR)/crossconv2/model \
-		--output-dir $(TRAIN_DIR)/crossconv3 --steps 2300 --max-minutes 33 --seed 3 --absent-prob $(ABSENT_PROB) \
+		--output-dir $(TRAIN_DIR)/crossconv3 --steps $(CROSSCONV3_STEPS) --max-minutes $(CROSSCONV3_MINUTES) --seed 3 \
+		--absent-prob $(ABSENT_PROB) \
 		--log-every 50 --resume
 	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv3/model $(CROSSCONV_WEIGHTS)
 

@@ -332,10 +332,15 @@ def apply_prior_flags(model, registration_weight: float | None, check_examples: 
         ("--registration-min-examples", "prior_registration_min_examples", registration_min_examples))
         if value is not None]
     changes = {field: value for _, field, value in given}
+    changed = replace(model.config, **changes)  # a copy: parts of the model hold the config object itself
     try:
-        replace(model.config, **changes).validate()  # on a copy: parts of the model hold the config object itself
+        changed.validate()
     except ValueError as error:
         raise ValueError(f"{' / '.join(flag for flag, _, _ in given)}: {error}") from None
+    if registration_weight and changed.prior_registration_min_examples > changed.max_examples:
+        raise ValueError(f"--registration-weight: the model registers examples from "
+                         f"{changed.prior_registration_min_examples} examples on, more than the {changed.max_examples} "
+                         f"it takes, so the weight would change nothing; add --registration-min-examples 2")
     for name, value in changes.items():
         setattr(model.config, name, value)
 

@@ -158,7 +158,11 @@ def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(impor
         apply_prior_flags(model, 1.5, None)
     with pytest.raises(ValueError, match="--registration-min-examples: prior_registration_min_examples must be >= 1"):
         apply_prior_flags(model, None, None, 0)
-    model.config.example_prior = True
+    model.config.example_prior, model.config.prior_registration_min_examples = True, model.config.max_examples + 1
+    with pytest.raises(ValueError, match="would change nothing; add --registration-min-examples 2"):
+        apply_prior_flags(model, 0.5, None)  # the shipped weights' setting: no registration within max_examples
+    assert model.config.prior_registration_weight == 0.0
+    model.config.prior_registration_min_examples = 2
     apply_prior_flags(model, 0.25, True, 3)
     assert model.config.prior_registration_weight == 0.25 and model.config.examples_check_the_llm
     assert model.config.prior_registration_min_examples == 3
