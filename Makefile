@@ -127,8 +127,7 @@ train-crossconv: install
 		--log-every 50 --resume
 	OMP_NUM_THREADS=1 $(LAUNCH) stages/crossconv_train.py --init $(TRAIN_DIR)/crossconv2/model \
 		--output-dir $(TRAIN_DIR)/crossconv3 --steps $(CROSSCONV3_STEPS) --max-minutes $(CROSSCONV3_MINUTES) --seed 3 \
-		--absent-prob $(ABSENT_PROB) \
-		--log-every 50 --resume
+		--absent-prob $(ABSENT_PROB) --log-every 50 --resume
 	$(VENV)/bin/segicl export $(TRAIN_DIR)/crossconv3/model $(CROSSCONV_WEIGHTS)
 
 clean-cache:
