@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -33,3 +34,23 @@ def check_out_dir(folder: Path, flag: str = "--out-dir") -> None:
 def optional_path(value: str) -> Path | None:
     """An argparse type: a path, or None for '' (a flag whose default folder the user leaves out)."""
     return Path(value) if value else None
+
+
+def apply_config_flags(model, given: list[tuple[str, str, object]],
+                       refuse: Callable[[object], str | None] | None = None) -> None:
+    """Set `(flag, config field, value)` settings on `model.config`, leaving out those whose value is None (the flag
+    not given: keep the model's). A setting the config refuses (its `validate`), or for which `refuse(changed config)`
+    gives a reason, is refused naming the flags, the model unchanged."""
+    given = [(flag, name, value) for flag, name, value in given if value is not None]
+    changes = {name: value for _, name, value in given}
+    changed = replace(model.config, **changes)  # a copy: parts of the model hold the config object itself
+    flags = " / ".join(flag for flag, _, _ in given)
+    try:
+        changed.validate()
+    except ValueError as error:
+        raise ValueError(f"{flags}: {error}") from None
+    reason = refuse(changed) if refuse is not None else None
+    if reason:
+        raise ValueError(reason)
+    for name, value in changes.items():
+        setattr(model.config, name, value)

@@ -13,12 +13,13 @@ import argparse
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from commands.arguments import apply_config_flags
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 
 if TYPE_CHECKING:
@@ -324,25 +325,20 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
 def apply_prior_flags(model, registration_weight: float | None, check_examples: bool | None,
                       registration_min_examples: int | None = None) -> None:
     """`--registration-weight`, `--check-examples` and `--registration-min-examples` (None: keep the model's
-    setting) on the model's example prior; a setting the model's config refuses (SegICLConfig.validate) is refused
-    naming the flag, the model unchanged."""
-    given = [(flag, field, value) for flag, field, value in (
-        ("--registration-weight", "prior_registration_weight", registration_weight),
-        ("--check-examples", "examples_check_the_llm", check_examples),
-        ("--registration-min-examples", "prior_registration_min_examples", registration_min_examples))
-        if value is not None]
-    changes = {field: value for _, field, value in given}
-    changed = replace(model.config, **changes)  # a copy: parts of the model hold the config object itself
-    try:
-        changed.validate()
-    except ValueError as error:
-        raise ValueError(f"{' / '.join(flag for flag, _, _ in given)}: {error}") from None
-    if registration_weight and changed.prior_registration_min_examples > changed.max_examples:
-        raise ValueError(f"--registration-weight: the model registers examples from "
-                         f"{changed.prior_registration_min_examples} examples on, more than the {changed.max_examples} "
-                         f"it takes, so the weight would change nothing; add --registration-min-examples 2")
-    for name, value in changes.items():
-        setattr(model.config, name, value)
+    setting) on the model's example prior, refused naming the flag where the config refuses the setting or where a
+    registration weight would change nothing (the model registers from more examples than it takes); the model
+    unchanged when refused."""
+    def registers_nothing(changed) -> str | None:
+        if registration_weight and changed.prior_registration_min_examples > changed.max_examples:
+            return (f"--registration-weight: the model registers examples from "
+                    f"{changed.prior_registration_min_examples} examples on, more than the {changed.max_examples} it "
+                    f"takes, so the weight would change nothing; add --registration-min-examples 2")
+        return None
+
+    apply_config_flags(model, [("--registration-weight", "prior_registration_weight", registration_weight),
+                               ("--check-examples", "examples_check_the_llm", check_examples),
+                               ("--registration-min-examples", "prior_registration_min_examples",
+                                registration_min_examples)], refuse=registers_nothing)
 
 
 def command_segment(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from commands.arguments import apply_config_flags  # noqa: E402
 from stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,  # noqa: E402
                            add_training_arguments, episode_batches, finished_line, make_accelerator,
                            open_training_dataset, run_stage, train, training_arguments)
@@ -78,12 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
     if args.gate_reads_prior:
         model.add_gate_prior_input()
-    if args.prior_registration_weight is not None:
-        model.config.prior_registration_weight = args.prior_registration_weight
-    if args.prior_registration_min_examples is not None:
-        model.config.prior_registration_min_examples = args.prior_registration_min_examples
-    if args.examples_check_the_llm is not None:
-        model.config.examples_check_the_llm = args.examples_check_the_llm
+    apply_config_flags(model, [
+        ("--prior-registration-weight", "prior_registration_weight", args.prior_registration_weight),
+        ("--prior-registration-min-examples", "prior_registration_min_examples", args.prior_registration_min_examples),
+        ("--examples-check-the-llm", "examples_check_the_llm", args.examples_check_the_llm)])
     model.config.validate()
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)

@@ -131,6 +131,18 @@ def test_stage2_saves_the_registration_weight_without_registering_in_training(im
     assert model.use_inference_only_settings
 
 
+def test_stage2_refuses_an_inference_setting_naming_its_flag_before_training(tmp_path, capsys):
+    from stages.common import run_stage
+    from stages.stage2_encoder import main
+
+    assert run_stage(lambda: main(["--init", str(REPO / "weights" / "segicl-tiny"), "--output-dir",
+                                   str(tmp_path / "out"), "--prior-registration-min-examples", "0"]),
+                     "stage2_encoder.py") == 2
+    assert capsys.readouterr().err == ("stage2_encoder.py: error: --prior-registration-min-examples: "
+                                       "prior_registration_min_examples must be >= 1, got 0\n")
+    assert not (tmp_path / "out").exists()
+
+
 def test_stage2_trains_on_merged_structures_when_asked(imported_dataset, tmp_path, monkeypatch):
     from data.episodes import EpisodeSampler
     from stages.stage2_encoder import main
