@@ -155,3 +155,21 @@ def test_an_imported_dataset_is_scored_on_its_own_structures_into_files_of_its_n
     assert dataset_groups(dataset) == GROUPS
     assert result_name("axial", "Deep Grey") == "quality_deep_grey"
     assert result_name("coronal", "Deep Grey") == "quality_deep_grey_coronal"
+
+
+def test_the_better_of_segicl_and_its_prior_takes_the_higher_dice_of_each_episode():
+    from benchmarks.quality import best_peer, summarize, with_better_of_segicl_and_prior
+
+    def scores(dice):
+        return {"dice": dice, "iou": dice / 2, "hd95": 1.0}
+
+    records = [{"k": 3, "structure": "s", "segicl": scores(0.6), "example_prior": scores(0.4)},
+               {"k": 3, "structure": "s", "segicl": scores(0.5), "example_prior": scores(0.7)},
+               {"k": 0, "structure": "s", "segicl": scores(0.2)}]
+    cells = summarize(with_better_of_segicl_and_prior(records))
+    assert [r.get("better_of_segicl_and_prior", {}).get("dice") for r in records] == [0.6, 0.7, None]
+    assert records[1]["better_of_segicl_and_prior"]["iou"] == 0.35  # the chosen method's own scores
+    assert cells["better_of_segicl_and_prior"]["3"]["dice"] == pytest.approx(0.65)
+    assert cells["segicl"]["3"]["dice"] == pytest.approx(0.55) and cells["example_prior"]["3"]["dice"] == 0.55
+    assert "0" not in cells["better_of_segicl_and_prior"]
+    assert best_peer(cells, "3") is None  # a diagnostic, never the peer SegICL is measured against
