@@ -83,7 +83,6 @@ def main(argv: list[str] | None = None) -> int:
         ("--prior-registration-weight", "prior_registration_weight", args.prior_registration_weight),
         ("--prior-registration-min-examples", "prior_registration_min_examples", args.prior_registration_min_examples),
         ("--examples-check-the-llm", "examples_check_the_llm", args.examples_check_the_llm)])
-    model.config.validate()
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,

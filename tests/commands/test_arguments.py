@@ -2,7 +2,7 @@ from argparse import Namespace
 
 import pytest
 
-from commands.arguments import check_at_least, check_out_dir, exit_code
+from commands.arguments import apply_config_flags, check_at_least, check_out_dir, exit_code
 
 
 def test_a_refused_input_is_one_line_and_exit_code_2(capsys):
@@ -25,3 +25,24 @@ def test_a_file_as_output_folder_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="--out-dir .*file exists and is not a folder"):
         check_out_dir(tmp_path / "file")
+
+
+def test_config_flags_are_validated_together_and_refused_naming_only_the_flags_given():
+    from types import SimpleNamespace
+
+    from segicl.config import SegICLConfig
+
+    model = SimpleNamespace(config=SegICLConfig())
+    with pytest.raises(ValueError, match=r"^--weight: prior_registration_weight needs example_prior"):
+        apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5), ("--check", "examples_check_the_llm",
+                                                                                   None)])
+    assert model.config.prior_registration_weight == 0.0
+    model.config.examples_check_the_llm = True  # invalid already, no flag given: the config's own message alone
+    with pytest.raises(ValueError, match=r"^examples_check_the_llm needs example_prior"):
+        apply_config_flags(model, [("--check", "examples_check_the_llm", None)])
+    model.config.examples_check_the_llm, model.config.example_prior = False, True
+    with pytest.raises(ValueError, match="^no"):
+        apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5)], refuse=lambda changed: "no")
+    assert model.config.prior_registration_weight == 0.0
+    apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5)])
+    assert model.config.prior_registration_weight == 0.5
