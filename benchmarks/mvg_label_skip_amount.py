@@ -3,7 +3,7 @@
 The same layers run for every task; this reads the per-pixel amount `a` of `ConvHead.label_refine` (output = skip
 output + a x (prompt label - skip output) + correction) on test episodes of each task, autoregressive inference.
 
-    python -m benchmarks.mvg_label_skip_amount --model weights/mvg-tiny --episodes 32
+    python -m segicl_benchmarks.mvg_label_skip_amount --model weights/mvg-tiny --episodes 32
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.build import DatasetConfig
-from data.dataset import SliceDataset
+from segicl_data.build import DatasetConfig
+from segicl_data.dataset import SliceDataset
 from mvg_head.config import TASKS
 from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler
 from mvg_head.model import MVGModel

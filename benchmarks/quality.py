@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
-from data.importer import slug
-from data.metrics import bootstrap_interval
-from data.model_folders import MODEL_CONFIGS, shown_path
+from segicl_data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
+from segicl_data.importer import slug
+from segicl_data.metrics import bootstrap_interval
+from segicl_data.model_folders import MODEL_CONFIGS, shown_path
 from segicl.baselines import RegistrationFusion
 from segicl.evaluation import mean_score, score_episodes
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 QUALITY_K = (0, 1, 3, 5)
 GROUPS = {"train_structures": "train", "held_out_structures": "held_out"}

@@ -13,8 +13,8 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from data.dataset import SliceDataset
-from data.transforms import SpatialTransformConfig, random_affine
+from segicl_data.dataset import SliceDataset
+from segicl_data.transforms import SpatialTransformConfig, random_affine
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import psutil
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from data.episodes import EpisodeConfig, EpisodeSampler
-from data.model_folders import shown_path
+from segicl_data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.model_folders import shown_path
 from segicl.evaluation import mean_score, score_episodes
 
 SPEED_K = (0, 1, 3)

@@ -3,7 +3,7 @@
 Trains stage 1 with the same steps, batch and seed for each variant and measures reconstruction
 Dice on held-out masks (test volume, held-out structures) with the same sampler.
 
-    python -m benchmarks.stage1_parametrisation --steps 800 --out runs/bench/stage1_parametrisation
+    python -m segicl_benchmarks.stage1_parametrisation --steps 800 --out runs/bench/stage1_parametrisation
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from stages import stage1_decoder
+from segicl_stages import stage1_decoder
 
 VARIANTS = {
     "epsilon": ["--prediction-type", "epsilon", "--mask-loss-weight", "0"],

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.model_folders import shown_path
+from segicl_data.model_folders import shown_path
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"single": REPO / "accelerate_config.yaml", "deepspeed_zero2": REPO / "accelerate_deepspeed_zero2.yaml"}
@@ -26,14 +26,14 @@ CONFIGS = {"single": REPO / "accelerate_config.yaml", "deepspeed_zero2": REPO / 
 
 def launch(stage: str, setup: str, out: Path, steps: int, batch_size: int, init: Path) -> dict:
     """Run one stage under one accelerate config; return its throughput and losses."""
-    script = {"stage1": "stage1_decoder.py", "stage2": "stage2_encoder.py"}[stage]
+    module = {"stage1": "segicl_stages.stage1_decoder", "stage2": "segicl_stages.stage2_encoder"}[stage]
     per_process = batch_size if setup == "single" else batch_size // 2
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS[setup]),
-               str(REPO / "stages" / script), "--output-dir", str(out), "--steps", str(steps),
+               "-m", module, "--output-dir", str(out), "--steps", str(steps),
                "--batch-size", str(per_process), "--warmup-steps", "2", "--log-every", "1",
                "--checkpoint-every", str(steps + 1)]
     command += ["--eval-masks", "8"] if stage == "stage1" else ["--init", str(init)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     if setup == "deepspeed_zero2":
         env.update(DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)

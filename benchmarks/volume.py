@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.dataset import SliceDataset
-from data.episodes import INSTRUCTION_TEMPLATES, Episode, context_rows, prompt_slice
-from data.metrics import dice
-from data.model_folders import shown_path
+from segicl_data.dataset import SliceDataset
+from segicl_data.episodes import INSTRUCTION_TEMPLATES, Episode, context_rows, prompt_slice
+from segicl_data.metrics import dice
+from segicl_data.model_folders import shown_path
 from segicl.baselines import predict_union
 from segicl.evaluation import segment_episodes
 from segicl.pipeline import keep_largest_component
@@ -133,7 +133,7 @@ def summarize(structures: dict) -> dict:
 
 def volume_lines(result: dict) -> list[str]:
     """The whole-volume table as markdown lines."""
-    from benchmarks.quality import METHODS
+    from segicl_benchmarks.quality import METHODS
 
     lines = ["### Whole volumes (`segicl bench volume`)", "", result["setting"], "",
              "| examples | method | mean 3-D Dice | false-positive voxels on absent slices | absent slices marked |",

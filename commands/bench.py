@@ -10,9 +10,10 @@ from pathlib import Path
 import torch
 
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
-from commands.arguments import check_at_least, check_out_dir, optional_path
-from commands.datasets import add_dataset_arguments, open_dataset
-from data.model_folders import check_model_folder
+from segicl_commands.arguments import check_at_least, check_out_dir, optional_path
+from segicl_commands.datasets import add_dataset_arguments, open_dataset
+from segicl_data.model_folders import check_model_folder
+from segicl_weights import CROSSCONV_TINY, MVG_TINY
 
 BENCH_DIR = Path("runs/bench")
 SWEEP_STEPS, SWEEP_SAMPLES = (50, 20, 10, 5, 2, 1), (1, 3, 5)  # the sampler grid of `bench speed`
@@ -32,9 +33,9 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
     quality.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
     quality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
-    quality.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
+    quality.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
                          help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
-    quality.add_argument("--mvg", type=optional_path, default=REPO / "weights" / "mvg-tiny",
+    quality.add_argument("--mvg", type=optional_path, default=MVG_TINY,
                          help="MVG weights folder ('' to leave MVG out)")
     quality.add_argument("--specialists", type=int, default=8,
                          help="held-out structures that get a specialist UNet (0: no specialist comparison)")
@@ -54,7 +55,7 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     volume.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
     volume.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
     volume.add_argument("--batch-size", type=int, default=16, help="slices per batch")
-    volume.add_argument("--crossconv", type=optional_path, default=REPO / "weights" / "crossconv-tiny",
+    volume.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
                         help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
     volume.set_defaults(handler=command_volume)
 
@@ -111,7 +112,7 @@ def check_common(args, **minimums: float) -> None:
 
 
 def command_quality(args) -> int:
-    from benchmarks.quality import run_quality
+    from segicl_benchmarks.quality import run_quality
 
     check_common(args, episodes=1, steps=1, samples=1, specialists=0, specialist_episodes=1)
     if args.specialist_seconds is not None:
@@ -125,8 +126,8 @@ def command_quality(args) -> int:
 
 
 def command_volume(args) -> int:
-    from benchmarks.quality import peer_methods
-    from benchmarks.volume import run_volume
+    from segicl_benchmarks.quality import peer_methods
+    from segicl_benchmarks.volume import run_volume
 
     check_common(args, structures=1, steps=1, samples=1, batch_size=1)
     if args.crossconv is not None:
@@ -141,7 +142,7 @@ def command_volume(args) -> int:
 
 
 def command_speed(args) -> int:
-    from benchmarks.speed import run_speed
+    from segicl_benchmarks.speed import run_speed
 
     check_common(args, slices=1, steps=1, samples=1, batch_size=1, repeats=1, episodes=1)
     if args.slices < 64:
@@ -152,8 +153,8 @@ def command_speed(args) -> int:
 
 
 def command_full_shapes(args) -> int:
-    from benchmarks.full_shapes import FullShapeOptions, run_full_shapes
-    from benchmarks.report import full_shape_lines
+    from segicl_benchmarks.full_shapes import FullShapeOptions, run_full_shapes
+    from segicl_benchmarks.report import full_shape_lines
 
     check_out_dir(args.out_dir)
     options = FullShapeOptions(vision_layers=args.vision_layers, llm_layers=args.llm_layers, device=args.device,
@@ -164,7 +165,7 @@ def command_full_shapes(args) -> int:
 
 
 def command_training(args) -> int:
-    from benchmarks.training import run_training
+    from segicl_benchmarks.training import run_training
 
     check_common(args, steps=4, batch_size=2)  # the loss is compared over the first and last thirds of the steps
     if args.batch_size % 2:
@@ -174,7 +175,7 @@ def command_training(args) -> int:
 
 
 def command_report(args) -> int:
-    from benchmarks.report import RESULT_FILES, results_section, write_results
+    from segicl_benchmarks.report import RESULT_FILES, results_section, write_results
 
     # The README's plots and the JSON behind every figure live in the repository; runs/ does not.
     results = args.readme.parent / "docs" / "results"

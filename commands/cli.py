@@ -7,14 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from commands.arguments import exit_code
-from commands.bench import add_bench_commands
-from commands.datasets import add_dataset_arguments, add_import_command, open_dataset
-from commands.evaluate import add_evaluate_command
-from commands.mvg import add_mvg_commands
-from commands.segment import add_segment_command
-from commands.serve import add_serve_command
-from data.model_folders import MODEL_CONFIGS
+from segicl_commands.arguments import exit_code
+from segicl_commands.bench import add_bench_commands
+from segicl_commands.datasets import add_dataset_arguments, add_import_command, open_dataset
+from segicl_commands.evaluate import add_evaluate_command
+from segicl_commands.mvg import add_mvg_commands
+from segicl_commands.segment import add_segment_command
+from segicl_commands.serve import add_serve_command
+from segicl_data.model_folders import MODEL_CONFIGS
+from segicl_weights import SEGICL_TINY
 
 
 def format_summary(summary: dict) -> str:
@@ -41,8 +42,8 @@ def command_data(args: argparse.Namespace) -> int:
 
 def copy_baseline_table(dataset, episodes: int, min_area: int, seed: int, progress: bool = True) -> dict:
     """Copy-example baseline (k = 1) on the test split: {transforms: {structures: result}}."""
-    from data.episodes import EpisodeConfig
-    from data.transforms import SpatialTransformConfig
+    from segicl_data.episodes import EpisodeConfig
+    from segicl_data.transforms import SpatialTransformConfig
     from segicl.evaluation import evaluate_copy_baseline
 
     table: dict = {}
@@ -75,7 +76,7 @@ def command_baseline(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    from commands.demo import run_demo
+    from segicl_commands.demo import run_demo
 
     start = time.perf_counter()
     dataset = open_dataset(args)
@@ -96,11 +97,11 @@ def command_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "segicl-tiny"
+DEFAULT_WEIGHTS = SEGICL_TINY
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from commands.export import export
+    from segicl_commands.export import export
 
     export(args.source, args.target)
     return 0

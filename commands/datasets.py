@@ -20,15 +20,15 @@ def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def dataset_config(args: argparse.Namespace):
-    from data.build import DatasetConfig
+    from segicl_data.build import DatasetConfig
 
     return DatasetConfig(resolution=args.resolution, axis=args.axis, seed=args.data_seed,
                          held_out_fraction=args.held_out_fraction)
 
 
 def open_dataset(args: argparse.Namespace):
-    from data.build import DEFAULT_CACHE
-    from data.dataset import SliceDataset
+    from segicl_data.build import DEFAULT_CACHE
+    from segicl_data.dataset import SliceDataset
 
     if getattr(args, "dataset", None) is not None:
         return SliceDataset(args.dataset)
@@ -36,7 +36,7 @@ def open_dataset(args: argparse.Namespace):
 
 
 def add_import_command(data_commands) -> None:
-    """`segicl data import PATH`: an nnU-Net v2 or MSD dataset folder -> a slice dataset (data.importer)."""
+    """`segicl data import PATH`: an nnU-Net v2 or MSD dataset folder -> a slice dataset (segicl_data.importer)."""
     parser = data_commands.add_parser(
         "import", help="import your own nnU-Net v2 or MSD dataset folder as a slice dataset",
         description="Read an nnU-Net v2 raw dataset (dataset.json, imagesTr/CASE_0000.nii.gz, labelsTr/CASE.nii.gz) or "
@@ -61,9 +61,9 @@ def add_import_command(data_commands) -> None:
 
 
 def command_import(args: argparse.Namespace) -> int:
-    from data.build import DEFAULT_CACHE
-    from data.dataset import SliceDataset
-    from data.importer import ImportConfig, import_dataset
+    from segicl_data.build import DEFAULT_CACHE
+    from segicl_data.dataset import SliceDataset
+    from segicl_data.importer import ImportConfig, import_dataset
 
     config = ImportConfig(resolution=args.resolution, axis=args.axis, test_fraction=args.test_fraction,
                           seed=args.seed, channel=args.channel)

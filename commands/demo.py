@@ -6,8 +6,8 @@ import json
 import time
 from pathlib import Path
 
-from data.episodes import EpisodeConfig
-from data.model_folders import MODEL_CONFIGS, shown_path
+from segicl_data.episodes import EpisodeConfig
+from segicl_data.model_folders import MODEL_CONFIGS, shown_path
 from segicl.evaluation import evaluate_episodes, evaluate_reconstruction, save_overlay
 
 K_VALUES = (0, 1, 3)
@@ -15,7 +15,7 @@ K_VALUES = (0, 1, 3)
 
 def train_from_scratch(out_dir: Path, stage1_steps: int, stage2_steps: int, seed: int) -> Path:
     """Both stages, briefly (a smoke path that shows the whole pipeline without the shipped weights)."""
-    from stages import stage1_decoder, stage2_encoder
+    from segicl_stages import stage1_decoder, stage2_encoder
 
     stage1_decoder.main(["--output-dir", str(out_dir / "stage1"), "--steps", str(stage1_steps), "--eval-masks", "32",
                          "--seed", str(seed), "--warmup-steps", str(max(stage1_steps // 20, 1))])

@@ -1,7 +1,7 @@
 """The `segicl evaluate` subcommand: score a folder of predicted label maps against a folder of truth label maps
-(what nnU-Net's `evaluate_folder` gives its users), through `data.folder_evaluation`.
+(what nnU-Net's `evaluate_folder` gives its users), through `segicl_data.folder_evaluation`.
 
-Registered into the `segicl` command line by `commands.cli.build_parser` through `add_evaluate_command`.
+Registered into the `segicl` command line by `segicl_commands.cli.build_parser` through `add_evaluate_command`.
 """
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ import argparse
 import math
 from pathlib import Path
 
-from commands.arguments import check_out_dir
+from segicl_commands.arguments import check_out_dir
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
     """Score, write summary.json and summary.md into --out (default: the --pred folder), print the table."""
-    from data.folder_evaluation import evaluate_folders, write_summary
+    from segicl_data.folder_evaluation import evaluate_folders, write_summary
 
     if not (math.isfinite(args.tolerance) and args.tolerance >= 0):
         raise ValueError(f"--tolerance must be a finite number of mm >= 0, got {args.tolerance}")

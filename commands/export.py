@@ -1,6 +1,6 @@
 """Export a trained model folder as small shipped weights: the same layout, tensors stored in float16.
 
-    python -m commands.export runs/train-demo/stage2/model weights/segicl-tiny
+    python -m segicl_commands.export runs/train-demo/stage2/model weights/segicl-tiny
 
 Loading casts them back to the model's float32 parameters (SegICLModel.from_pretrained). An existing target is
 replaced only when it is empty or an earlier export (a model folder).
@@ -13,8 +13,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from commands.arguments import check_out_dir, exit_code
-from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME
+from segicl_commands.arguments import check_out_dir, exit_code
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME
 
 
 def check_target(source: Path, target: Path) -> None:
@@ -51,4 +51,4 @@ if __name__ == "__main__":
     if len(sys.argv) != 3:
         print(__doc__)
         sys.exit(2)
-    sys.exit(exit_code(lambda: main(Path(sys.argv[1]), Path(sys.argv[2])), "commands.export"))
+    sys.exit(exit_code(lambda: main(Path(sys.argv[1]), Path(sys.argv[2])), "segicl_commands.export"))

@@ -1,6 +1,6 @@
 """The `segicl mvg` (inference) and `segicl mvg-eval` (test-split evaluation) subcommands.
 
-Registered into the `segicl` command line by `commands.cli.build_parser` through `add_mvg_commands`.
+Registered into the `segicl` command line by `segicl_commands.cli.build_parser` through `add_mvg_commands`.
 """
 from __future__ import annotations
 
@@ -8,12 +8,13 @@ import argparse
 import time
 from pathlib import Path
 
-from commands.arguments import check_at_least, check_out_dir
-from commands.datasets import add_dataset_arguments, open_dataset
-from data.model_folders import check_model_folder
+from segicl_commands.arguments import check_at_least, check_out_dir
+from segicl_commands.datasets import add_dataset_arguments, open_dataset
+from segicl_data.model_folders import check_model_folder
 from mvg_head.config import COLOURINGS, TASKS
+from segicl_weights import MVG_TINY
 
-DEFAULT_MVG_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "mvg-tiny"
+DEFAULT_MVG_WEIGHTS = MVG_TINY
 OUTPUT_SCALES = ("input", "unit")
 
 
@@ -23,7 +24,7 @@ def output_to_write(result, args: argparse.Namespace):
     when it lies in 0..255 (as a PNG query's does)."""
     import numpy as np
 
-    from data.imageio import ending_of
+    from segicl_data.imageio import ending_of
 
     if args.task == "segmentation":
         return result.output
@@ -41,8 +42,8 @@ def output_to_write(result, args: argparse.Namespace):
 
 def dataset_prompt(args: argparse.Namespace):
     """--prompt-from: a labelled training case of an imported dataset as the prompt volume (segmentation only)."""
-    from data.bank import prompt_volume
-    from data.dataset import SliceDataset
+    from segicl_data.bank import prompt_volume
+    from segicl_data.dataset import SliceDataset
 
     if args.task != "segmentation":
         raise ValueError(f"--prompt-from lends label maps, the prompt of segmentation; --task {args.task} needs "
@@ -51,9 +52,9 @@ def dataset_prompt(args: argparse.Namespace):
 
 
 def command_mvg(args: argparse.Namespace) -> int:
-    from data.imageio import read_image, write_image
-    from data.preprocess import resize_slices
-    from data.volumes import crop_to_foreground, from_model_slices, paste_crop, to_model_slices
+    from segicl_data.imageio import read_image, write_image
+    from segicl_data.preprocess import resize_slices
+    from segicl_data.volumes import crop_to_foreground, from_model_slices, paste_crop, to_model_slices
     from mvg_head.pipeline import MVGPipeline
 
     check_model_folder(args.model, "MVG")

@@ -4,8 +4,8 @@ map) in the input's exact geometry.
 Examples come three ways: files (`--example IMAGE MASK`: a 2-D slice, or a 3-D volume whose slice at the query
 slice's relative position is used, `--example-label` naming one label of a label map), or a bank
 (`--examples-from DATASET --label NAME -k 3`: k different cases of a built or imported dataset, position-matched).
-A volume is cut to its foreground first, the way the training data was (`data.volumes.crop_to_foreground`).
-`prepare_query` + `segment_image` are the run itself, shared by the command and the web app (`commands.webapp`).
+A volume is cut to its foreground first, the way the training data was (`segicl_data.volumes.crop_to_foreground`).
+`prepare_query` + `segment_image` are the run itself, shared by the command and the web app (`segicl_commands.webapp`).
 """
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from commands.arguments import apply_config_flags
+from segicl_commands.arguments import apply_config_flags
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 
 if TYPE_CHECKING:
-    from data.imageio import MedicalImage
-    from data.preprocess import SquareCrop
+    from segicl_data.imageio import MedicalImage
+    from segicl_data.preprocess import SquareCrop
 
 
 @dataclass
@@ -39,8 +39,8 @@ class Target:
 
 @dataclass
 class Query:
-    """A query as the model sees it: the file (`data.imageio.MedicalImage`), its display slices [S, H, W] (the
-    orientation rule of `data.volumes`) and the slices the model segments (a volume cut to its foreground: `crop`)."""
+    """A query as the model sees it: the file (`segicl_data.imageio.MedicalImage`), its display slices [S, H, W] (the
+    orientation rule of `segicl_data.volumes`) and the slices the model segments (a volume cut to its foreground: `crop`)."""
 
     image: MedicalImage
     axis: str
@@ -50,13 +50,13 @@ class Query:
 
     def to_display(self, maps: np.ndarray) -> np.ndarray:
         """Maps of the model slices back onto every display slice of the file."""
-        from data.volumes import paste_crop
+        from segicl_data.volumes import paste_crop
 
         return paste_crop(maps, self.crop, self.slices.shape) if self.crop else maps
 
     def to_file(self, display_maps: np.ndarray) -> np.ndarray:
         """Display-slice maps in the file's own voxel order and shape (what `write_image` writes beside it)."""
-        from data.volumes import from_model_slices
+        from segicl_data.volumes import from_model_slices
 
         return from_model_slices(display_maps, self.image, self.axis)
 
@@ -184,7 +184,7 @@ def example_label_value(label: str | None, mask_path: Path) -> int | None:
     """--example-label as a label value: a number, or a name looked up in the dataset.json of the mask's dataset."""
     if label is None or label.isdigit():
         return None if label is None else int(label)
-    from data.importer import read_label_names
+    from segicl_data.importer import read_label_names
 
     description = mask_path.resolve().parent.parent / "dataset.json"
     if not description.exists():
@@ -204,10 +204,10 @@ def file_examples(pairs: list, query_slices: int, axis: str = "axial", normaliza
     """Example files, (image path, mask path) pairs: (shared pairs, None) when all are 2-D; (empty, one list per
     slice) when any is a volume, each volume cut to its foreground and lending its slice at the query slice's
     relative position. `example_label` (a value or a dataset.json name) picks the structure of label-map masks."""
-    from data.episodes import prompt_slice
-    from data.imageio import read_image
-    from data.preprocess import apply_crop, normalize_intensity
-    from data.volumes import crop_to_foreground, load_example_slices
+    from segicl_data.episodes import prompt_slice
+    from segicl_data.imageio import read_image
+    from segicl_data.preprocess import apply_crop, normalize_intensity
+    from segicl_data.volumes import crop_to_foreground, load_example_slices
 
     stacks = []
     for image_path, mask_path in pairs:
@@ -226,7 +226,7 @@ def file_examples(pairs: list, query_slices: int, axis: str = "axial", normaliza
 
 def bank_names(dataset, label: str | None, labels: str | None) -> list[str]:
     """The structures asked for with --label NAME or --labels all|a,b."""
-    from data.bank import bank_structures
+    from segicl_data.bank import bank_structures
 
     if label:
         return [label]
@@ -242,11 +242,11 @@ POSITIONS = 1000
 
 def bank_targets(dataset, names: list[str], text: str | None, k: int, query_slices: int,
                  position: float | None = None) -> list[Target]:
-    """One target per structure name of a dataset (`data.dataset.SliceDataset`), its k examples per query slice from
+    """One target per structure name of a dataset (`segicl_data.dataset.SliceDataset`), its k examples per query slice from
     the dataset's bank (k = 0: the instruction alone); `text` replaces the worded instruction. `position` (0 = the
     first slice of a volume, 1 = the last): where a single query slice lies in its volume, which the bank's
     position-matched examples follow; None: the query's own slices are the volume."""
-    from data.bank import ExampleBank, find_structure
+    from segicl_data.bank import ExampleBank, find_structure
 
     if position is not None and (query_slices != 1 or not 0.0 <= position <= 1.0):
         raise ValueError(f"a relative position in [0, 1] is for a single query slice; got {position} for "
@@ -279,9 +279,9 @@ def label_map(probabilities: list[np.ndarray], values: list[int], threshold: flo
 
 
 def prepare_query(image: MedicalImage, axis: str = "axial", crop: bool = True, ct: bool = False) -> Query:
-    """A read image (`data.imageio.read_image`) as display slices; a volume cut to its foreground unless `crop` is
-    off (`data.volumes.crop_to_foreground`, as the training slices were cut)."""
-    from data.volumes import crop_to_foreground, to_model_slices
+    """A read image (`segicl_data.imageio.read_image`) as display slices; a volume cut to its foreground unless `crop` is
+    off (`segicl_data.volumes.crop_to_foreground`, as the training slices were cut)."""
+    from segicl_data.volumes import crop_to_foreground, to_model_slices
 
     slices = to_model_slices(image, axis)
     if crop and len(slices) > 1:
@@ -342,8 +342,8 @@ def apply_prior_flags(model, registration_weight: float | None, check_examples: 
 
 
 def command_segment(args: argparse.Namespace) -> int:
-    from data.dataset import SliceDataset
-    from data.imageio import read_image, write_image
+    from segicl_data.dataset import SliceDataset
+    from segicl_data.imageio import read_image, write_image
     from segicl.pipeline import SegICLPipeline
 
     check_flags(args)

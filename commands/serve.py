@@ -14,8 +14,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from commands.mvg import DEFAULT_MVG_WEIGHTS
-from commands.webapp import Limits
+from segicl_commands.mvg import DEFAULT_MVG_WEIGHTS
+from segicl_commands.webapp import Limits
 
 DEFAULT_PORT = 7860
 
@@ -45,8 +45,8 @@ def add_serve_command(commands, default_weights: Path) -> None:
 
 
 def check_serve_flags(args: argparse.Namespace) -> Limits:
-    from commands.arguments import check_at_least
-    from data.model_folders import check_model_folder
+    from segicl_commands.arguments import check_at_least
+    from segicl_data.model_folders import check_model_folder
 
     check_at_least(args, port=1, max_upload_mb=0.001, max_voxels=1, max_slices=1)
     if args.port > 65535:
@@ -62,7 +62,7 @@ def check_serve_flags(args: argparse.Namespace) -> Limits:
 
 def example_banks(folders: list[Path]) -> dict[str, Path]:
     """The datasets offered as example banks, by a short name: the built-in one if it is built, then `folders`."""
-    from data.build import DEFAULT_CACHE, DatasetConfig
+    from segicl_data.build import DEFAULT_CACHE, DatasetConfig
 
     banks = {}
     built = DEFAULT_CACHE / DatasetConfig().folder_name()
@@ -76,9 +76,9 @@ def example_banks(folders: list[Path]) -> dict[str, Path]:
 def known_structures(banks: dict[str, Path]) -> tuple[list[str], str]:
     """Structure names for the instruction box: the built dataset's training structures (the names the model's
     tokenizer was made from), else every structure of the atlases; the banks' own structures added."""
-    from data.bank import bank_structures
-    from data.dataset import SliceDataset
-    from data.tasks import all_structures
+    from segicl_data.bank import bank_structures
+    from segicl_data.dataset import SliceDataset
+    from segicl_data.tasks import all_structures
 
     names: set[str] = set()
     source = "every atlas structure"
@@ -129,7 +129,7 @@ def command_serve(args: argparse.Namespace) -> int:
     from mvg_head.pipeline import MVGPipeline
     from segicl.pipeline import SegICLPipeline
 
-    from commands.webapp import AppState, register_page
+    from segicl_commands.webapp import AppState, register_page
 
     banks = example_banks(args.examples_from)
     structures, source = known_structures(banks)

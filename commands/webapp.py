@@ -2,7 +2,7 @@
 
 The page is thin. Every action calls one plain function of this module that takes file paths and values and returns
 what the page shows: `store_upload` (an upload into the client's temporary folder, size-limited), `preview_query`
-(the slices to show), `run_segment` (through `commands.segment.segment_image`, the function `segicl segment` runs),
+(the slices to show), `run_segment` (through `segicl_commands.segment.segment_image`, the function `segicl segment` runs),
 `render_segment` (overlay and uncertainty of one slice), `run_image_task` and `render_image_task` (MVG). They are
 tested without a browser (tests/commands/test_webapp.py). A refusal (the ValueError / FileNotFoundError of the
 readers, the pipelines and the checks here) becomes one readable line in the page (`readable`), never a traceback,
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from commands.segment import Query, SegmentResult, Settings, Target, bank_targets, file_examples, prepare_query, \
+from segicl_commands.segment import Query, SegmentResult, Settings, Target, bank_targets, file_examples, prepare_query, \
     segment_image
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 
@@ -166,9 +166,9 @@ def _check_voxels(count: int, name: str, limits: Limits) -> None:
 
 
 def open_image(path: Path, limits: Limits):
-    """Read an upload (`data.imageio.read_image`; a .zip is a DICOM series), refusing an image above the voxel limit
+    """Read an upload (`segicl_data.imageio.read_image`; a .zip is a DICOM series), refusing an image above the voxel limit
     before its data are read where the header tells."""
-    from data.imageio import ending_of, read_image
+    from segicl_data.imageio import ending_of, read_image
 
     path = Path(path)
     if ending_of(path) == ".zip":
@@ -199,8 +199,8 @@ def _stem(path: Path) -> str:
 
 # ------------------------------------------------------------------------------------------------- pictures
 def display_slices(slices: np.ndarray, normalization: str) -> np.ndarray:
-    """Display slices [S, H, W] in [0, 1], mapped as the model maps them (`data.preprocess.normalize_intensity`)."""
-    from data.preprocess import normalize_intensity
+    """Display slices [S, H, W] in [0, 1], mapped as the model maps them (`segicl_data.preprocess.normalize_intensity`)."""
+    from segicl_data.preprocess import normalize_intensity
 
     return normalize_intensity(np.asarray(slices, dtype=np.float32), normalization)
 
@@ -267,7 +267,7 @@ class QueryPreview:
 
 
 def preview_query(path: Path, axis: str, normalization: str, limits: Limits) -> QueryPreview:
-    from data.volumes import to_model_slices
+    from segicl_data.volumes import to_model_slices
 
     image = open_image(path, limits)
     slices = to_model_slices(image, axis)
@@ -321,7 +321,7 @@ class SegmentView:
 def _targets(request: SegmentRequest, query: Query) -> list[Target]:
     slices = len(query.model_slices)
     if request.bank is not None:
-        from data.dataset import SliceDataset
+        from segicl_data.dataset import SliceDataset
 
         if request.examples:
             raise ValueError("give examples either as uploads or from a dataset, not both")
@@ -345,8 +345,8 @@ def _targets(request: SegmentRequest, query: Query) -> list[Target]:
 
 def read_truth(path: Path, query: Query, limits: Limits) -> np.ndarray:
     """A truth mask on the query's display slices, 0/1; refused unless it is binary and on the query's grid."""
-    from data.preprocess import as_binary_mask
-    from data.volumes import to_model_slices
+    from segicl_data.preprocess import as_binary_mask
+    from segicl_data.volumes import to_model_slices
 
     truth = to_model_slices(open_image(path, limits), query.axis)
     if truth.shape != query.slices.shape:
@@ -359,7 +359,7 @@ def read_truth(path: Path, query: Query, limits: Limits) -> np.ndarray:
 def write_segment_files(query: Query, result: SegmentResult, folder: Path, stem: str) -> dict[str, Path]:
     """The mask and the uncertainty in the input's geometry (NIfTI, or the input's format), and for a single slice
     also the mask as PNG (as shown: display-oriented)."""
-    from data.imageio import write_image
+    from segicl_data.imageio import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     ending = output_ending(query.image)
@@ -375,7 +375,7 @@ def run_segment(state: AppState, request: SegmentRequest, folder: Path,
                 callback: Callable[[float], None] | None = None) -> SegmentView:
     """Read the uploads, segment (one model run at a time on this server), score against the truth, write the
     downloads into `folder`."""
-    from data.metrics import dice
+    from segicl_data.metrics import dice
 
     start = time.perf_counter()
     settings = request.settings
@@ -402,7 +402,7 @@ def run_segment(state: AppState, request: SegmentRequest, folder: Path,
 
 def render_segment(view: SegmentView, index: int) -> tuple[np.ndarray, np.ndarray, str]:
     """Slice `index`: the overlay (mask red, truth outline green), the uncertainty map, and the caption."""
-    from data.metrics import dice
+    from segicl_data.metrics import dice
 
     mask = view.result.mask[index]
     truth = None if view.truth is None else view.truth[index]
@@ -444,10 +444,10 @@ class ImageTaskView:
 
 def run_image_task(state: AppState, request: ImageTaskRequest, folder: Path) -> ImageTaskView:
     """MVG on the uploads, the output written in the query's geometry and intensity scale (`segicl mvg`'s rule)."""
-    from commands.mvg import output_to_write
-    from data.imageio import write_image
-    from data.preprocess import as_binary_mask
-    from data.volumes import from_model_slices, to_model_slices
+    from segicl_commands.mvg import output_to_write
+    from segicl_data.imageio import write_image
+    from segicl_data.preprocess import as_binary_mask
+    from segicl_data.volumes import from_model_slices, to_model_slices
 
     start = time.perf_counter()
     if request.task not in IMAGE_TASKS:
@@ -686,8 +686,8 @@ class SegmentPanel(Panel):
             self.bank_structure_picked()
 
     def bank_changed(self) -> None:
-        from data.bank import bank_structures
-        from data.dataset import SliceDataset
+        from segicl_data.bank import bank_structures
+        from segicl_data.dataset import SliceDataset
 
         try:
             names = sorted(bank_structures(SliceDataset(self.state.banks[self.bank.value])))

@@ -2,7 +2,7 @@
 that a user with labelled cases never picks example slices by hand.
 
 For a query slice at relative position p of its volume, each of k DIFFERENT cases lends its slice at the same
-relative position (`data.episodes.prompt_slice`, the rule MVG uses). Such a slice may not show the structure: its
+relative position (`segicl_data.episodes.prompt_slice`, the rule MVG uses). Such a slice may not show the structure: its
 empty mask then says "not on this slice", which is what whole volumes need.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from data.dataset import SliceDataset
-from data.episodes import prompt_slice
-from data.importer import slug
+from segicl_data.dataset import SliceDataset
+from segicl_data.episodes import prompt_slice
+from segicl_data.importer import slug
 
 BANK_SPLITS = ("train", "support")
 

@@ -25,10 +25,10 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from data import sources, tasks
-from data.preprocess import (apply_crop, foreground_crop, normalize_mri, relative_positions, resize_slices,
+from segicl_data import sources, tasks
+from segicl_data.preprocess import (apply_crop, foreground_crop, normalize_mri, relative_positions, resize_slices,
                              to_display_slices)
-from data.volumes import foreground_of
+from segicl_data.volumes import foreground_of
 
 BUILD_VERSION = 1
 DEFAULT_CACHE = Path(os.environ.get("SEGICL_CACHE", ".cache/segicl"))
@@ -150,7 +150,7 @@ def paired_images(volume: str, image: nib.Nifti1Image) -> dict[str, np.ndarray]:
         bet = canonical(nib.load(sources.mricron_file("ch2bet.nii.gz")))
         return {"skull_stripped": bet.get_fdata(dtype=np.float32)}
     if volume == "mni152_2009a":
-        from data.image2image import simulate_t2_from_tissue
+        from segicl_data.image2image import simulate_t2_from_tissue
 
         csf, gm, wm, affine = sources.nilearn_tissue_probabilities()
         t2 = np.stack([simulate_t2_from_tissue(csf[..., k], gm[..., k], wm[..., k]) for k in range(csf.shape[2])], -1)

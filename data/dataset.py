@@ -1,4 +1,4 @@
-"""Read access to a built slice dataset (see `data.build` for the folder layout)."""
+"""Read access to a built slice dataset (see `segicl_data.build` for the folder layout)."""
 from __future__ import annotations
 
 import json
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data.build import DEFAULT_CACHE, DatasetBuilder, DatasetConfig
-from data.importer import ImportConfig
+from segicl_data.build import DEFAULT_CACHE, DatasetBuilder, DatasetConfig
+from segicl_data.importer import ImportConfig
 
 SPLITS = ("train", "support", "test")
 
@@ -32,7 +32,7 @@ class SliceDataset:
             raise FileNotFoundError(f"no slice dataset at {self.root} (manifest.jsonl missing): `segicl data` builds the "
                                     "built-in one, `segicl data import FOLDER` imports an nnU-Net / MSD dataset")
         config = json.loads((self.root / "config.json").read_text())
-        # An imported dataset (data.importer) keeps its import settings and label table; a built one its DatasetConfig.
+        # An imported dataset (segicl_data.importer) keeps its import settings and label table; a built one its DatasetConfig.
         self.imported: dict | None = config if config.get("kind") == "imported" else None
         self.config = ImportConfig(**_tuples(config["import"])) if self.imported else DatasetConfig(**_tuples(config))
         self.volumes = {row["volume"]: row for row in json.loads((self.root / "volumes.json").read_text())}

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data.dataset import SliceDataset, TaskSlice
-from data.transforms import SpatialTransformConfig, random_affine
+from segicl_data.dataset import SliceDataset, TaskSlice
+from segicl_data.transforms import SpatialTransformConfig, random_affine
 
 INSTRUCTION_TEMPLATES = (
     "Segment the {name} in this {modality} slice.",

@@ -4,14 +4,14 @@
 * Cases are matched by file name without its ending (``case_001.nii.gz`` <-> ``case_001.nii``). Files whose
   ending is not an image ending (``.json``, ``.md``, ``.pkl``, ``.npz``, ...) are skipped, so an nnU-Net output
   folder (``plans.json``, probabilities) and an earlier ``summary.json`` can stay where they are. Image endings
-  ``data.imageio`` cannot read (``.nrrd``, ``.mha``, ...) are refused, not skipped.
+  ``segicl_data.imageio`` cannot read (``.nrrd``, ``.mha``, ...) are refused, not skipped.
 * Each pair must have the same shape and the same geometry (spacing, orientation and origin within
   ``AFFINE_TOLERANCE``); distances are in mm from the files' voxel spacing.
 * Labels come from a ``dataset.json`` (:func:`read_label_table`: nnU-Net v2, where a value may be a list of ints,
   a region, or MSD / nnU-Net v1) or, without one, are every non-zero value found in the files, named by its value.
   Background (0) is not scored; nnU-Net v2's ``"ignore"`` label is not scored either, and its truth voxels are left
   out of every class (nnU-Net's convention). A value in a file that the table does not declare is refused.
-* Empty masks follow nnU-Net and MONAI (``data.metrics`` with ``empty="nan"``): a class absent from both
+* Empty masks follow nnU-Net and MONAI (``segicl_data.metrics`` with ``empty="nan"``): a class absent from both
   prediction and truth of a case has no Dice/IoU; HD95 and NSD are what MONAI returns when a side is empty (NaN,
   or inf in older MONAI). Every such value is ``None`` (JSON null) in the summary and is left out of the means;
   ``cases_scored`` counts the cases each mean is over.
@@ -33,9 +33,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.imageio import SUPPORTED_READ_ENDINGS, MedicalImage, ending_of, read_image
-from data.importer import IGNORE_LABEL, read_label_names
-from data.metrics import segmentation_metrics
+from segicl_data.imageio import SUPPORTED_READ_ENDINGS, MedicalImage, ending_of, read_image
+from segicl_data.importer import IGNORE_LABEL, read_label_names
+from segicl_data.metrics import segmentation_metrics
 
 __all__ = [
     "AFFINE_TOLERANCE",

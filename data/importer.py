@@ -1,5 +1,5 @@
 """Import a user's labelled dataset (nnU-Net v2 raw layout, or the Medical Segmentation Decathlon's) as a slice
-dataset: the same folder layout `data.build` writes, so that training, evaluation and example banks work on it.
+dataset: the same folder layout `segicl_data.build` writes, so that training, evaluation and example banks work on it.
 
 nnU-Net v2 (https://github.com/MIC-DKFZ/nnUNet, documentation/dataset_format.md):
 
@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from data.build import DEFAULT_CACHE, slice_areas
-from data.imageio import ImageReadError, MedicalImage, ending_of, read_image
-from data.preprocess import (AXES, CT_WINDOW, MRI_PERCENTILES, apply_crop, normalize_mri, relative_positions,
+from segicl_data.build import DEFAULT_CACHE, slice_areas
+from segicl_data.imageio import ImageReadError, MedicalImage, ending_of, read_image
+from segicl_data.preprocess import (AXES, CT_WINDOW, MRI_PERCENTILES, apply_crop, normalize_mri, relative_positions,
                              resize_slices, window_ct)
-from data.tasks import slugify
-from data.volumes import crop_to_foreground, to_model_slices
+from segicl_data.tasks import slugify
+from segicl_data.volumes import crop_to_foreground, to_model_slices
 
 IMPORT_VERSION = 1
 LAYOUTS = ("nnunet", "msd")
@@ -151,7 +151,7 @@ def structure_name(label: str) -> str:
 
 
 def slug(text: str) -> str:
-    """`data.tasks.slugify`, never empty (a label named only by punctuation still gets a task key)."""
+    """`segicl_data.tasks.slugify`, never empty (a label named only by punctuation still gets a task key)."""
     return slugify(text) or "label"
 
 

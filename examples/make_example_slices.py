@@ -16,12 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.build import DatasetConfig  # noqa: E402
-from data.dataset import SliceDataset  # noqa: E402
-from data.episodes import prompt_slice  # noqa: E402
-from data.imageio import write_image  # noqa: E402
+from segicl_data.build import DatasetConfig
+from segicl_data.dataset import SliceDataset
+from segicl_data.episodes import prompt_slice
+from segicl_data.imageio import write_image
 
 STRUCTURE = "thalamus"
 QUERY, EXAMPLE = "colin27", "mni152_2009a"

@@ -18,10 +18,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.build import canonical, label_image  # noqa: E402
-from data.sources import load_volume_image  # noqa: E402
+from segicl_data.build import canonical, label_image
+from segicl_data.sources import load_volume_image
 
 CASES = {"mni2009a": "mni152_2009a", "fslmni": "fsl_mni152", "icbm2009c": "icbm2009c", "colin27": "colin27"}
 LABELS = {"thalamus": (98, 107), "caudate": (99, 108), "putamen": (100, 109), "hippocampus": (103, 111)}

@@ -2,7 +2,7 @@
 
 - segmentation: atlas structures and multi-class label sets; labels coloured (random / predefined / binary).
 - synthesis: T1 -> a T2-like contrast SIMULATED from the T1 itself (per-volume 3-class intensity model -> soft
-  CSF/GM/WM probabilities -> `data.image2image.simulate_t2_from_tissue`). Not a real T2 scan; the same generator
+  CSF/GM/WM probabilities -> `segicl_data.image2image.simulate_t2_from_tissue`). Not a real T2 scan; the same generator
   makes the training (MNI templates) and test (Colin27) pairs, so the subjects are disjoint.
 - denoising: Rician noise on the brain MRI slices, and physically simulated low-dose CT on the real CT slices
   (`693_UNCI`, `eCT_Supplemental` x2 train; `CT_small`, `explicit_VR-UN` test).
@@ -11,7 +11,7 @@
 Training episodes use the training volumes only (held-out structures never appear); test episodes take the query
 from the test volume (Colin27) and the prompt from a training volume at slice floor(n * N_TR / N_TE) (the paper).
 Prompt pair and query pair each get an independent random affine with the parameters of SegICL's episodes
-(`data.transforms`: +-10 deg, +-8% scale per axis, +-6% shift; MONAI's RandAffined, about 5 ms per pair), so copying the
+(`segicl_data.transforms`: +-10 deg, +-8% scale per axis, +-6% shift; MONAI's RandAffined, about 5 ms per pair), so copying the
 prompt's label is not the answer. Every episode is a function of (seed, index) only.
 """
 from __future__ import annotations
@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from data.dataset import SliceDataset
+from segicl_data.dataset import SliceDataset
 
-from data.episodes import context_rows, prompt_slice
-from data.transforms import SpatialTransformConfig, random_affine
-from data.image2image import add_rician_noise, apply_inpainting, random_inpainting_mask, simulate_low_dose_ct, \
+from segicl_data.episodes import context_rows, prompt_slice
+from segicl_data.transforms import SpatialTransformConfig, random_affine
+from segicl_data.image2image import add_rician_noise, apply_inpainting, random_inpainting_mask, simulate_low_dose_ct, \
     simulate_t2_from_tissue
-from data.preprocess import window_ct
+from segicl_data.preprocess import window_ct
 from mvg_head.colouring import colour_table, encode
 from mvg_head.config import TASKS
 
@@ -369,7 +369,7 @@ class TaskMix:
 
 def class_scores(prediction: np.ndarray, target: np.ndarray, class_ids: list[int]) -> tuple[float, float]:
     """(mean Dice, mean IoU) over the classes present in the prediction or the target (MONAI metrics)."""
-    from data.metrics import dice, iou
+    from segicl_data.metrics import dice, iou
 
     dices, ious = [], []
     for c in class_ids:

@@ -23,8 +23,8 @@ from mvg_head.colouring import decode
 from mvg_head.episodes import SYNTHESIS_NOTE, EpisodeOptions, MVGEpisodeSampler, class_scores
 from mvg_head.model import MVGModel
 from mvg_head.pipeline import INFERENCE_MODES
-from data.model_folders import shown_path
-from data.metrics import image_metrics
+from segicl_data.model_folders import shown_path
+from segicl_data.metrics import image_metrics
 
 IMAGE_TASKS = ("denoising", "synthesis", "inpainting")
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from mvg_head.canvas import block_causal_mask, block_masking, check_sentence, image_tokens, to_canvas
 from mvg_head.config import MVGConfig
-from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 
 CONFIG_NAME = MODEL_CONFIGS["MVG"]
 MODES = ("masked", "autoregressive")

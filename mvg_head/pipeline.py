@@ -1,7 +1,7 @@
 """Inference: `MVGPipeline.from_pretrained(folder)(query, prompt_images, prompt_targets, task=...)`.
 
 Query and prompts are 2-D slices [H, W] or stacks [S, H, W] (a volume already cut into display slices, see
-`data.volumes`). Slice n of N_TE query slices takes prompt slice floor(n * N_TR / N_TE) (the paper). Slices are
+`segicl_data.volumes`). Slice n of N_TE query slices takes prompt slice floor(n * N_TR / N_TE) (the paper). Slices are
 resized to the model's slot, run in batches, and the output is resized back to the query's in-plane size:
 for synthesis / denoising / inpainting a float image in the query's intensity scale (the inverse of the
 normalisation to [0, 1]: the CT window back to HU, the MRI percentiles back to the query's own; the [0, 1] image is
@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from mvg_head.colouring import colour_table, decode, encode
 from mvg_head.config import TASKS
-from data.episodes import prompt_slice
+from segicl_data.episodes import prompt_slice
 from mvg_head.model import MVGModel
 # MRI percentiles / CT window / none, as SegICL, and the inverse that brings image outputs back to the query's scale
-from data.preprocess import denormalize_intensity, intensity_range, normalize_intensity
+from segicl_data.preprocess import denormalize_intensity, intensity_range, normalize_intensity
 
 # Default inference form per task. The paper's image tasks are trained 90% masked; at our CPU budget the masked form
 # had not learned to read the query image after 250 steps (it drew a mean brain: denoising PSNR 11.6 dB against 23.3 for
@@ -112,7 +112,7 @@ class MVGPipeline:
                 an integer label map (0 = background), an image target is an image.
             task: one of TASKS; mode: "masked" or "autoregressive" (default: the task's, INFERENCE_MODES).
             normalization: how query and prompt images (and image targets) are brought to [0, 1]; its inverse
-                (`data.preprocess.intensity_range` of the query) maps an image task's output back.
+                (`segicl_data.preprocess.intensity_range` of the query) maps an image task's output back.
             colouring: override the model's colouring ("random" / "predefined" / "binary").
             region: inpainting only: the region to restore [H, W] or [S, H, W] (bool); outside it the input is kept.
         """

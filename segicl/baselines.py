@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.episodes import Episode
+from segicl_data.episodes import Episode
 from segicl.config import FUSIONS
 
 _SIMPLEITK_THREADS_LOCK = threading.Lock()  # one registration at a time may hold SimpleITK's global thread count

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from data.dataset import SliceDataset
-from data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
-from data.metrics import dice, hd95, iou
+from segicl_data.dataset import SliceDataset
+from segicl_data.episodes import Episode, EpisodeConfig, EpisodeSampler, collate_episodes
+from segicl_data.metrics import dice, hd95, iou
 from segicl.baselines import predict_copy, predict_union
 from segicl.pipeline import sample_masks
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 from segicl.config import CrossConvConfig
 
 CONFIG_NAME = MODEL_CONFIGS["CrossConv"]

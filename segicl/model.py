@@ -13,7 +13,7 @@ from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
 from segicl.baselines import RegistrationFusion, fusion_probability
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig

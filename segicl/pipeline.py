@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from data.preprocess import as_binary_mask, normalize_intensity
+from segicl_data.preprocess import as_binary_mask, normalize_intensity
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
@@ -140,7 +140,7 @@ class SegICLPipeline:
         """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis).
 
         `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
-        (position-matched examples: `data.bank.ExampleBank`, or slices of 3-D example volumes), images already in
+        (position-matched examples: `segicl_data.bank.ExampleBank`, or slices of 3-D example volumes), images already in
         [0, 1]; their masks may be empty ("not on this slice": a slice whose examples are all empty takes the
         example prior's answer alone, `SegICLConfig.empty_examples_follow_prior`), and they run without the prefix
         cache.

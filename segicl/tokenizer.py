@@ -34,7 +34,7 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> PreTrainedToken
 
 def corpus_from_dataset(dataset) -> list[str]:
     """Instruction templates filled with every training structure name and modality of a dataset."""
-    from data.episodes import INSTRUCTION_TEMPLATES
+    from segicl_data.episodes import INSTRUCTION_TEMPLATES
 
     names = sorted({(row["name"], row["modality"]) for row in dataset.rows if row["split"] == "train"})
     return [template.format(name=name, modality=modality) for name, modality in names

@@ -18,12 +18,8 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from commands.arguments import check_at_least, check_out_dir, exit_code
-from stages.checkpoint import load_checkpoint, save_checkpoint
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("DS_ACCELERATOR", "cpu" if not torch.cuda.is_available() else "cuda")
+from segicl_commands.arguments import check_at_least, check_out_dir, exit_code
+from segicl_stages.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -105,8 +101,8 @@ def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
 def open_training_dataset(folder: Path | None, resolution: int, data_seed: int, accelerator):
     """The dataset a stage trains on: `folder` (a built or imported dataset, its resolution the model's), or the
     built-in atlas dataset; the main process says which."""
-    from data.build import DatasetConfig
-    from data.dataset import SliceDataset
+    from segicl_data.build import DatasetConfig
+    from segicl_data.dataset import SliceDataset
 
     if folder is None:
         dataset = SliceDataset.build(DatasetConfig(resolution=resolution, seed=data_seed),
@@ -312,7 +308,7 @@ def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size
                     anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0,
                     merged_structure_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
-    from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
                                                     seed=seed, anonymous_name_prob=anonymous_name_prob,

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            finished_line, make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
 
@@ -44,7 +43,7 @@ def episode_batches(dataset, max_examples: int, min_area: int, batch_size: int, 
     samplers of stage 2 and of the benchmark are)."""
     from dataclasses import replace
 
-    from data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     if max_examples < 1:
         raise ValueError(f"--max-examples must be >= 1, got {max_examples}")

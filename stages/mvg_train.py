@@ -4,7 +4,7 @@
 
 Smooth-L1 loss, AdamW (weight decay 0.05) with warmup + cosine, safetensors checkpoints in
 `<output-dir>/checkpoint` (`--resume` continues bit-identically), the trained model in `<output-dir>/model`.
-The shared loop is `stages.common.train`.
+The shared loop is `segicl_stages.common.train`.
 """
 from __future__ import annotations
 
@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
 

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,  # noqa: E402
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
 
@@ -57,8 +56,8 @@ def model_config(args: argparse.Namespace):
 
 
 def mask_sampler(dataset, split: str, structures: str, min_area: int, seed: int, transform: bool = True):
-    from data.episodes import EpisodeConfig, EpisodeSampler
-    from data.transforms import SpatialTransformConfig
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl_data.transforms import SpatialTransformConfig
 
     return EpisodeSampler(dataset, EpisodeConfig(split=split, structures=structures, num_examples=0, max_examples=0,
                                                  min_area=min_area, seed=seed,

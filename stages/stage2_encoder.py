@@ -15,10 +15,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from commands.arguments import apply_config_flags  # noqa: E402
-from stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,  # noqa: E402
+from segicl_commands.arguments import apply_config_flags
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,
                            add_training_arguments, episode_batches, finished_line, make_accelerator,
                            open_training_dataset, run_stage, train, training_arguments)
 

@@ -17,9 +17,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,  # noqa: E402
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,
                            add_training_arguments, episode_batches, finished_line, make_accelerator,
                            open_training_dataset, run_stage, train, training_arguments)
 

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def dataset():
-    from data.build import DatasetConfig
-    from data.dataset import SliceDataset
+    from segicl_data.build import DatasetConfig
+    from segicl_data.dataset import SliceDataset
 
     cache = Path(os.environ.get("SEGICL_CACHE", REPO / ".cache" / "segicl"))
     return SliceDataset.build(DatasetConfig(), cache, progress=False)
@@ -49,7 +49,7 @@ def colin27_deep_grey() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Colin27 (skull-stripped) at 2 mm around the deep grey nuclei, its label map (1 thalamus, 2 caudate,
     3 putamen, from AAL) and the affine of that crop."""
     import nibabel as nib
-    from data.sources import mricron_file
+    from segicl_data.sources import mricron_file
 
     image = nib.load(mricron_file("ch2bet.nii.gz"))
     aal = np.asanyarray(nib.load(mricron_file("aal.nii.gz")).dataobj)
@@ -147,7 +147,7 @@ def dataset_writers():
 @pytest.fixture(scope="session")
 def imported_dataset(nnunet_folder, tmp_path_factory):
     """`nnunet_folder` imported as a slice dataset (4 labelled cases, one of them the test case)."""
-    from data.dataset import SliceDataset
-    from data.importer import import_dataset
+    from segicl_data.dataset import SliceDataset
+    from segicl_data.importer import import_dataset
 
     return SliceDataset(import_dataset(nnunet_folder, tmp_path_factory.mktemp("imported") / "deepgrey", progress=False))

@@ -1,11 +1,12 @@
 """The import rules of the layout, read from the source (ast), so the packages stay what the README says they are:
 
+    (installed as segicl_data, segicl, mvg_head, segicl_benchmarks, segicl_stages, segicl_commands: PACKAGES)
     data/        datasets, I/O, preprocessing, transforms, episodes rules, metrics: imports nothing of the project
     segicl/      the SegICL engine          } each imports data/ only (and itself)
     mvg_head/    the MVG engine             }
     benchmarks/  `segicl bench ...`: imports the engines, data/ and the training stages, never the command line
     stages/      the accelerate entry points and the training loop: imports the engines, data/ and the command
-                 line's argument checks (commands.arguments); neither data/ nor an engine imports them
+                 line's argument checks (segicl_commands.arguments); neither data/ nor an engine imports them
     commands/    the `segicl` command line: registers the engines' and the benchmarks' subcommands; the demo's
                  from-scratch path calls the training stages; nothing but the stages' argument checks imports it
 
@@ -21,25 +22,29 @@ import pytest
 
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("data", "segicl", "mvg_head", "commands", "benchmarks", "stages")
+# Repository folder -> the name it is installed under (pyproject.toml's package-dir): the engines keep their names,
+# the other folders get a `segicl_` prefix so that nothing generic lands in site-packages.
+PACKAGES = {"data": "segicl_data", "segicl": "segicl", "mvg_head": "mvg_head", "commands": "segicl_commands",
+            "benchmarks": "segicl_benchmarks", "stages": "segicl_stages"}
 # Which project packages (or single modules) each package may import, besides itself.
 ALLOWED = {
-    "data": set(),
-    "segicl": {"data"},
-    "mvg_head": {"data"},
-    "benchmarks": {"data", "segicl", "mvg_head", "stages"},
-    "stages": {"data", "segicl", "mvg_head", "commands.arguments"},
-    "commands": {"data", "segicl", "mvg_head", "benchmarks", "stages"},
+    "segicl_data": set(),
+    "segicl": {"segicl_data"},
+    "mvg_head": {"segicl_data"},
+    "segicl_benchmarks": {"segicl_data", "segicl", "mvg_head", "segicl_stages"},
+    "segicl_stages": {"segicl_data", "segicl", "mvg_head", "segicl_commands.arguments"},
+    "segicl_commands": {"segicl_data", "segicl", "mvg_head", "segicl_benchmarks", "segicl_stages"},
 }
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
+    parts[0] = PACKAGES[parts[0]]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def project_modules(root: Path = REPO) -> dict[str, Path]:
-    return {module_name(path, root): path for package in PACKAGES for path in sorted((root / package).rglob("*.py"))}
+    return {module_name(path, root): path for folder in PACKAGES for path in sorted((root / folder).rglob("*.py"))}
 
 
 def imported_names(path: Path, module: str) -> set[str]:
@@ -117,7 +122,7 @@ def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
         for target in sorted(targets):
             other = target.split(".")[0]
             if other != package and other not in ALLOWED[package] and target not in ALLOWED[package]:
-                problems.append(f"{module} imports {target} ({package}/ may import only "
+                problems.append(f"{module} imports {target} ({package} may import only "
                                 f"{', '.join(sorted(ALLOWED[package])) or 'nothing of the project'})")
     return problems
 
@@ -141,29 +146,59 @@ def test_the_rules_catch_a_forbidden_import_and_a_cycle(tmp_path):
     graph = import_graph(tmp_path)
     assert graph["segicl.pipeline"] == {"segicl.model"}
     assert cycles(graph) == [["segicl.model", "segicl.pipeline"]]
-    assert forbidden_imports(graph) == ["data.io imports segicl.model (data/ may import only nothing of the project)"]
+    assert forbidden_imports(graph) == ["segicl_data.io imports segicl.model (segicl_data may import only nothing of the project)"]
 
 
 # Modules whose behaviour another test file exercises, and why it lives there.
 TESTED_ELSEWHERE = {
-    "data.dataset": "tests/data/test_build.py",  # the dataset is what the builder writes and reads back
-    "data.sources": "tests/data/test_build.py",  # every source is read by the build
-    "commands.datasets": "tests/commands/test_cli.py",  # the dataset flags of `segicl data`
+    "segicl_data.dataset": "tests/data/test_build.py",  # the dataset is what the builder writes and reads back
+    "segicl_data.sources": "tests/data/test_build.py",  # every source is read by the build
+    "segicl_commands.datasets": "tests/commands/test_cli.py",  # the dataset flags of `segicl data`
     "mvg_head.evaluation": "tests/commands/test_mvg.py",  # through `segicl mvg-eval`, its only caller
 }
 # Experiment scripts run by hand (README gives their commands); they only call tested code.
-NOT_TESTED = {"benchmarks.stage1_parametrisation", "benchmarks.mvg_label_skip_amount"}
+NOT_TESTED = {"segicl_benchmarks.stage1_parametrisation", "segicl_benchmarks.mvg_label_skip_amount"}
 
 
 @pytest.mark.parametrize("package", PACKAGES)
 def test_every_module_with_behaviour_has_a_test_file_of_its_name(package):
-    """tests/ mirrors the tree: tests/<package>/test_<module>.py, or a named test file that exercises the module."""
+    """tests/ mirrors the tree: tests/<folder>/test_<module>.py, or a named test file that exercises the module."""
     missing = []
     for path in sorted((REPO / package).glob("*.py")):
-        module = f"{package}.{path.stem}"
+        module = f"{PACKAGES[package]}.{path.stem}"
         if path.stem == "__init__" or module in NOT_TESTED or (REPO / "tests" / package / f"test_{path.stem}.py").exists():
             continue
         elsewhere = TESTED_ELSEWHERE.get(module)
-        if elsewhere is None or module not in (REPO / elsewhere).read_text(encoding="utf-8").replace("/", "."):
+        mentions = (REPO / elsewhere).read_text(encoding="utf-8").replace("/", ".") if elsewhere else ""
+        if module not in mentions and f"{package}.{path.stem}" not in mentions:
             missing.append(path.stem)
     assert missing == [], f"{package}/: no tests/{package}/test_<name>.py for {missing}"
+
+
+def module_level_statements(path: Path) -> list[ast.stmt]:
+    """The statements that run when the module is imported (its top level, and the bodies of top-level ifs/trys)."""
+    pending, found = list(ast.parse(path.read_text(encoding="utf-8"), str(path)).body), []
+    while pending:
+        node = pending.pop()
+        if isinstance(node, (ast.If, ast.Try)):
+            pending += node.body + node.orelse + getattr(node, "handlers", []) + getattr(node, "finalbody", [])
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            found.append(node)
+    return found
+
+
+def test_no_module_edits_sys_path():
+    """Installed packages, stage scripts and examples import through the installed names, never by editing sys.path."""
+    offenders = [str(path.relative_to(REPO)) for folder in (*PACKAGES, "examples")
+                 for path in sorted((REPO / folder).rglob("*.py")) if "sys.path" in path.read_text(encoding="utf-8")]
+    assert offenders == []
+
+
+def test_importing_a_package_changes_no_environment_variable():
+    """`os.environ` is set by the entry points when they run (offline switches), never as an import side effect."""
+    offenders = []
+    for module, path in sorted(project_modules().items()):
+        for node in module_level_statements(path):
+            if "environ" in ast.unparse(node) and not isinstance(node, (ast.Import, ast.ImportFrom)):
+                offenders.append(f"{module}: {ast.unparse(node)[:60]}")
+    assert offenders == []

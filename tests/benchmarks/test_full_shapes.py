@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmarks import full_shapes as bench_full
-from benchmarks.report import results_section
-from benchmarks.full_shapes import (FullShapeOptions, measure_llm, measure_vision, per_slice_seconds, projection,
+from segicl_benchmarks import full_shapes as bench_full
+from segicl_benchmarks.report import results_section
+from segicl_benchmarks.full_shapes import (FullShapeOptions, measure_llm, measure_vision, per_slice_seconds, projection,
                                scaled_seconds, time_part)
 from segicl.config import tiny_config
 
@@ -97,7 +97,7 @@ def test_cuda_is_refused_without_a_gpu():
 
 
 def test_cli_refuses_bad_layer_counts(capsys):
-    from commands.cli import main
+    from segicl_commands.cli import main
 
     assert main(["bench", "full-shapes", "--llm-layers", "40"]) == 2
     assert "--llm-layers must be in 0..32" in capsys.readouterr().err
@@ -159,7 +159,7 @@ def test_vision_part_on_a_small_stand_in():
 @pytest.mark.parametrize("seconds, shown", [(0.0123, "12.3 ms"), (8.222, "8.22 s"), (150, "2.5 min"),
                                              (28780, "7.99 h")])
 def test_durations_are_shown_in_a_readable_unit(seconds, shown):
-    from benchmarks.report import duration
+    from segicl_benchmarks.report import duration
 
     assert duration(seconds) == shown
 

@@ -6,16 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.episodes import EpisodeConfig, EpisodeSampler
 
-from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
-from benchmarks.training import summarize_log
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from segicl_benchmarks.training import summarize_log
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from benchmarks.quality import QUALITY_K, run_quality
+    from segicl_benchmarks.quality import QUALITY_K, run_quality
     from segicl.config import CrossConvConfig
     from segicl.incontext import CrossConvNet
 
@@ -48,7 +48,7 @@ def test_quality_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_pa
 
 
 def test_cells_carry_a_bootstrap_interval_and_the_episode_count():
-    from benchmarks.quality import cell
+    from segicl_benchmarks.quality import cell
 
     records = [{"k": 3, "segicl": {"dice": d, "iou": d, "hd95": 1.0}} for d in (0.2, 0.4, 0.6, 0.8)]
     value = cell(records + [{"k": 3}], "segicl")
@@ -58,7 +58,7 @@ def test_cells_carry_a_bootstrap_interval_and_the_episode_count():
 
 
 def test_episodes_of_tasks_takes_the_first_of_each(dataset):
-    from benchmarks.quality import episodes_of_tasks, frequent_tasks
+    from segicl_benchmarks.quality import episodes_of_tasks, frequent_tasks
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=3,
                                                     max_examples=5, min_area=64))
@@ -69,7 +69,7 @@ def test_episodes_of_tasks_takes_the_first_of_each(dataset):
 
 
 def test_peer_methods_answer_episodes_with_examples_and_skip_k0(dataset, tmp_path):
-    from benchmarks.quality import crossconv_method, mvg_method
+    from segicl_benchmarks.quality import crossconv_method, mvg_method
     from segicl.config import CrossConvConfig
     from segicl.incontext import CrossConvNet
 
@@ -84,7 +84,7 @@ def test_peer_methods_answer_episodes_with_examples_and_skip_k0(dataset, tmp_pat
 
 
 def test_the_example_prior_alone_is_the_models_prior_mask(dataset, tokenizer):
-    from benchmarks.quality import example_prior_method
+    from segicl_benchmarks.quality import example_prior_method
     from segicl.baselines import predict_union
     from segicl.config import tiny_config
     from segicl.model import SegICLModel
@@ -101,7 +101,7 @@ def test_the_example_prior_alone_is_the_models_prior_mask(dataset, tokenizer):
 
 
 def test_the_margin_over_the_best_peer_is_paired_on_the_same_episodes():
-    from benchmarks.quality import margin_over_best_peer, quality_lines, summarize
+    from segicl_benchmarks.quality import margin_over_best_peer, quality_lines, summarize
 
     rng = np.random.default_rng(0)
     hardness = rng.uniform(0.2, 0.8, size=40)  # a spread between episodes far wider than the margin
@@ -123,7 +123,7 @@ def test_the_margin_over_the_best_peer_is_paired_on_the_same_episodes():
 
 
 def test_another_axis_writes_its_own_files_and_title():
-    from benchmarks.quality import quality_lines, result_name
+    from segicl_benchmarks.quality import quality_lines, result_name
 
     assert result_name("axial") == "quality" and result_name("coronal") == "quality_coronal"
     cells = {"segicl": {str(k): {"dice": 0.1 * (k + 1), "ci95": None, "episodes": 2} for k in (0, 1, 3, 5)}}
@@ -134,7 +134,7 @@ def test_another_axis_writes_its_own_files_and_title():
 
 
 def test_peer_methods_build_only_what_is_asked_and_at_hand(tmp_path):
-    from benchmarks.quality import peer_methods
+    from segicl_benchmarks.quality import peer_methods
     from segicl.config import CrossConvConfig
     from segicl.incontext import CrossConvNet
 
@@ -149,7 +149,7 @@ def test_peer_methods_build_only_what_is_asked_and_at_hand(tmp_path):
 
 
 def test_an_imported_dataset_is_scored_on_its_own_structures_into_files_of_its_name(imported_dataset, dataset):
-    from benchmarks.quality import GROUPS, dataset_groups, result_name
+    from segicl_benchmarks.quality import GROUPS, dataset_groups, result_name
 
     assert dataset_groups(imported_dataset) == {"train_structures": "train"}  # nothing held out of a user's labels
     assert dataset_groups(dataset) == GROUPS
@@ -158,7 +158,7 @@ def test_an_imported_dataset_is_scored_on_its_own_structures_into_files_of_its_n
 
 
 def test_the_better_of_segicl_and_its_prior_takes_the_higher_dice_of_each_episode():
-    from benchmarks.quality import best_peer, summarize, with_better_of_segicl_and_prior
+    from segicl_benchmarks.quality import best_peer, summarize, with_better_of_segicl_and_prior
 
     def scores(dice):
         return {"dice": dice, "iou": dice / 2, "hd95": 1.0}

@@ -6,21 +6,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
-from benchmarks.training import summarize_log
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from segicl_benchmarks.training import summarize_log
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 def test_decoder_share_of_a_run():
-    from benchmarks.report import decoder_share
+    from segicl_benchmarks.report import decoder_share
 
     run = {"vision_ms_per_slice": 1.0, "llm_ms_per_slice": 3.0, "decoder_ms_per_slice": 12.0}
     assert decoder_share(run) == pytest.approx(0.75)
 
 
 def test_decoder_budget_for_a_volume_speedup():
-    from benchmarks.report import decoder_budget_for
+    from segicl_benchmarks.report import decoder_budget_for
 
     cached = {"vision_ms_per_slice": 2.0, "llm_ms_per_slice": 5.0, "decoder_ms_per_slice": 280.0}
     uncached = {"vision_ms_per_slice": 12.0, "llm_ms_per_slice": 13.0, "decoder_ms_per_slice": 280.0}
@@ -31,7 +31,7 @@ def test_decoder_budget_for_a_volume_speedup():
 
 
 def test_few_step_settings_against_fifty_steps():
-    from benchmarks.report import few_step_settings
+    from segicl_benchmarks.report import few_step_settings
 
     assert few_step_settings({"50": 0.371, "20": 0.377, "10": 0.390, "5": 0.355}) == (
         "At most 10 steps within 0.01 Dice of 50 steps (target): **yes**: 10 (+0.019)")
@@ -55,7 +55,7 @@ def test_readme_results_are_generated_between_markers(tmp_path):
 
 
 def test_report_copies_the_json_beside_the_plots(tmp_path):
-    from commands.cli import main
+    from segicl_commands.cli import main
 
     bench = tmp_path / "bench"
     bench.mkdir()

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
-from benchmarks.training import summarize_log
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from segicl_benchmarks.training import summarize_log
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 def test_specialist_learns_one_structure(dataset):
@@ -36,7 +36,7 @@ def test_specialist_stops_when_its_validation_loss_stops_falling(dataset):
 
 
 def test_specialist_budget_states_the_steps():
-    from benchmarks.quality import specialist_budget
+    from segicl_benchmarks.quality import specialist_budget
 
     training = {"a": {"steps": 740, "best_step": 600, "stopped_by": "validation", "seconds": 90.04},
                 "b": {"steps": 1210, "best_step": 1100, "stopped_by": "budget", "seconds": 130.1}}

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, time_volume, uncertainty_auroc
-from benchmarks.training import summarize_log
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.speed import PeakMemory, median_run, time_volume, uncertainty_auroc
+from segicl_benchmarks.training import summarize_log
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 def test_uncertainty_auroc_ranks_wrong_pixels():
@@ -24,7 +24,7 @@ def test_uncertainty_auroc_ranks_wrong_pixels():
 
 
 def test_recommended_setting_is_the_cheapest_near_the_best_with_a_meaningful_uncertainty():
-    from benchmarks.speed import recommended_setting
+    from segicl_benchmarks.speed import recommended_setting
 
     grid = {"10x5": {"dice": 0.60, "uncertainty_auroc": 0.8}, "5x3": {"dice": 0.595, "uncertainty_auroc": 0.75},
             "2x3": {"dice": 0.55, "uncertainty_auroc": 0.75}, "1x1": {"dice": 0.60, "uncertainty_auroc": 0.5},
@@ -70,7 +70,7 @@ def test_every_timed_volume_registers_its_examples_anew():
 
 
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
-    from benchmarks.speed import FAST_SETTING, SPEED_K, run_speed
+    from segicl_benchmarks.speed import FAST_SETTING, SPEED_K, run_speed
 
     tiny_model.save_pretrained(tmp_path / "model")
     args = Namespace(model=tmp_path / "model", structure="brain/brain", slices=3, steps=1, samples=2, batch_size=2,

@@ -5,9 +5,9 @@ from argparse import Namespace
 import numpy as np
 import pytest
 
-from benchmarks.volume import (SETTINGS, example_slices, run_volume, support_rows, volume_episodes, volume_scores,
+from segicl_benchmarks.volume import (SETTINGS, example_slices, run_volume, support_rows, volume_episodes, volume_scores,
                                volume_structures)
-from data.episodes import prompt_slice
+from segicl_data.episodes import prompt_slice
 
 
 def test_every_slice_is_an_episode_with_position_matched_or_fixed_examples(dataset):

@@ -2,7 +2,7 @@ from argparse import Namespace
 
 import pytest
 
-from commands.arguments import apply_config_flags, check_at_least, check_out_dir, exit_code
+from segicl_commands.arguments import apply_config_flags, check_at_least, check_out_dir, exit_code
 
 
 def test_a_refused_input_is_one_line_and_exit_code_2(capsys):

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
-from benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
-from benchmarks.training import summarize_log
-from benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
+from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
+from segicl_benchmarks.training import summarize_log
+from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
 
 
 @pytest.mark.parametrize("command, message", [
@@ -22,14 +22,14 @@ from benchmarks.specialist import SpecialistConfig, predict_specialist, train_sp
     (["mvg-eval", "--episodes", "0"], "--episodes must be >= 1, got 0"),
 ])
 def test_benchmarks_refuse_bad_flags_before_any_work(capsys, command, message):
-    from commands.cli import main
+    from segicl_commands.cli import main
 
     assert main(command) == 2
     assert message in capsys.readouterr().err
 
 
 def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_path, capsys):
-    from commands.cli import main
+    from segicl_commands.cli import main
 
     (tmp_path / "afile").write_text("x")
     assert main(["bench", "speed", "--out-dir", str(tmp_path / "afile")]) == 2
@@ -43,7 +43,7 @@ def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_pat
 
 
 def test_an_empty_peer_folder_leaves_the_peer_out_and_a_wrong_one_is_refused(tmp_path, capsys):
-    from commands.cli import build_parser, main
+    from segicl_commands.cli import build_parser, main
 
     args = build_parser().parse_args(["bench", "quality", "--mvg", "", "--crossconv", ""])
     assert args.mvg is None and args.crossconv is None

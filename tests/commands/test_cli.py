@@ -1,4 +1,4 @@
-"""`segicl data | baseline | demo | segment` (commands.cli, with the dataset flags of commands.datasets)."""
+"""`segicl data | baseline | demo | segment` (segicl_commands.cli, with the dataset flags of commands.datasets)."""
 import json
 import os
 import re
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from commands.cli import build_parser, main
+from segicl_commands.cli import build_parser, main
 
 
 def test_help_lists_the_commands(capsys):
@@ -96,7 +96,7 @@ def not_progress_bars(stderr: str) -> list[str]:
 def run_quietly(arguments: list[str], cwd) -> str:
     """Run `segicl ...` in a fresh interpreter (so every import happens) and return its stderr; it must succeed."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-m", "commands.cli", *arguments], cwd=cwd, env=env, capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "segicl_commands.cli", *arguments], cwd=cwd, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     return result.stderr

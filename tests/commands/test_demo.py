@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from commands.demo import run_demo
+from segicl_commands.demo import run_demo
 
 
 def test_demo_report_has_the_promised_keys(dataset, tiny_model, tmp_path):

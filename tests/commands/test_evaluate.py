@@ -1,4 +1,4 @@
-"""Tests for `segicl evaluate` (commands.evaluate): the files it writes, what it prints, and refusals as one line
+"""Tests for `segicl evaluate` (segicl_commands.evaluate): the files it writes, what it prints, and refusals as one line
 with exit code 2."""
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from commands.arguments import exit_code
-from commands.evaluate import add_evaluate_command
+from segicl_commands.arguments import exit_code
+from segicl_commands.evaluate import add_evaluate_command
 
 AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
 

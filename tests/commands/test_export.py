@@ -1,4 +1,4 @@
-"""commands.export: float16 copies that reload, and targets it refuses to delete."""
+"""segicl_commands.export: float16 copies that reload, and targets it refuses to delete."""
 import subprocess
 import sys
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from commands.export import export
+from segicl_commands.export import export
 from segicl.model import SegICLModel
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,15 +39,15 @@ def test_export_refuses_targets_it_would_destroy(tiny_model, tmp_path):
 
 
 def test_export_command_reports_a_missing_source_in_one_line(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "commands.export", str(tmp_path / "nope"), str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "segicl_commands.export", str(tmp_path / "nope"), str(tmp_path / "out")],
                             cwd=REPO, capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr.strip() == f"commands.export: error: no trained model at {tmp_path / 'nope'} " \
+    assert result.stderr.strip() == f"segicl_commands.export: error: no trained model at {tmp_path / 'nope'} " \
                                     "(model.safetensors missing)"
 
 
 def test_segicl_export_is_a_subcommand(tiny_model, tmp_path, capsys):
-    from commands.cli import main
+    from segicl_commands.cli import main
 
     tiny_model.save_pretrained(tmp_path / "model")
     assert main(["export", str(tmp_path / "model"), str(tmp_path / "exported")]) == 0

@@ -1,4 +1,4 @@
-"""`segicl mvg` and `segicl mvg-eval` (commands.mvg; the test-split evaluation itself is mvg_head.evaluation)."""
+"""`segicl mvg` and `segicl mvg-eval` (segicl_commands.mvg; the test-split evaluation itself is mvg_head.evaluation)."""
 import json
 
 import nibabel as nib
@@ -8,9 +8,9 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from mvg_head.model import MVGModel
-from commands.cli import main
-from data.imageio import read_image
-from data.volumes import to_model_slices
+from segicl_commands.cli import main
+from segicl_data.imageio import read_image
+from segicl_data.volumes import to_model_slices
 from tests.mvg_head.conftest import small_config
 
 

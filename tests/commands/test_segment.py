@@ -7,8 +7,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from commands.cli import main
-from commands.segment import label_map
+from segicl_commands.cli import main
+from segicl_commands.segment import label_map
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "weights" / "segicl-tiny"
@@ -132,7 +132,7 @@ def test_largest_component_leaves_one_piece_per_class_of_the_label_map(imported_
 
 
 def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(imported_dataset, nnunet_folder, tmp_path):
-    from commands.segment import apply_prior_flags
+    from segicl_commands.segment import apply_prior_flags
     from segicl.model import SegICLModel
 
     common = ["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from commands.cli import main
-from commands.serve import UploadLimit, example_banks, known_structures
+from segicl_commands.cli import main
+from segicl_commands.serve import UploadLimit, example_banks, known_structures
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -84,7 +84,7 @@ def colin27_volume(path: Path) -> Path:
     """Colin27's brain (mricron-data) cut to the brain and resampled to 64 x 64 x 64: 64 axial slices of 64 px."""
     from scipy.ndimage import zoom
 
-    from data.sources import mricron_file
+    from segicl_data.sources import mricron_file
 
     image = nib.load(mricron_file("ch2bet.nii.gz"))
     array = np.asarray(image.dataobj, dtype=np.float32)
@@ -108,7 +108,7 @@ def server(tmp_path_factory):
     env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
     env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "commands.cli", "serve", "--port", str(port)], cwd=REPO,
+        process = subprocess.Popen([sys.executable, "-m", "segicl_commands.cli", "serve", "--port", str(port)], cwd=REPO,
                                    env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from data.bank import ExampleBank, bank_structures, find_structure
-from data.episodes import prompt_slice
+from segicl_data.bank import ExampleBank, bank_structures, find_structure
+from segicl_data.episodes import prompt_slice
 
 
 def test_structures_are_found_by_name_slug_task_or_value(imported_dataset):
@@ -42,7 +42,7 @@ def test_a_bank_larger_than_the_labelled_cases_is_refused(imported_dataset):
 
 
 def test_a_training_case_is_the_prompt_volume_of_mvg(imported_dataset, dataset):
-    from data.bank import prompt_volume
+    from segicl_data.bank import prompt_volume
 
     images, labels, case = prompt_volume(imported_dataset)
     assert imported_dataset.volumes[case]["split"] == "train"

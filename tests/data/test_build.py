@@ -1,10 +1,10 @@
-"""The dataset build (data.build) from the shipped scans and atlases (data.sources), read back through data.dataset."""
+"""The dataset build (segicl_data.build) from the shipped scans and atlases (segicl_data.sources), read back through data.dataset."""
 import json
 
 import numpy as np
 import pytest
 
-from data.build import DatasetBuilder, DatasetConfig, draw_held_out_families, grouped_label_map, slice_areas
+from segicl_data.build import DatasetBuilder, DatasetConfig, draw_held_out_families, grouped_label_map, slice_areas
 
 
 def test_summary_declares_splits(dataset):

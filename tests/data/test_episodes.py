@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from data.episodes import INSTRUCTION_TEMPLATES, EpisodeConfig, EpisodeSampler, collate_episodes
-from data.transforms import SpatialTransformConfig
+from segicl_data.episodes import INSTRUCTION_TEMPLATES, EpisodeConfig, EpisodeSampler, collate_episodes
+from segicl_data.transforms import SpatialTransformConfig
 
 
 def test_deterministic_for_a_seed(dataset):
@@ -126,7 +126,7 @@ def test_anonymous_names_replace_the_structure_only_when_examples_show_it(datase
 
 
 def test_made_up_names_recombine_real_words_into_new_names():
-    from data.episodes import made_up_name
+    from segicl_data.episodes import made_up_name
 
     real = ["left caudate", "right caudate", "left putamen", "Brodmann area 6", "insula"]
     names = [made_up_name(np.random.default_rng(seed), real) for seed in range(40)]
@@ -156,7 +156,7 @@ def test_absent_queries_are_empty_slices_of_the_same_volume(dataset):
 
 
 def test_absent_queries_can_take_position_matched_examples_that_may_be_empty(dataset):
-    from data.episodes import prompt_slice
+    from segicl_data.episodes import prompt_slice
 
     config = EpisodeConfig(split="train", min_area=16, absent_prob=1.0, absent_examples_prob=1.0, seed=3,
                            transform=None)

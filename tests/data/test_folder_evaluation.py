@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.folder_evaluation import (
+from segicl_data.folder_evaluation import (
     CasePair,
     evaluate_case,
     evaluate_folders,
@@ -19,7 +19,7 @@ from data.folder_evaluation import (
     summary_markdown,
     write_summary,
 )
-from data.imageio import read_image
+from segicl_data.imageio import read_image
 
 SHAPE = (20, 24, 16)
 # 2 mm voxels, a flipped first axis and an origin away from zero: distances must come from the affine.

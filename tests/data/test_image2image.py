@@ -10,7 +10,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from skimage.measure import label
 
-from data.image2image import (
+from segicl_data.image2image import (
     SIMULATED_T2_NOTE,
     LowDoseCTPair,
     add_rician_noise,

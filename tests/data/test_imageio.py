@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from data.imageio import (
+from segicl_data.imageio import (
     SUPPORTED_READ_ENDINGS,
     SUPPORTED_WRITE_ENDINGS,
     ImageReadError,

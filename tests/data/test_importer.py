@@ -9,9 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from data.dataset import SliceDataset
-from data.episodes import EpisodeConfig, EpisodeSampler
-from data.importer import DatasetFormatError, ImportConfig, import_dataset, read_label_names
+from segicl_data.dataset import SliceDataset
+from segicl_data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.importer import DatasetFormatError, ImportConfig, import_dataset, read_label_names
 
 
 @pytest.fixture

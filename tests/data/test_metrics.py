@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.metrics import (
+from segicl_data.metrics import (
     dice,
     hd95,
     image_metrics,
@@ -232,7 +232,7 @@ def test_refuses_bad_spacing_data_range_and_small_ssim(offset_pair):
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_values():
-    from data.metrics import bootstrap_interval
+    from segicl_data.metrics import bootstrap_interval
 
     rng = np.random.default_rng(0)
     few, many = rng.uniform(size=12), rng.uniform(size=400)

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from data.model_folders import REPOSITORY, shown_path
+from segicl_data.model_folders import REPOSITORY, shown_path
 
 
 def test_paths_inside_the_repository_are_shown_relative_to_it(tmp_path, monkeypatch):

@@ -3,7 +3,7 @@ import pytest
 
 from monai.transforms import ScaleIntensityRange
 
-from data.preprocess import (AXES, NORMALIZATIONS, SquareCrop, apply_crop, denormalize_intensity, foreground_crop,
+from segicl_data.preprocess import (AXES, NORMALIZATIONS, SquareCrop, apply_crop, denormalize_intensity, foreground_crop,
                              from_display_slices, intensity_range, normalize_intensity, normalize_mri, resize_slices,
                              to_display_slices, window_ct)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from data.tasks import AAL_WORDS, aal_group_ids, aal_table, all_structures, readable, slugify, split_laterality
+from segicl_data.tasks import AAL_WORDS, aal_group_ids, aal_table, all_structures, readable, slugify, split_laterality
 
 
 @pytest.mark.parametrize("raw, expected", [

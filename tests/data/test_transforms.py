@@ -1,6 +1,6 @@
 import numpy as np
 
-from data.transforms import SpatialTransformConfig, random_affine
+from segicl_data.transforms import SpatialTransformConfig, random_affine
 
 
 def square(size: int = 32) -> np.ndarray:

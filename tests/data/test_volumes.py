@@ -9,10 +9,10 @@ import SimpleITK as sitk
 from nibabel.orientations import axcodes2ornt, ornt_transform
 from PIL import Image
 
-from data.imageio import read_image
-from data.preprocess import from_display_slices
-from commands.cli import main
-from data.volumes import crop_to_foreground, from_model_slices, load_example, paste_crop, to_model_slices
+from segicl_data.imageio import read_image
+from segicl_data.preprocess import from_display_slices
+from segicl_commands.cli import main
+from segicl_data.volumes import crop_to_foreground, from_model_slices, load_example, paste_crop, to_model_slices
 
 ROWS, COLS = 24, 20  # not square, so a rotation cannot pass unnoticed
 

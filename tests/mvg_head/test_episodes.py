@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from mvg_head.config import TASKS
-from data.episodes import prompt_slice
+from segicl_data.episodes import prompt_slice
 from mvg_head.episodes import TEST_VOLUME, TRAIN_VOLUMES, EpisodeOptions, MVGEpisodeSampler, TaskMix
 
 

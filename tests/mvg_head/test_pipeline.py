@@ -5,8 +5,8 @@ import pytest
 import torch
 from pydicom.data import get_testdata_file
 
-from data.imageio import read_image
-from data.preprocess import window_ct
+from segicl_data.imageio import read_image
+from segicl_data.preprocess import window_ct
 from mvg_head.model import MVGModel
 from mvg_head.pipeline import MVGPipeline
 from tests.mvg_head.conftest import small_config

@@ -159,7 +159,7 @@ def test_the_coarse_prediction_is_supervised_too():
 
 
 def test_training_flags_select_the_head():
-    from stages.mvg_train import build_parser, model_config
+    from segicl_stages.mvg_train import build_parser, model_config
 
     assert model_config(build_parser().parse_args([])).pixel_skip
     assert not model_config(build_parser().parse_args(["--no-pixel-skip"])).pixel_skip

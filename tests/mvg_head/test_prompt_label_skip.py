@@ -124,7 +124,7 @@ def test_configs_saved_before_the_field_load_without_it(tmp_path):
 
 
 def test_training_flag():
-    from stages.mvg_train import build_parser, model_config
+    from segicl_stages.mvg_train import build_parser, model_config
 
     assert not model_config(build_parser().parse_args([])).prompt_label_skip
     assert model_config(build_parser().parse_args(["--prompt-label-skip"])).prompt_label_skip

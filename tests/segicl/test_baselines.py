@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data.episodes import Episode
+from segicl_data.episodes import Episode
 from segicl.baselines import copy_example_baseline, predict_copy, predict_union
 
 
@@ -53,7 +53,7 @@ def three_raters() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_registration_carries_the_mask_onto_a_moved_query():
-    from data.metrics import dice
+    from segicl_data.metrics import dice
     from segicl.baselines import register_mask
 
     query_image, query_mask = blob_image()
@@ -63,7 +63,7 @@ def test_registration_carries_the_mask_onto_a_moved_query():
 
 
 def test_registration_is_repeatable_and_refuses_the_wall_clock_seed(dataset):
-    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler
     from segicl.baselines import RegistrationConfig, register_mask
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=1,
@@ -80,7 +80,7 @@ def test_registration_is_repeatable_and_refuses_the_wall_clock_seed(dataset):
 def test_registration_does_not_depend_on_simpleitks_default_thread_count(dataset):
     import SimpleITK as sitk
 
-    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler
     from segicl.baselines import RegistrationConfig, register_mask
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="test", structures="held_out", num_examples=3,
@@ -116,7 +116,7 @@ def test_label_fusion_votes_and_staple():
 
 
 def test_registration_fusion_registers_each_example_once(dataset):
-    from data.episodes import EpisodeConfig, EpisodeSampler
+    from segicl_data.episodes import EpisodeConfig, EpisodeSampler
     from segicl.baselines import RegistrationFusion
 
     config = EpisodeConfig(split="test", structures="held_out", min_area=64, max_examples=5)

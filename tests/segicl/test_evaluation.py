@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.episodes import EpisodeConfig, EpisodeSampler
 from segicl.evaluation import evaluate_copy_baseline, segment_episodes
 from segicl.pipeline import SegICLPipeline
 

@@ -12,8 +12,8 @@ from segicl.config import tiny_config
 from segicl.model import SegICLModel
 from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
-from stages.common import TrainingArguments, episode_batches, train
-from stages.stage1_decoder import mask_sampler
+from segicl_stages.common import TrainingArguments, episode_batches, train
+from segicl_stages.stage1_decoder import mask_sampler
 from tests.stages.conftest import fresh_model
 
 

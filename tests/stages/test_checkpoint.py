@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from stages.checkpoint import load_checkpoint, save_checkpoint
+from segicl_stages.checkpoint import load_checkpoint, save_checkpoint
 
 
 def adam_state() -> tuple[torch.nn.Linear, dict]:

@@ -12,8 +12,8 @@ from segicl.config import tiny_config
 from segicl.model import SegICLModel
 from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
-from stages.common import TrainingArguments, episode_batches, train
-from stages.stage1_decoder import mask_sampler
+from segicl_stages.common import TrainingArguments, episode_batches, train
+from segicl_stages.stage1_decoder import mask_sampler
 from tests.stages.conftest import REPO, Interrupt, fresh_model, mean_loss, stage1_batches
 
 
@@ -92,7 +92,7 @@ def test_resuming_a_finished_run_trains_nothing_and_reports_its_steps(dataset, t
 
 
 def test_finished_line_names_steps_time_and_the_last_losses():
-    from stages.common import finished_line
+    from segicl_stages.common import finished_line
 
     state = {"step": 700, "wall_time_s": 818.4, "recent_losses": [{"loss": 1.5}, {"loss": 1.0}]}
     assert finished_line("stage 2", state) == "stage 2: 700 steps in 818 s; last losses {'loss': 1.0}"

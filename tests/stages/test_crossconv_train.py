@@ -5,8 +5,8 @@ import torch
 from segicl.config import CrossConvConfig
 from segicl.incontext import CrossConvNet
 from segicl.training import CrossConvTraining
-from stages.common import TrainingArguments, train
-from stages.crossconv_train import episode_batches, main
+from segicl_stages.common import TrainingArguments, train
+from segicl_stages.crossconv_train import episode_batches, main
 from tests.stages.conftest import mean_loss
 
 

@@ -17,7 +17,7 @@ class Interrupt(Exception):
 def test_stage_entry_point_trains_saves_and_resumes(tmp_path, dataset, monkeypatch):
     """stages/mvg_train.py: interrupted after a checkpoint and resumed, it ends where an uninterrupted run ends."""
     from mvg_head import training
-    from stages import mvg_train
+    from segicl_stages import mvg_train
 
     common = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16", "--batch-size", "2",
               "--warmup-steps", "1", "--checkpoint-every", "2", "--log-every", "1", "--steps", "4"]
@@ -49,7 +49,7 @@ def test_fine_tuning_with_the_prompt_label_skip_adds_it_and_chains_the_budget(tm
     """--init A --prompt-label-skip: the model gains the skip, starts from A's weights, and its summary (and the
     evaluation report's budget line) counts A's steps too."""
     from mvg_head.evaluation import training_budget
-    from stages import mvg_train
+    from segicl_stages import mvg_train
 
     shape = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16"]
     loop = ["--batch-size", "2", "--warmup-steps", "1", "--checkpoint-every", "2", "--log-every", "1"]
@@ -68,8 +68,8 @@ def test_fine_tuning_with_the_prompt_label_skip_adds_it_and_chains_the_budget(tm
 
 def test_init_keeps_the_saved_training_settings_and_refuses_shape_flags(tmp_path, dataset, capsys):
     """--init A: A's colouring stays unless a flag replaces it; a shape flag (which cannot apply) is refused."""
-    from stages import mvg_train
-    from stages.common import run_stage
+    from segicl_stages import mvg_train
+    from segicl_stages.common import run_stage
 
     shape = ["--width", "32", "--depth", "4", "--heads", "2", "--head-channels", "16"]
     loop = ["--batch-size", "2", "--warmup-steps", "1", "--log-every", "1", "--steps", "1"]

@@ -12,8 +12,8 @@ from segicl.config import tiny_config
 from segicl.model import SegICLModel
 from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
-from stages.common import TrainingArguments, episode_batches, train
-from stages.stage1_decoder import mask_sampler
+from segicl_stages.common import TrainingArguments, episode_batches, train
+from segicl_stages.stage1_decoder import mask_sampler
 from tests.stages.conftest import REPO, Interrupt, fresh_model, mean_loss, stage1_batches
 
 
@@ -26,7 +26,7 @@ def test_stage1_loss_falls_on_real_masks(dataset, tokenizer, tmp_path):
 
 
 def test_stage1_refuses_an_unknown_preset_with_the_known_ones(capsys):
-    from stages.stage1_decoder import build_parser
+    from segicl_stages.stage1_decoder import build_parser
 
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--preset", "bogus", "--output-dir", "unused"])

@@ -13,8 +13,8 @@ from segicl.config import tiny_config
 from segicl.model import SegICLModel
 from segicl.training import Stage1Model, Stage2Model
 from segicl.tokenizer import build_tokenizer, corpus_from_dataset
-from stages.common import TrainingArguments, episode_batches, train
-from stages.stage1_decoder import mask_sampler
+from segicl_stages.common import TrainingArguments, episode_batches, train
+from segicl_stages.stage1_decoder import mask_sampler
 from tests.stages.conftest import REPO, Interrupt, fresh_model, mean_loss, stage1_batches
 
 
@@ -31,8 +31,8 @@ def test_stage2_loss_falls_on_real_episodes(dataset, tokenizer, tmp_path):
 
 
 def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys):
-    from stages.common import run_stage
-    from stages.stage2_encoder import main
+    from segicl_stages.common import run_stage
+    from segicl_stages.stage2_encoder import main
 
     mvg_folder = tmp_path / "mvg"
     mvg_folder.mkdir()
@@ -46,7 +46,7 @@ def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys)
 
 def test_stage2_fine_tunes_on_an_imported_dataset_and_says_so(imported_dataset, tmp_path, capsys):
     """`--dataset` (a `segicl data import` folder): 20 steps from the shipped weights, on the user's cases only."""
-    from stages.stage2_encoder import main
+    from segicl_stages.stage2_encoder import main
 
     assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
                  "--output-dir", str(tmp_path / "run"), "--steps", "20", "--batch-size", "2", "--log-every", "5",
@@ -60,8 +60,8 @@ def test_stage2_fine_tunes_on_an_imported_dataset_and_says_so(imported_dataset, 
 
 def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_one_line(imported_dataset, tmp_path,
                                                                                        capsys):
-    from stages.common import run_stage
-    from stages.stage1_decoder import main
+    from segicl_stages.common import run_stage
+    from segicl_stages.stage1_decoder import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--data-dir", "x"])
@@ -70,7 +70,7 @@ def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_o
     assert len(err.strip().splitlines()) == 1  # no usage block
     assert err.strip().endswith("error: unrecognized arguments: --data-dir x (see --help)")
     folder = tmp_path / "big"
-    from data.importer import ImportConfig, import_dataset
+    from segicl_data.importer import ImportConfig, import_dataset
 
     import_dataset(Path(imported_dataset.imported["source"]), folder, ImportConfig(resolution=32), progress=False)
     assert run_stage(lambda: main(["--dataset", str(folder), "--output-dir", str(tmp_path / "o"), "--steps", "1"]),
@@ -80,7 +80,7 @@ def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_o
 
 def test_stage2_trains_a_gate_that_reads_the_prior_in_from_zero(imported_dataset, tmp_path):
     """`--gate-reads-prior --gate-lr-scale`: from the shipped weights, the gate's new input starts at zero and trains."""
-    from stages.stage2_encoder import main
+    from segicl_stages.stage2_encoder import main
 
     assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
                  "--output-dir", str(tmp_path / "run"), "--steps", "6", "--batch-size", "2", "--warmup-steps", "1",
@@ -92,7 +92,7 @@ def test_stage2_trains_a_gate_that_reads_the_prior_in_from_zero(imported_dataset
 
 
 def test_stage2_gate_learning_rate_scale_is_a_group_of_its_own(tokenizer):
-    from stages.common import parameter_groups
+    from segicl_stages.common import parameter_groups
 
     model = fresh_model(tokenizer)
     model.add_example_prior()
@@ -104,8 +104,8 @@ def test_stage2_gate_learning_rate_scale_is_a_group_of_its_own(tokenizer):
 
 
 def test_stage2_refuses_a_gate_learning_rate_scale_of_zero_in_one_line(tmp_path, capsys):
-    from stages.common import run_stage
-    from stages.stage2_encoder import main
+    from segicl_stages.common import run_stage
+    from segicl_stages.stage2_encoder import main
 
     assert run_stage(lambda: main(["--init", str(tmp_path), "--output-dir", str(tmp_path / "out"),
                                    "--gate-lr-scale", "0"]), "stage2_encoder.py") == 2
@@ -115,7 +115,7 @@ def test_stage2_refuses_a_gate_learning_rate_scale_of_zero_in_one_line(tmp_path,
 def test_stage2_saves_the_registration_weight_without_registering_in_training(imported_dataset, tmp_path,
                                                                              monkeypatch):
     import segicl.baselines
-    from stages.stage2_encoder import main
+    from segicl_stages.stage2_encoder import main
 
     def refuse(*args, **kwargs):
         raise AssertionError("training registered an example")
@@ -132,8 +132,8 @@ def test_stage2_saves_the_registration_weight_without_registering_in_training(im
 
 
 def test_stage2_refuses_an_inference_setting_naming_its_flag_before_training(tmp_path, capsys):
-    from stages.common import run_stage
-    from stages.stage2_encoder import main
+    from segicl_stages.common import run_stage
+    from segicl_stages.stage2_encoder import main
 
     assert run_stage(lambda: main(["--init", str(REPO / "weights" / "segicl-tiny"), "--output-dir",
                                    str(tmp_path / "out"), "--prior-registration-min-examples", "0"]),
@@ -144,8 +144,8 @@ def test_stage2_refuses_an_inference_setting_naming_its_flag_before_training(tmp
 
 
 def test_stage2_trains_on_merged_structures_when_asked(imported_dataset, tmp_path, monkeypatch):
-    from data.episodes import EpisodeSampler
-    from stages.stage2_encoder import main
+    from segicl_data.episodes import EpisodeSampler
+    from segicl_stages.stage2_encoder import main
 
     partners = []
     draw_partner = EpisodeSampler._partner_task

@@ -4,7 +4,7 @@ import torch
 
 from segicl.model import SegICLModel
 from segicl.training import Stage3Model
-from stages.common import TrainingArguments, episode_batches, train
+from segicl_stages.common import TrainingArguments, episode_batches, train
 from tests.stages.conftest import REPO, fresh_model, mean_loss
 
 
@@ -25,7 +25,7 @@ def test_stage3_trains_the_decoder_alone_and_its_loss_falls(dataset, tokenizer, 
 
 
 def test_stage3_switches_pixel_inputs_on_for_the_shipped_weights(dataset, tmp_path, capsys):
-    from stages.stage3_decoder import main
+    from segicl_stages.stage3_decoder import main
 
     assert main(["--init", str(REPO / "weights" / "segicl-tiny"), "--pixel-inputs", "prior", "image",
                  "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--warmup-steps", "1",
@@ -36,7 +36,7 @@ def test_stage3_switches_pixel_inputs_on_for_the_shipped_weights(dataset, tmp_pa
 
 
 def test_stage3_refuses_an_unknown_pixel_input_in_one_line(capsys):
-    from stages.stage3_decoder import main
+    from segicl_stages.stage3_decoder import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(["--init", "x", "--pixel-inputs", "edges"])
