@@ -2,8 +2,8 @@
 
 The page is thin. Every action calls one plain function of this module that takes file paths and values and returns
 what the page shows: `store_upload` (an upload into the client's temporary folder, size-limited), `preview_query`
-(the slices to show), `run_segment` (through `segicl_commands.segment.segment_image`, the function `segicl segment` runs),
-`render_segment` (overlay and uncertainty of one slice), `run_image_task` and `render_image_task` (MVG). They are
+(the slices to show), `run_segment` (through `segicl.volume.segment_image`, the volume-level API that `segicl
+segment` runs), `render_segment` (overlay and uncertainty of one slice), `run_image_task` and `render_image_task` (MVG). They are
 tested without a browser (tests/commands/test_webapp.py). A refusal (the ValueError / FileNotFoundError of the
 readers, the pipelines and the checks here) becomes one readable line in the page (`readable`), never a traceback,
 and the server serves the next request.
@@ -24,8 +24,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from segicl_commands.segment import Query, SegmentResult, Settings, Target, bank_targets, file_examples, prepare_query, \
-    segment_image
+from segicl.volume import (Query, SegmentResult, Settings, Target, bank_targets, file_examples, prepare_query,
+                           segment_image)
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 
 # Decoder settings offered by name: `segicl bench speed`'s sampler grid (README "Results") found that with this
@@ -35,7 +35,6 @@ DECODER_SETTINGS = {
     "fast": (1, 1, "1 step x 1 sample: one decoder evaluation, no uncertainty"),
     "default": (DEFAULT_STEPS, DEFAULT_SAMPLES,
                 f"{DEFAULT_STEPS} step x {DEFAULT_SAMPLES} samples: the measured default"),
-    "earlier default": (10, 5, "10 steps x 5 samples: the previous default, slower, not better"),
 }
 EXAMPLE_SLOTS = 5
 IMAGE_TASKS = ("segmentation", "synthesis", "denoising", "inpainting")

@@ -362,11 +362,16 @@ def _read_raster(path: Path) -> MedicalImage:
     return MedicalImage(array, np.eye(4), (1.0, 1.0), None, str(path), "png", meta)
 
 
+def image_from_array(array: np.ndarray, name: str = "array") -> MedicalImage:
+    """An array without geometry, as an NPY file holds one: a 2-D slice, or a stack of display slices [S, H, W]."""
+    array = np.asarray(array)
+    return MedicalImage(array, np.eye(4), (1.0,) * _n_spatial(array), None, name, "npy", {})
+
+
 def _read_npy(path: Path) -> MedicalImage:
     with _reading(path, "NPY"):
         array = np.load(path, allow_pickle=False)
-    spacing = (1.0,) * _n_spatial(array)
-    return MedicalImage(array, np.eye(4), spacing, None, str(path), "npy", {})
+    return image_from_array(array, str(path))
 
 
 _READERS: dict[str, Callable[[Path], MedicalImage]] = {

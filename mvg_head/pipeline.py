@@ -24,6 +24,7 @@ from segicl_data.episodes import prompt_slice
 from mvg_head.model import MVGModel
 # MRI percentiles / CT window / none, as SegICL, and the inverse that brings image outputs back to the query's scale
 from segicl_data.preprocess import denormalize_intensity, intensity_range, normalize_intensity
+from segicl_weights import MVG_TINY
 
 # Default inference form per task. The paper's image tasks are trained 90% masked; at our CPU budget the masked form
 # had not learned to read the query image after 250 steps (it drew a mean brain: denoising PSNR 11.6 dB against 23.3 for
@@ -72,8 +73,9 @@ class MVGPipeline:
         self.model = model.eval()
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str) -> "MVGPipeline":
-        return cls(MVGModel.from_pretrained(folder))
+    def from_pretrained(cls, folder: Path | str | None = None) -> "MVGPipeline":
+        """A saved model folder; None: the shipped tiny weights (installed with the package)."""
+        return cls(MVGModel.from_pretrained(MVG_TINY if folder is None else folder))
 
     def save_pretrained(self, folder: Path | str) -> Path:
         return self.model.save_pretrained(folder)

@@ -19,6 +19,8 @@ from segicl_data.preprocess import as_binary_mask, normalize_intensity
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
+from segicl.volume import ImageInput, Settings, VolumeSegmentation, segment
+from segicl_weights import SEGICL_TINY
 
 
 @torch.no_grad()
@@ -41,16 +43,6 @@ def sample_masks(decoder: MaskDecoder, tokens: torch.Tensor, num_steps: int = 10
         latent = sampler.step(output, timestep, latent).prev_sample
     probabilities = torch.sigmoid(decoder.codec.decode_logits(latent))
     return probabilities.view(batch, num_samples, 1, *probabilities.shape[-2:])
-
-
-def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of a binary mask (2-D slice or 3-D volume, full connectivity; MONAI's
-    KeepLargestConnectedComponent), as nnU-Net's post-processing does for one-piece structures: the scattered specks
-    the decoder leaves on slices without the structure go, and so does any second piece of a two-part structure."""
-    from monai.transforms import KeepLargestConnectedComponent
-
-    kept = KeepLargestConnectedComponent(applied_labels=[1], is_onehot=False)(np.asarray(mask, np.uint8)[None])
-    return np.asarray(kept)[0].astype(mask.dtype)
 
 
 @dataclass
@@ -89,7 +81,17 @@ def check_example(image: np.ndarray, mask: np.ndarray, index: int, allow_empty: 
 
 
 class SegICLPipeline:
-    """Segment with a trained SegICLModel."""
+    """Segment with a trained SegICLModel.
+
+    `segment` takes a file, a read image or an array (a 2-D slice or a 3-D volume) with an instruction and examples
+    (files, arrays or a dataset's bank) and answers in the input's geometry; calling the pipeline segments display
+    slices already in memory ([H, W] or [S, H, W]).
+
+        pipeline = SegICLPipeline.from_pretrained()  # the shipped tiny weights
+        result = pipeline.segment("scan.nii.gz", text="Segment the thalamus",
+                                  examples=[("example.nii.gz", "example_mask.nii.gz")])
+        result.save("mask.nii.gz")
+    """
 
     def __init__(self, model: SegICLModel, device: str | torch.device = "cpu"):
         self.model = model.eval().to(device)
@@ -103,8 +105,15 @@ class SegICLPipeline:
         return self.model.save_pretrained(folder)
 
     @classmethod
-    def from_pretrained(cls, folder: Path | str, device: str | torch.device = "cpu") -> "SegICLPipeline":
-        return cls(SegICLModel.from_pretrained(folder), device)
+    def from_pretrained(cls, folder: Path | str | None = None, device: str | torch.device = "cpu") -> "SegICLPipeline":
+        """A saved model folder; None: the shipped tiny weights (installed with the package)."""
+        return cls(SegICLModel.from_pretrained(SEGICL_TINY if folder is None else folder), device)
+
+    def segment(self, image: ImageInput, text: str | None = None, examples=(), *, settings: Settings | None = None,
+                **prompt) -> VolumeSegmentation:
+        """The volume-level API (`segicl.volume.segment`): the mask or label map, probabilities and uncertainty on the
+        input's own grid. `prompt`: example_label, examples_from, label, labels, k, axis, crop, progress, callback."""
+        return segment(self, image, text, examples, settings=settings, **prompt)
 
     def _resize(self, slices: np.ndarray, nearest: bool) -> torch.Tensor:
         """[S, H, W] -> [S, 1, size, size] on the model's device."""
@@ -135,8 +144,7 @@ class SegICLPipeline:
     def __call__(self, image, text: str, examples=(), num_samples: int = DEFAULT_SAMPLES, num_steps: int = DEFAULT_STEPS,
                  batch_size: int = 16, use_cache: bool = True, normalization: str = "percentile",
                  threshold: float = 0.5, seed: int = 0, scheduler: str | None = None,
-                 progress: bool = False, slice_examples=None, callback=None,
-                 largest_component: bool = False) -> SegmentationOutput:
+                 progress: bool = False, slice_examples=None, callback=None) -> SegmentationOutput:
         """Segment a 2-D slice [H, W] or a volume of slices [S, H, W] (slices along the first axis).
 
         `examples` (image, mask) pairs serve every slice. `slice_examples` instead gives each slice its own list
@@ -146,8 +154,7 @@ class SegICLPipeline:
         cache.
         `callback(stage, done, total)`, if given, is called after every batch of the LLM pass (stage "condition")
         and of the decoder pass ("decode"), `done` of `total` batches; an exception it raises stops the call (a
-        progress bar's cancel button). `largest_component` keeps only the mask's largest connected component (over
-        the whole volume), `keep_largest_component`."""
+        progress bar's cancel button)."""
         query = _as_float_array(image, "query image")
         if query.ndim not in (2, 3):
             raise ValueError(f"query image must be 2-D [H, W] or 3-D [S, H, W], got {query.ndim}-D shape {query.shape}")
@@ -193,8 +200,6 @@ class SegICLPipeline:
         if query.ndim == 2:
             probabilities, uncertainty = probabilities[0], uncertainty[0]
         mask = (probabilities > threshold).astype(np.uint8)
-        if largest_component:
-            mask = keep_largest_component(mask)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
 
     def _slice_examples(self, slice_examples, examples, slices: int) -> list | None:

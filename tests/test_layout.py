@@ -1,9 +1,10 @@
 """The import rules of the layout, read from the source (ast), so the packages stay what the README says they are:
 
-    (installed as segicl_data, segicl, mvg_head, segicl_benchmarks, segicl_stages, segicl_commands: PACKAGES)
+    (each folder installs under the name PACKAGES gives it: data/ as segicl_data, and so on)
+    weights/     the shipped tiny weights (package data) and their paths: imports nothing of the project
     data/        datasets, I/O, preprocessing, transforms, episodes rules, metrics: imports nothing of the project
-    segicl/      the SegICL engine          } each imports data/ only (and itself)
-    mvg_head/    the MVG engine             }
+    segicl/      the SegICL engine          } each imports data/ and weights/ only (and itself); segicl's package
+    mvg_head/    the MVG engine             } init re-exports MVGPipeline (`from segicl import MVGPipeline`)
     benchmarks/  `segicl bench ...`: imports the engines, data/ and the training stages, never the command line
     stages/      the accelerate entry points and the training loop: imports the engines, data/ and the command
                  line's argument checks (segicl_commands.arguments); neither data/ nor an engine imports them
@@ -25,16 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 # Repository folder -> the name it is installed under (pyproject.toml's package-dir): the engines keep their names,
 # the other folders get a `segicl_` prefix so that nothing generic lands in site-packages.
 PACKAGES = {"data": "segicl_data", "segicl": "segicl", "mvg_head": "mvg_head", "commands": "segicl_commands",
-            "benchmarks": "segicl_benchmarks", "stages": "segicl_stages"}
+            "benchmarks": "segicl_benchmarks", "stages": "segicl_stages", "weights": "segicl_weights"}
 # Which project packages (or single modules) each package may import, besides itself.
 ALLOWED = {
+    "segicl_weights": set(),
     "segicl_data": set(),
-    "segicl": {"segicl_data"},
-    "mvg_head": {"segicl_data"},
-    "segicl_benchmarks": {"segicl_data", "segicl", "mvg_head", "segicl_stages"},
+    "segicl": {"segicl_data", "segicl_weights"},
+    "mvg_head": {"segicl_data", "segicl_weights"},
+    "segicl_benchmarks": {"segicl_data", "segicl", "mvg_head", "segicl_stages", "segicl_weights"},
     "segicl_stages": {"segicl_data", "segicl", "mvg_head", "segicl_commands.arguments"},
-    "segicl_commands": {"segicl_data", "segicl", "mvg_head", "segicl_benchmarks", "segicl_stages"},
+    "segicl_commands": {"segicl_data", "segicl", "mvg_head", "segicl_benchmarks", "segicl_stages", "segicl_weights"},
 }
+# Single modules with a wider allowance: `from segicl import SegICLPipeline, MVGPipeline` (the package's front door).
+ALLOWED_MODULES = {"segicl": {"mvg_head.pipeline"}}
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
@@ -121,7 +125,8 @@ def forbidden_imports(graph: dict[str, set[str]]) -> list[str]:
         package = module.split(".")[0]
         for target in sorted(targets):
             other = target.split(".")[0]
-            if other != package and other not in ALLOWED[package] and target not in ALLOWED[package]:
+            allowed = ALLOWED[package] | ALLOWED_MODULES.get(module, set())
+            if other != package and other not in allowed and target not in allowed:
                 problems.append(f"{module} imports {target} ({package} may import only "
                                 f"{', '.join(sorted(ALLOWED[package])) or 'nothing of the project'})")
     return problems

@@ -77,7 +77,7 @@ def test_segment_reports_unreadable_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--steps", "0", "--samples", "5"], "--steps and --samples must be >= 1, got 0 and 5"),
+    (["--steps", "0", "--samples", "5"], "steps and samples must be >= 1, got 0 and 5"),
     (["--samples", "1", "--uncertainty", "unc.nii.gz"], "--uncertainty needs --samples >= 2"),
 ])
 def test_segment_refuses_sampler_flags_that_cannot_work(tmp_path, capsys, flags, message):

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from segicl_commands.cli import main
-from segicl_commands.segment import label_map
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "weights" / "segicl-tiny"
@@ -26,11 +25,6 @@ def oblique_copy(source: Path, target: Path) -> nib.Nifti1Image:
     oblique = nib.Nifti1Image(np.asarray(image.dataobj, dtype=np.float32), affine)
     nib.save(oblique, target)
     return oblique
-
-
-def test_label_map_takes_the_most_probable_class_above_one_half():
-    probabilities = [np.array([[0.9, 0.2, 0.6]]), np.array([[0.7, 0.4, 0.8]])]
-    np.testing.assert_array_equal(label_map(probabilities, [3, 7]), [[3, 0, 7]])
 
 
 def test_labels_all_from_a_bank_writes_one_label_map_in_the_oblique_input_geometry(imported_dataset, nnunet_folder,
@@ -96,7 +90,6 @@ def test_a_3d_example_volume_lends_position_matched_slices_and_example_label_pic
      "--probabilities and --uncertainty are written for one structure"),
     (["--examples-from", "DATA", "--label", "a", "--example", "i.png", "m.png"], "not both"),
     (["--examples-from", "DATA", "--label", "a", "-k", "-1"], "-k must be >= 0"),
-    (["--text", "x", "--registration-weight", "1.5"], "--registration-weight must be in [0, 1], got 1.5"),
 ])
 def test_flag_combinations_that_cannot_work_are_refused_in_one_line(flags, message, imported_dataset, tmp_path,
                                                                     capsys):
@@ -129,40 +122,3 @@ def test_largest_component_leaves_one_piece_per_class_of_the_label_map(imported_
     for value in (1, 2, 3):
         pieces = ndimage.label(kept == value, structure=np.ones((3, 3, 3)))[1]
         assert pieces == 1 and ((kept == value) <= (plain == value)).all()
-
-
-def test_registration_weight_changes_the_k3_masks_and_zero_switches_it_off(imported_dataset, nnunet_folder, tmp_path):
-    from segicl_commands.segment import apply_prior_flags
-    from segicl.model import SegICLModel
-
-    common = ["segment", "--image", str(nnunet_folder / "imagesTs" / "colin_004_0000.nii.gz"), "--examples-from",
-              str(imported_dataset.root), "--label", "thalamus", "-k", "3", "--model", str(SHIPPED),
-              "--no-check-examples",  # the registration weight is under test; the check would double the time
-              "--registration-min-examples", "2"]  # the shipped weights register from 4 examples on
-    probabilities = {}
-    for weight in ("0", "1"):
-        assert main([*common, "--registration-weight", weight, "--out", str(tmp_path / f"m{weight}.nii.gz"),
-                     "--probabilities", str(tmp_path / f"p{weight}.nii.gz")]) == 0
-        probabilities[weight] = np.asarray(nib.load(tmp_path / f"p{weight}.nii.gz").dataobj)
-    assert probabilities["0"].shape == probabilities["1"].shape
-    assert not np.allclose(probabilities["0"], probabilities["1"])
-    model = SegICLModel.from_pretrained(SHIPPED)
-    model.config.example_prior, model.config.prior_registration_weight = False, 0.0
-    model.config.examples_check_the_llm = False
-    for weight, check, flag, field in ((0.5, None, "--registration-weight", "prior_registration_weight"),
-                                       (None, True, "--check-examples", "examples_check_the_llm")):
-        with pytest.raises(ValueError, match=f"{flag}: {field} needs example_prior"):
-            apply_prior_flags(model, weight, check)
-        assert model.config.prior_registration_weight == 0.0 and not model.config.examples_check_the_llm  # unchanged
-    with pytest.raises(ValueError, match=r"--registration-weight: prior_registration_weight must be in \[0, 1\]"):
-        apply_prior_flags(model, 1.5, None)
-    with pytest.raises(ValueError, match="--registration-min-examples: prior_registration_min_examples must be >= 1"):
-        apply_prior_flags(model, None, None, 0)
-    model.config.example_prior, model.config.prior_registration_min_examples = True, model.config.max_examples + 1
-    with pytest.raises(ValueError, match="would change nothing; add --registration-min-examples 2"):
-        apply_prior_flags(model, 0.5, None)  # the shipped weights' setting: no registration within max_examples
-    assert model.config.prior_registration_weight == 0.0
-    model.config.prior_registration_min_examples = 2
-    apply_prior_flags(model, 0.25, True, 3)
-    assert model.config.prior_registration_weight == 0.25 and model.config.examples_check_the_llm
-    assert model.config.prior_registration_min_examples == 3

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from segicl_commands.cli import main
-from segicl_commands.segment import Settings
+from segicl.volume import Settings
 from segicl_commands.webapp import (AppState, Cancelled, ImageTaskRequest, Job, Limits, SegmentRequest, instruction_for,
                              open_image, overlay, preview_query, readable, render_image_task, render_segment,
                              run_image_task, run_segment, store_upload)

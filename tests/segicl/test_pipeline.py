@@ -106,26 +106,3 @@ def test_callback_reports_every_batch_of_both_passes_and_an_exception_it_raises_
 
     with pytest.raises(KeyboardInterrupt, match="cancelled"):
         pipeline(volume, "Segment the brain", num_samples=1, num_steps=1, batch_size=2, callback=stop)
-
-
-def test_keep_largest_component_keeps_the_largest_3d_piece():
-    from segicl.pipeline import keep_largest_component
-
-    mask = np.zeros((4, 10, 10), np.uint8)
-    mask[1:3, 2:5, 2:5] = 1  # 18 voxels over two slices: one piece
-    mask[0, 8, 8] = mask[3, 0, 9] = 1  # specks on other slices
-    kept = keep_largest_component(mask)
-    assert kept.dtype == np.uint8 and kept.sum() == 18 and not kept[0].any() and not kept[3].any()
-    assert not keep_largest_component(np.zeros((3, 5, 5), np.uint8)).any()
-
-
-def test_largest_component_is_the_pipelines_mask_with_its_specks_removed(pipeline):
-    from segicl.pipeline import keep_largest_component
-
-    volume = np.random.default_rng(4).random((4, 64, 64)).astype(np.float32)
-    kwargs = dict(num_samples=1, num_steps=1, batch_size=4)
-    plain = pipeline(volume, "Segment the brain", [example((64, 64))], **kwargs)
-    kept = pipeline(volume, "Segment the brain", [example((64, 64))], largest_component=True, **kwargs)
-    np.testing.assert_array_equal(kept.probabilities, plain.probabilities)
-    np.testing.assert_array_equal(kept.mask, keep_largest_component(plain.mask))
-    assert kept.mask.sum() <= plain.mask.sum()
