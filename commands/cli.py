@@ -14,6 +14,7 @@ from segicl_commands.evaluate import add_evaluate_command
 from segicl_commands.mvg import add_mvg_commands
 from segicl_commands.segment import add_segment_command
 from segicl_commands.serve import add_serve_command
+from segicl_commands.train import add_train_command
 from segicl_data.model_folders import MODEL_CONFIGS
 from segicl_weights import SEGICL_TINY
 
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("source", type=Path, help="a trained model folder (e.g. runs/train-demo/stage2c/model)")
     export.add_argument("target", type=Path, help="where the exported model goes (new, empty, or an earlier export)")
     export.set_defaults(handler=command_export)
+    add_train_command(commands)
     add_mvg_commands(commands)
     add_bench_commands(commands, DEFAULT_WEIGHTS)
 

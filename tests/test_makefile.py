@@ -1,7 +1,6 @@
-"""The Makefile's training recipes: every stage they launch accepts every flag they give it (`make -n` prints the
-commands without running them), so a renamed flag fails here and not hours into `make train-demo`."""
-import importlib
-import re
+"""The Makefile's training targets: each runs its shipped recipe through `segicl train` (`make -n` prints the commands
+without running them; the recipes themselves are tested in tests/commands/test_train.py), and the MVG ablation loop,
+which launches its stage directly, gives it only flags it accepts."""
 import shlex
 import shutil
 import subprocess
@@ -9,44 +8,37 @@ from pathlib import Path
 
 import pytest
 
+from segicl_commands.train import shipped_recipes
+
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = ("train-demo", "train-crossconv", "train-mvg")
+pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
-def recipe_commands(target: str) -> list[list[str]]:
-    printed = subprocess.run(["make", "-n", "-C", str(REPO), target, "VENV=/nonexistent-venv"], capture_output=True,
-                             text=True, check=True).stdout
-    joined = re.sub(r"\\\n\s*", " ", printed)
-    return [shlex.split(line) for line in joined.splitlines() if "stages/" in line and ".py" in line]
+def printed(target: str, *variables: str) -> list[list[str]]:
+    """The shell lines of `make -n TARGET` that train (the install prerequisite's lines left out)."""
+    out = subprocess.run(["make", "-n", "-C", str(REPO), target, "VENV=/nonexistent-venv", *variables],
+                         capture_output=True, text=True, check=True).stdout
+    return [shlex.split(line) for line in out.replace("\\\n", " ").splitlines()
+            if "/bin/segicl train " in line or "segicl_stages." in line]
 
 
-def stage_arguments(command: list[str]) -> tuple[str, list[str]]:
-    script = next(index for index, word in enumerate(command) if word.startswith("stages/") and word.endswith(".py"))
-    return Path(command[script]).stem, command[script + 1:]
+@pytest.mark.parametrize("target, recipe, output_dir", [("train-demo", "segicl-tiny", "runs/train-demo"),
+                                                        ("train-crossconv", "crossconv-tiny", "runs/train-demo"),
+                                                        ("train-mvg", "mvg-tiny", "runs/mvg")])
+def test_each_training_target_runs_its_shipped_recipe(target, recipe, output_dir):
+    assert recipe in shipped_recipes()
+    assert printed(target) == [["/nonexistent-venv/bin/segicl", "train", "--recipe", recipe, "--output-dir", output_dir,
+                                "--weights-dir", "weights"]]
+    (line,) = printed(target, "TRAIN_DIR=t", "MVG_TRAIN_DIR=t", "WEIGHTS_DIR=w", "TRAIN_ARGS=--dry-run")
+    assert line[-5:] == ["--output-dir", "t", "--weights-dir", "w", "--dry-run"]
 
 
-def flag(arguments: list[str], name: str) -> str:
-    return arguments[arguments.index(name) + 1]
+def test_the_mvg_ablation_gives_its_stage_only_flags_it_accepts():
+    from segicl_stages.mvg_train import build_parser
 
-
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("target", RECIPES)
-def test_every_stage_of_a_training_recipe_accepts_its_flags(target):
-    commands = recipe_commands(target)
-    assert commands, f"`make -n {target}` launched no stage"
-    for command in commands:
-        stage, arguments = stage_arguments(command)
-        importlib.import_module(f"stages.{stage}").build_parser().parse_args(arguments)  # a bad flag exits here
-
-
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_the_chain_trains_each_stage_on_the_network_the_shipped_weights_were_made_with():
-    commands = [stage_arguments(command) for command in recipe_commands("train-demo")]
-    crossconv = [arguments for stage, arguments in commands if stage == "crossconv_train"]
-    stages = {Path(flag(arguments, "--output-dir")).name: arguments for stage, arguments in commands
-              if stage == "stage2_encoder"}
-    assert len(crossconv) == 3
-    assert flag(crossconv[1], "--init") == flag(stages["stage2d"], "--crossconv")  # the 80-min export
-    assert flag(crossconv[2], "--init") == f"{flag(crossconv[1], '--output-dir')}/model"
-    assert flag(stages["stage2i"], "--crossconv") == "weights/crossconv-tiny"  # the last export: the shipped peer
-    assert flag(stages["stage2i"], "--prior-registration-min-examples") == "4"
+    (loop,) = printed("mvg-ablation")
+    launches = [index for index, word in enumerate(loop) if word == "segicl_stages.mvg_train"]
+    assert launches
+    for index in launches:
+        arguments = loop[index + 1:loop.index("&&", index)]
+        build_parser().parse_args([word.replace("$colouring", "random") for word in arguments])  # a bad flag exits
