@@ -37,6 +37,7 @@ Conventions
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -512,7 +513,8 @@ def write_image(path: str | Path, array: np.ndarray, reference: MedicalImage | N
 
     With a ``reference`` the array's spatial shape must equal the reference's and the
     reference's geometry is written (NIfTI only; PNG and NPY carry no geometry).
-    Parent directories are created as needed.
+    Parent directories are created as needed. The file appears whole or not at all: it is written under a hidden
+    name beside ``path`` and renamed onto it, so an interrupted write never leaves a half-written image.
     """
     path = Path(path)
     ending = ending_of(path)
@@ -528,5 +530,12 @@ def write_image(path: str | Path, array: np.ndarray, reference: MedicalImage | N
     if reference is not None:
         _check_shape(path, array, reference)
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer(path, array, reference)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{ending}")
+    try:
+        writer(partial, array, reference)
+        os.replace(partial, path)
+    except ValueError as error:  # a writer's refusal names the file the caller asked for
+        raise ValueError(str(error).replace(str(partial), str(path))) from None
+    finally:
+        partial.unlink(missing_ok=True)
     return path

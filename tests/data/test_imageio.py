@@ -388,3 +388,20 @@ def test_check_finite(tmp_path: Path) -> None:
         check_finite(image)
     check_finite(read_image(write_image(tmp_path / "ok.nii.gz", np.ones((2, 2, 2), np.float32))))
     check_finite(read_image(write_image(tmp_path / "int.nii.gz", np.ones((2, 2, 2), np.int16))))
+
+
+def test_an_interrupted_write_leaves_the_previous_file_and_no_partial_one(tmp_path, monkeypatch):
+    import segicl_data.imageio as imageio
+
+    target = write_image(tmp_path / "mask.nii.gz", np.ones((4, 4, 2), np.uint8))
+    before = target.read_bytes()
+
+    def killed_half_way(path, array, reference):
+        Path(path).write_bytes(b"half an image")
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(imageio._WRITERS, ".nii.gz", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_image(target, np.zeros((4, 4, 2), np.uint8))
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
