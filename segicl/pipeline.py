@@ -6,6 +6,8 @@ a batch are decoded together.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +71,12 @@ def _as_float_array(value, name: str) -> np.ndarray:
     return array
 
 
+def _fingerprint(tensor: torch.Tensor) -> str:
+    """A digest of a tensor's shape and values (the key of a kept context)."""
+    array = tensor.detach().cpu().numpy()
+    return f"{array.shape}:{hashlib.sha1(array.tobytes()).hexdigest()}"
+
+
 def check_example(image: np.ndarray, mask: np.ndarray, index: int, allow_empty: bool = False) -> None:
     """Refuse an example whose image and mask disagree, or whose (binary) mask is not 2-D, or empty (unless
     `allow_empty`)."""
@@ -93,9 +101,14 @@ class SegICLPipeline:
         result.save("mask.nii.gz")
     """
 
+    # Encoded instruction + example sets kept for reuse (`_context`): a folder's cases that share a prompt encode it
+    # once. Each holds the LLM's prefix cache (kilobytes for the tiny preset).
+    CONTEXTS_KEPT = 8
+
     def __init__(self, model: SegICLModel, device: str | torch.device = "cpu"):
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self._contexts: dict[tuple, object] = {}
 
     @property
     def size(self) -> int:
@@ -172,7 +185,7 @@ class SegICLPipeline:
         text_ids, _ = self.model.tokenize([text])
         text_ids = text_ids.to(self.device)
         use_cache = use_cache and per_slice is None
-        context = self.model.encode_context(text_ids, example_images, example_masks, timings) if use_cache else None
+        context = self._context(text_ids, example_images, example_masks, timings) if use_cache else None
         # Two passes: every slice's condition tokens first (small: [S, tokens, channels]), then the decoder. The LLM
         # then runs its batches back to back on the cached prefix instead of between decoder runs that evict it.
         conditions = []
@@ -201,6 +214,18 @@ class SegICLPipeline:
             probabilities, uncertainty = probabilities[0], uncertainty[0]
         mask = (probabilities > threshold).astype(np.uint8)
         return SegmentationOutput(probabilities, mask, uncertainty, timings)
+
+    def _context(self, text_ids: torch.Tensor, example_images: torch.Tensor, example_masks: torch.Tensor,
+                 timings: dict) -> object:
+        """The instruction and examples encoded once (`SegICLModel.encode_context`) and kept: a later call with the
+        same instruction, examples and model settings reuses it (the context is never changed in place)."""
+        key = (tuple(text_ids.flatten().tolist()), _fingerprint(example_images), _fingerprint(example_masks),
+               json.dumps(self.model.config.to_dict(), sort_keys=True))
+        if key not in self._contexts:
+            if len(self._contexts) >= self.CONTEXTS_KEPT:
+                self._contexts.pop(next(iter(self._contexts)))
+            self._contexts[key] = self.model.encode_context(text_ids, example_images, example_masks, timings)
+        return self._contexts[key]
 
     def _slice_examples(self, slice_examples, examples, slices: int) -> list | None:
         """Each slice's prepared examples ([k, 1, size, size] images and masks), or None without `slice_examples`."""

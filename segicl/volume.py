@@ -11,6 +11,7 @@ back onto the file's grid (`Query.to_file`).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,12 +112,25 @@ class Settings:
 class SegmentResult:
     """`segment_image`'s answer on the query's display slices [S, H, W] (`Query.to_file` gives the file's grid):
     the mask (0/1, or the targets' values as a label map), the first target's probabilities and uncertainty (the
-    spread over the samples), and the seconds spent in the vision tower, the LLM and the decoder."""
+    spread over the samples), the seconds spent in the vision tower, the LLM and the decoder, and per target
+    (by instruction) its value, seconds and uncertainty score (`uncertainty_score`)."""
 
     mask: np.ndarray
     probabilities: np.ndarray
     uncertainty: np.ndarray
     timings: dict = field(default_factory=dict)
+    structures: dict[str, dict] = field(default_factory=dict)
+
+
+# Voxels whose mean probability reaches this are where a structure may be: its uncertainty score is their mean spread.
+UNCERTAIN_FROM = 0.05
+
+
+def uncertainty_score(probabilities: np.ndarray, uncertainty: np.ndarray) -> float:
+    """One number per structure for ranking cases to correct: the mean spread of the samples over the voxels where
+    the structure may be (mean probability >= UNCERTAIN_FROM); 0 where no voxel may be."""
+    where = probabilities >= UNCERTAIN_FROM
+    return round(float(uncertainty[where].mean()), 5) if where.any() else 0.0
 
 
 def example_label_value(label: str | int | None, mask: ImageInput) -> int | None:
@@ -250,21 +264,25 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
     `as_label_map`: the mask is a label map of the targets' values (`label_map`); otherwise the first target's 0/1
     mask. `callback(fraction)` is called after every batch of slices with the fraction done (0..1); an exception it
     raises stops the run (the web app's cancel button)."""
-    outputs = []
+    outputs, structures = [], {}
     for index, target in enumerate(targets):
         def step(stage: str, done: int, total: int, index: int = index) -> None:
             passes_done = done + (total if stage == "decode" else 0)
             callback((index + passes_done / (2 * total)) / len(targets))
 
-        outputs.append(pipeline(query.model_slices, target.instruction, target.examples, num_samples=settings.samples,
-                                num_steps=settings.steps, batch_size=settings.batch_size,
-                                normalization=settings.normalization, seed=settings.seed, progress=progress,
-                                slice_examples=target.slice_examples, callback=None if callback is None else step))
+        start = time.perf_counter()
+        output = pipeline(query.model_slices, target.instruction, target.examples, num_samples=settings.samples,
+                          num_steps=settings.steps, batch_size=settings.batch_size, normalization=settings.normalization,
+                          seed=settings.seed, progress=progress, slice_examples=target.slice_examples,
+                          callback=None if callback is None else step)
+        outputs.append(output)
+        structures[target.instruction] = {"value": target.value, "seconds": round(time.perf_counter() - start, 3),
+                                          "uncertainty": uncertainty_score(output.probabilities, output.uncertainty)}
     mask = postprocess([o.probabilities for o in outputs], [t.value for t in targets] if as_label_map else None,
                        settings.largest_component)
     timings = {key: sum(o.timings[key] for o in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
     return SegmentResult(query.to_display(mask), query.to_display(outputs[0].probabilities),
-                         query.to_display(outputs[0].uncertainty), timings)
+                         query.to_display(outputs[0].uncertainty), timings, structures)
 
 
 
@@ -277,7 +295,8 @@ class VolumeSegmentation:
         mask: uint8 0/1 for one structure, or a uint16 label map of `label_values` for several.
         probabilities: float32 in [0, 1], the first structure's mean probability over the decoder's samples.
         uncertainty: float32, the first structure's per-voxel spread (standard deviation) over the samples.
-        label_values: each structure's instruction -> its value in `mask`.
+        structures: each structure's instruction -> its value in `mask`, its seconds and its uncertainty score
+            (`uncertainty_score`: the mean spread over the voxels where it may be; rank cases to correct by it).
         timings: seconds in the vision tower, the LLM and the decoder.
         image: the input, whose geometry (affine, orientation) the written files carry.
         slices: how many slices went through the model (a volume is cut to its foreground first).
@@ -286,10 +305,15 @@ class VolumeSegmentation:
     mask: np.ndarray
     probabilities: np.ndarray
     uncertainty: np.ndarray
-    label_values: dict[str, int]
+    structures: dict[str, dict]
     timings: dict[str, float]
     image: MedicalImage
     slices: int
+
+    @property
+    def label_values(self) -> dict[str, int]:
+        """Each structure's instruction -> its value in `mask`."""
+        return {name: structure["value"] for name, structure in self.structures.items()}
 
     def save(self, path: str | Path, what: str = "mask") -> Path:
         """Write `mask`, `probabilities` or `uncertainty` (.nii.gz, .nii, .png, .npy) in the input's geometry."""
@@ -349,5 +373,5 @@ def segment(pipeline, image: ImageInput, text: str | None = None,
     result = segment_image(query, targets, pipeline, settings, as_label_map=labels is not None, progress=progress,
                            callback=callback)
     return VolumeSegmentation(query.to_file(result.mask), query.to_file(result.probabilities),
-                              query.to_file(result.uncertainty), {t.instruction: t.value for t in targets},
-                              result.timings, query.image, len(query.model_slices))
+                              query.to_file(result.uncertainty), result.structures, result.timings, query.image,
+                              len(query.model_slices))

@@ -106,3 +106,20 @@ def test_callback_reports_every_batch_of_both_passes_and_an_exception_it_raises_
 
     with pytest.raises(KeyboardInterrupt, match="cancelled"):
         pipeline(volume, "Segment the brain", num_samples=1, num_steps=1, batch_size=2, callback=stop)
+
+
+def test_a_second_call_with_the_same_prompt_reuses_its_encoded_context(pipeline, monkeypatch):
+    volume = np.random.default_rng(6).random((2, 64, 64)).astype(np.float32)
+    examples = [example((64, 64), 1), example((64, 64), 2)]
+    encoded = []
+    encode = pipeline.model.encode_context
+    monkeypatch.setattr(pipeline.model, "encode_context", lambda *args: encoded.append(1) or encode(*args))
+    pipeline._contexts.clear()
+    first = pipeline(volume, "Segment the brain", examples, num_samples=2, num_steps=1)
+    pipeline(volume[::-1].copy(), "Segment the brain", examples, num_samples=2, num_steps=1)
+    assert len(encoded) == 1  # the second volume reused the prefix
+    pipeline(volume, "Segment the thalamus", examples, num_samples=2, num_steps=1)
+    pipeline(volume, "Segment the brain", examples[:1], num_samples=2, num_steps=1)
+    assert len(encoded) == 3 and len(pipeline._contexts) == 3
+    fresh = SegICLPipeline(pipeline.model)(volume, "Segment the brain", examples, num_samples=2, num_steps=1)
+    np.testing.assert_array_equal(first.probabilities, fresh.probabilities)

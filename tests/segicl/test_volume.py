@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from segicl.pipeline import SegICLPipeline
-from segicl.volume import Settings, VolumeSegmentation, keep_largest_component, label_map, postprocess
+from segicl.volume import (Settings, VolumeSegmentation, keep_largest_component, label_map, postprocess,
+                           uncertainty_score)
 
 FAST = Settings(steps=1, samples=2, batch_size=8)
 
@@ -87,6 +88,8 @@ def test_segment_with_a_dataset_bank_writes_a_label_map_of_its_values(pipeline, 
                               settings=FAST)
     assert result.mask.shape == nib.load(image).shape and result.mask.dtype == np.uint16
     assert set(result.label_values.values()) == {1, 3} and set(np.unique(result.mask)) <= {0, 1, 3}
+    for structure in result.structures.values():
+        assert structure["seconds"] > 0 and 0 <= structure["uncertainty"] <= 0.5
 
 
 @pytest.mark.parametrize("prompt, message", [
@@ -121,3 +124,10 @@ def test_from_pretrained_without_a_folder_loads_the_shipped_weights():
 
     shipped = SegICLPipeline.from_pretrained()
     assert shipped.model.config.to_dict() == SegICLPipeline.from_pretrained(SEGICL_TINY).model.config.to_dict()
+
+
+def test_uncertainty_score_is_the_mean_spread_where_the_structure_may_be():
+    probabilities = np.array([[0.0, 0.04, 0.5, 0.9]], np.float32)
+    spread = np.array([[0.3, 0.3, 0.2, 0.1]], np.float32)
+    assert uncertainty_score(probabilities, spread) == pytest.approx(0.15)
+    assert uncertainty_score(np.zeros((2, 2)), np.ones((2, 2))) == 0.0
