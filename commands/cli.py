@@ -12,6 +12,7 @@ from segicl_commands.bench import add_bench_commands
 from segicl_commands.datasets import add_dataset_arguments, add_import_command, open_dataset
 from segicl_commands.evaluate import add_evaluate_command
 from segicl_commands.mvg import add_mvg_commands
+from segicl_commands.predict import add_predict_command
 from segicl_commands.segment import add_segment_command
 from segicl_commands.serve import add_serve_command
 from segicl_commands.train import add_train_command
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_command(data.add_subparsers(dest="data_command", metavar="SUBCOMMAND"))
 
     add_segment_command(commands, DEFAULT_WEIGHTS)
+    add_predict_command(commands, DEFAULT_WEIGHTS)
     add_serve_command(commands, DEFAULT_WEIGHTS)
     add_evaluate_command(commands)
     export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")

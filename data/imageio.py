@@ -51,6 +51,8 @@ from nibabel.affines import voxel_sizes
 from PIL import Image
 from pydicom.multival import MultiValue
 
+from segicl_data.atomic import partial_path
+
 __all__ = [
     "FORMATS",
     "SUPPORTED_READ_ENDINGS",
@@ -530,7 +532,7 @@ def write_image(path: str | Path, array: np.ndarray, reference: MedicalImage | N
     if reference is not None:
         _check_shape(path, array, reference)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial{ending}")
+    partial = partial_path(path)
     try:
         writer(partial, array, reference)
         os.replace(partial, path)
