@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from segicl_commands.arguments import exit_code
+from segicl_commands.bank import add_bank_commands
 from segicl_commands.bench import add_bench_commands
 from segicl_commands.datasets import add_dataset_arguments, add_import_command, open_dataset
 from segicl_commands.evaluate import add_evaluate_command
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_segment_command(commands, DEFAULT_WEIGHTS)
     add_predict_command(commands, DEFAULT_WEIGHTS)
+    add_bank_commands(commands)
     add_serve_command(commands, DEFAULT_WEIGHTS)
     add_evaluate_command(commands)
     export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from segicl_data.atomic import write_text
 from segicl_data.build import DEFAULT_CACHE, slice_areas
 from segicl_data.imageio import ImageReadError, MedicalImage, ending_of, read_image
 from segicl_data.preprocess import (AXES, CT_WINDOW, MRI_PERCENTILES, apply_crop, normalize_mri, relative_positions,
@@ -542,3 +543,60 @@ def _write_import(description: DatasetDescription, config: ImportConfig, splits:
     with (out / "manifest.jsonl").open("w") as handle:
         for row in rows:
             handle.write(json.dumps(row) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ cases added later
+
+
+def imported_description(dataset: Path | str) -> tuple[DatasetDescription, ImportConfig]:
+    """The description and import settings an imported slice dataset was made with (its config.json)."""
+    config_path = Path(dataset) / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if config.get("kind") != "imported":
+        raise ValueError(f"{dataset} is not an imported dataset (`segicl data import` makes one): cases are added to "
+                         "a user's dataset, not to the built-in one")
+    settings = {key: tuple(value) if isinstance(value, list) else value for key, value in config["import"].items()}
+    labels = {name: tuple(values) for name, values in config["labels"].items()}
+    description = DatasetDescription(Path(config["source"]), config["name"], config["layout"], labels,
+                                     config["channel"], ())
+    return description, ImportConfig(**settings)
+
+
+def case_name_of(image: Path | str) -> str:
+    """A case's name from its image file: liver_3_0000.nii.gz -> liver_3, scan.nii -> scan."""
+    image = Path(image)
+    return _strip_channel(image.name, ending_of(image))[0]
+
+
+def add_case(dataset: Path | str, image: Path | str, label: Path | str, name: str | None = None,
+             split: str = "train", replace: bool = False) -> list[dict]:
+    """Add a labelled case (a corrected prediction, say) to an imported slice dataset, with the importer's checks
+    (geometry, declared label values, a non-empty label map) and its slicing; `split` "train" puts it in the example
+    bank. A case of the same name is refused unless `replace`. Returns the case's task rows. The case's arrays are
+    written first, then the volume list and last the manifest, each whole: an interrupted add of a new case leaves
+    the dataset as it was (arrays no manifest row names are never read)."""
+    dataset = Path(dataset)
+    description, config = imported_description(dataset)
+    name = name or case_name_of(image)
+    volumes = json.loads((dataset / "volumes.json").read_text())
+    if any(row["volume"] == name for row in volumes) and not replace:
+        raise ValueError(f"{dataset} already has a case {name!r}; --replace puts the new labels in its place")
+    image_read, label_read = read_case(UserCase(name, Path(image), Path(label)), description)
+    images, labels, crop = case_slices(image_read, label_read, description, config)
+    rows = task_rows(name, split, description, labels)
+    np.save(dataset / "images" / f"{name}.npy", images)
+    (dataset / "labels" / name).mkdir(parents=True, exist_ok=True)
+    np.save(dataset / "labels" / name / f"{LABEL_SET}.npy", labels)
+    count = crop["last_slice"] - crop["first_slice"] + 1
+    volumes = [row for row in volumes if row["volume"] != name] + [{
+        "volume": name, "description": f"{description.name} case {name} (added)", "modality": description.modality,
+        "licence": "the user's", "package": "added (segicl bank add)", "split": split, "n_slices": count,
+        "slice_index": list(range(crop["first_slice"], crop["last_slice"] + 1)),
+        "relative_position": relative_positions(count).round(5).tolist(), "crop": crop,
+        "source_shape": list(image_read.array.shape), "affine": np.asarray(image_read.affine).round(6).tolist(),
+        "axis": config.axis, "paired": [], "image": str(Path(image).resolve())}]
+    kept = [row for row in map(json.loads, (dataset / "manifest.jsonl").read_text().splitlines())
+            if row["volume"] != name]
+    write_text(dataset / "volumes.json", json.dumps(volumes, indent=1))
+    write_text(dataset / "manifest.jsonl", "".join(json.dumps(row) + "\n" for row in kept + rows))
+    return rows
