@@ -1,4 +1,4 @@
-"""The benchmark commands: their JSON shapes, the README section they generate, and their helpers."""
+"""The results page of the docs site (`segicl bench report`) and the report's helpers."""
 import json
 from argparse import Namespace
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.report import RESULT_FILES, results_page, write_results_page
 from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
 from segicl_benchmarks.training import summarize_log
 from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
@@ -38,33 +38,55 @@ def test_few_step_settings_against_fifty_steps():
     assert few_step_settings({"50": 0.40, "20": 0.39, "10": 0.38, "5": 0.35}).endswith("**no**")
 
 
-def test_readme_results_are_generated_between_markers(tmp_path):
-    (tmp_path / "training.json").write_text(json.dumps({
-        "setting": "2 steps", **{stage: {"single": {"steps_per_s": 1.0, "loss_first_third": 1.0, "loss_last_third": 0.5},
-                                         "deepspeed_zero2": {"steps_per_s": 0.8, "loss_first_third": 1.0,
-                                                             "loss_last_third": 0.5},
-                                         "deepspeed_over_single_speed": 0.8} for stage in ("stage1", "stage2")}}))
-    section = results_section(tmp_path)
-    assert "| stage1 | single | 1.000 |" in section and "quality.json not generated yet" in section
-    readme = tmp_path / "README.md"
-    readme.write_text("# Title\n\nintro\n")
-    write_results(readme, section)
-    write_results(readme, section)  # idempotent: replaced, not appended twice
-    text = readme.read_text()
-    assert text.count(RESULTS_START) == 1 and text.count(RESULTS_END) == 1 and text.startswith("# Title")
+TRAINING = {"setting": "2 steps", **{stage: {"single": {"steps_per_s": 1.0, "loss_first_third": 1.0,
+                                                           "loss_last_third": 0.5},
+                                                "deepspeed_zero2": {"steps_per_s": 0.8, "loss_first_third": 1.0,
+                                                                    "loss_last_third": 0.5},
+                                                "deepspeed_over_single_speed": 0.8} for stage in ("stage1", "stage2")}}
 
 
-def test_report_copies_the_json_beside_the_plots(tmp_path):
+def test_results_page_is_generated_from_the_json_beside_it(tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps(TRAINING))
+    page = results_page(tmp_path)
+    assert page.startswith("# Results\n") and "| stage1 | single | 1.000 |" in page
+    assert "quality.json not generated yet: run `segicl bench quality`" in page
+    assert "## SegICL: quality" in page and "## Cost: inference and training" in page
+
+
+def test_report_copies_the_json_and_writes_the_page_not_the_readme(tmp_path, monkeypatch):
     from segicl_commands.cli import main
 
-    bench = tmp_path / "bench"
+    monkeypatch.chdir(tmp_path)
+    bench, results = tmp_path / "bench", tmp_path / "docs" / "results"
     bench.mkdir()
-    (bench / "training.json").write_text(json.dumps({
-        "setting": "2 steps", **{stage: {"single": {"steps_per_s": 1.0, "loss_first_third": 1.0, "loss_last_third": 0.5},
-                                         "deepspeed_zero2": {"steps_per_s": 0.8, "loss_first_third": 1.0,
-                                                             "loss_last_third": 0.5},
-                                         "deepspeed_over_single_speed": 0.8} for stage in ("stage1", "stage2")}}))
+    (bench / "training.json").write_text(json.dumps(TRAINING))
     (tmp_path / "README.md").write_text("# Title\n")
-    assert main(["bench", "report", "--readme", str(tmp_path / "README.md"), "--out-dir", str(bench)]) == 0
-    assert (tmp_path / "docs" / "results" / "training.json").read_text() == (bench / "training.json").read_text()
-    assert not (tmp_path / "docs" / "results" / "quality.json").exists()
+    assert main(["bench", "report", "--out-dir", str(bench)]) == 0  # default --results-dir: docs/results
+    assert (results / "training.json").read_text() == (bench / "training.json").read_text()
+    assert not (results / "quality.json").exists()
+    page = (results / "index.md").read_text()
+    assert "| stage1 | single | 1.000 |" in page
+    assert (tmp_path / "README.md").read_text() == "# Title\n"  # no command rewrites the README
+
+
+def test_report_keeps_figures_of_benchmarks_not_rerun_and_reads_its_own_folder(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "training.json").write_text(json.dumps(TRAINING))
+    empty_bench = tmp_path / "bench"
+    empty_bench.mkdir()
+    assert "| stage2 | deepspeed_zero2 | 0.800 |" in write_results_page(empty_bench, results)
+    # run on the results folder itself (regenerating the page from the committed JSON): nothing to copy
+    assert write_results_page(results, results) == (results / "index.md").read_text()
+
+
+def test_the_committed_results_page_is_the_report_of_the_committed_json():
+    """docs/results/index.md is what `segicl bench report` writes from docs/results/*.json (the hardware line aside,
+    which names the machine that ran the report)."""
+    results = Path(__file__).resolve().parents[2] / "docs" / "results"
+    assert all((results / name).exists() for name in RESULT_FILES)
+
+    def body(text: str) -> list[str]:
+        return [line for line in text.splitlines() if not line.startswith("Generated by `segicl bench report`")]
+
+    assert body((results / "index.md").read_text()) == body(results_page(results))
