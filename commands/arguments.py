@@ -50,12 +50,10 @@ def optional_path(value: str) -> Path | None:
     return Path(value) if value else None
 
 
-def apply_config_flags(model, given: list[tuple[str, str, object]],
-                       refuse: Callable[[object], str | None] | None = None) -> None:
+def apply_config_flags(model, given: list[tuple[str, str, object]]) -> None:
     """Set `(flag, config field, value)` settings on `model.config`, leaving out those whose value is None (the flag
     not given: keep the model's), after validating the whole config with them (its `validate`; with no flag given,
-    the model's own config). A setting the config refuses, or for which `refuse(changed config)` gives a reason, is
-    refused naming the flags, the model unchanged."""
+    the model's own config). A setting the config refuses is refused naming the flags, the model unchanged."""
     given = [(flag, name, value) for flag, name, value in given if value is not None]
     changes = {name: value for _, name, value in given}
     changed = replace(model.config, **changes)  # a copy: parts of the model hold the config object itself
@@ -64,8 +62,5 @@ def apply_config_flags(model, given: list[tuple[str, str, object]],
         changed.validate()
     except ValueError as error:
         raise ValueError(f"{flags}: {error}" if flags else str(error)) from None
-    reason = refuse(changed) if refuse is not None else None
-    if reason:
-        raise ValueError(reason)
     for name, value in changes.items():
         setattr(model.config, name, value)

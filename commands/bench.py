@@ -1,10 +1,10 @@
 """`segicl bench {quality,volume,speed,full-shapes,training,report}`: the benchmark commands (the benchmarks themselves live in
-`benchmarks/`; `segicl bench report` regenerates the README "Results" section from their JSON files)."""
+`benchmarks/`; `segicl bench report` regenerates the docs site's results page, docs/results/index.md, from their JSON
+files)."""
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,13 +16,14 @@ from segicl_data.model_folders import check_model_folder
 from segicl_weights import CROSSCONV_TINY, MVG_TINY
 
 BENCH_DIR = Path("runs/bench")
+RESULTS_DIR = Path("docs/results")
 SWEEP_STEPS, SWEEP_SAMPLES = (50, 20, 10, 5, 2, 1), (1, 3, 5)  # the sampler grid of `bench speed`
 REPO = Path(__file__).resolve().parents[1]
 
 
 def add_bench_commands(commands, default_weights: Path) -> None:
     """Register the bench family under the `segicl` subcommands."""
-    bench = commands.add_parser("bench", help="benchmarks: quality, speed, training throughput, README results",
+    bench = commands.add_parser("bench", help="benchmarks: quality, speed, training throughput, the results page",
                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     kinds = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
 
@@ -92,16 +93,21 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
     training.set_defaults(handler=command_training)
 
-    report = kinds.add_parser("report", help="regenerate the README 'Results' section from runs/bench/*.json")
-    report.add_argument("--readme", type=Path, default=Path("README.md"))
+    report = kinds.add_parser("report", help="copy runs/bench/*.json and the plots into docs/results/ and regenerate "
+                                             "the docs site's results page there (docs/results/index.md)")
+    report.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
+                        help="where the JSON files, the plots and the generated page index.md go (default: "
+                             "docs/results)")
     report.set_defaults(handler=command_report)
 
     for parser in (quality, volume, speed, training):
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, volume, speed, full, training, report):
+    for parser in (quality, volume, speed, full, training):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
+    report.add_argument("--out-dir", type=Path, default=BENCH_DIR,
+                        help="the benchmarks' output folder, whose JSON files and plots are copied (default: runs/bench)")
 
 
 def check_common(args, **minimums: float) -> None:
@@ -175,15 +181,8 @@ def command_training(args) -> int:
 
 
 def command_report(args) -> int:
-    from segicl_benchmarks.report import RESULT_FILES, results_section, write_results
+    from segicl_benchmarks.report import write_results_page
 
-    # The README's plots and the JSON behind every figure live in the repository; runs/ does not.
-    results = args.readme.parent / "docs" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    for name in ("quality.png", "quality_coronal.png", "speed.png", *RESULT_FILES):
-        if (args.out_dir / name).exists():
-            shutil.copyfile(args.out_dir / name, results / name)
-    section = results_section(args.out_dir)
-    write_results(args.readme, section)
-    print(section)
+    # The page, its plots and the JSON behind every figure live in the repository; runs/ does not.
+    print(write_results_page(args.out_dir, args.results_dir))
     return 0

@@ -45,15 +45,6 @@ class EpisodeConfig:
             name (`made_up_name`: training-name words in a new combination), so that only the examples
             say what to segment, as for held-out structures, whose names the model never saw. Training only.
         absent_prob: probability that the query is a slice of its volume WITHOUT the structure (empty target).
-        absent_examples_prob: of those absent queries, the share whose examples are the slices at the query's
-            relative position in their own volumes (`prompt_slice`), empty where the structure is absent there too,
-            as the position-matched examples of a whole volume (`segicl segment --examples-from`) are; the others
-            take the nearest slices that hold the structure.
-        merged_structure_prob: probability that an episode with k >= 1 (and a query that holds its structure) segments
-            the union of its structure and a second structure of the same label set on the query slice, in the query
-            and in every example, under a made-up name. No single name covers such a pair and the pairs are too many
-            to memorise, so the model meets, in training, structures it can only know from the examples, as
-            held-out ones. Training only.
     """
 
     split: str = "train"
@@ -66,8 +57,6 @@ class EpisodeConfig:
     seed: int = 0
     anonymous_name_prob: float = 0.0
     absent_prob: float = 0.0
-    absent_examples_prob: float = 0.0
-    merged_structure_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -82,10 +71,6 @@ class EpisodeConfig:
             raise ValueError(f"anonymous_name_prob must be in [0, 1], got {self.anonymous_name_prob}")
         if not 0.0 <= self.absent_prob <= 1.0:
             raise ValueError(f"absent_prob must be in [0, 1], got {self.absent_prob}")
-        if not 0.0 <= self.absent_examples_prob <= 1.0:
-            raise ValueError(f"absent_examples_prob must be in [0, 1], got {self.absent_examples_prob}")
-        if not 0.0 <= self.merged_structure_prob <= 1.0:
-            raise ValueError(f"merged_structure_prob must be in [0, 1], got {self.merged_structure_prob}")
 
 
 @dataclass
@@ -129,7 +114,6 @@ class EpisodeSampler:
         self._queries_by_row: dict[int, list[TaskSlice]] = {}
         for query in self.queries:
             self._queries_by_row.setdefault(query.row, []).append(query)
-        self._areas_of_training_tasks: dict[tuple[str, str], dict[str, dict[int, int]]] = {}
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -137,17 +121,10 @@ class EpisodeSampler:
     def __getitem__(self, index: int) -> Episode:
         rng = np.random.default_rng([self.config.seed, index])
         query = self._draw_query(rng)
-        position_matched = absent = False
         if self.config.absent_prob and rng.random() < self.config.absent_prob:
-            query, absent = self._absent_slice(query, rng), True
-            # drawn only when asked for, so that configs without it keep their episodes
-            position_matched = bool(self.config.absent_examples_prob) and rng.random() < self.config.absent_examples_prob
+            query = self._absent_slice(query, rng)
         k = self.config.num_examples if self.config.num_examples is not None else int(rng.integers(self.config.max_examples + 1))
-        partner = None
-        # drawn only when asked for, so that configs without it keep their episodes
-        if self.config.merged_structure_prob and k and not absent and rng.random() < self.config.merged_structure_prob:
-            partner = self._partner_task(query, rng)
-        return self.episode_for(query, k, rng, position_matched, partner)
+        return self.episode_for(query, k, rng)
 
     def task_of(self, index: int) -> str:
         """The task of episode `index`, without building the episode (its first random draw)."""
@@ -160,70 +137,32 @@ class EpisodeSampler:
         candidates = self._queries_by_row[row]
         return candidates[rng.integers(len(candidates))]
 
-    def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator,
-                    position_matched: bool = False, partner: str | None = None) -> Episode:
-        """The episode of a given query slice with k examples, randomness from `rng`; `position_matched`: the
-        examples are the slices at the query's relative position, whether they hold the structure or not; `partner`:
-        a second task whose structure joins the query's in every mask (`merged_structure_prob`), or None."""
+    def episode_for(self, query: TaskSlice, k: int, rng: np.random.Generator) -> Episode:
+        """The episode of a given query slice with k examples, randomness from `rng`."""
         data = self.dataset
         task = data.rows[query.row]
         # Always draw K examples and keep the first k: the random stream, hence the query and its
         # transform, is then the same for every k (nested episodes).
-        count = max(k, self.config.max_examples)
-        examples = (self._position_matched_examples(query, count, rng) if position_matched
-                    else self._choose_examples(query, count, rng))
-        pairs = [(data.image(data.rows[r]["volume"], s), self._episode_mask(r, s, partner)) for r, s in examples]
+        examples = self._choose_examples(query, max(k, self.config.max_examples), rng)
+        pairs = [(data.image(data.rows[r]["volume"], s), data.mask(r, s)) for r, s in examples]
         pairs = [self._transform(image, example_mask, rng) for image, example_mask in pairs]
         examples, pairs = examples[:k], pairs[:k]
         query_image, query_mask = self._transform(data.image(task["volume"], query.slice),
-                                                  self._episode_mask(query.row, query.slice, partner), rng)
+                                                  data.mask(query.row, query.slice), rng)
         template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
-        anonymous = partner is not None or (rng.random() < self.config.anonymous_name_prob and k)
+        anonymous = rng.random() < self.config.anonymous_name_prob and k
         name = made_up_name(rng, self._training_names) if anonymous else task["name"]
         size = data.resolution
         return Episode(
             instruction=template.format(name=name, modality=task["modality"]),
-            structure=task["name"] if partner is None else f"{task['name']} and {self._name_of_task(partner)}",
+            structure=task["name"],
             example_images=np.stack([p[0] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
             example_masks=np.stack([p[1] for p in pairs]) if pairs else np.zeros((0, 1, size, size), np.float32),
             query_image=query_image, query_mask=query_mask,
             meta={"task": task["task"], "held_out": task["held_out"], "volume": task["volume"], "slice": query.slice,
                   "position": data.relative_position(task["volume"], query.slice), "k": k,
-                  "examples": [{"volume": data.rows[r]["volume"], "slice": s} for r, s in examples],
-                  "merged_with": partner},
+                  "examples": [{"volume": data.rows[r]["volume"], "slice": s} for r, s in examples]},
         )
-
-    def _partner_task(self, query: TaskSlice, rng: np.random.Generator) -> str | None:
-        """A random other training task of the query's label set covering at least `min_area` pixels of the query
-        slice, or None."""
-        task = self.dataset.rows[query.row]
-        candidates = [other for other, areas in self._training_areas(task["volume"], task["label_set"]).items()
-                      if other != task["task"] and areas.get(query.slice, 0) >= max(self.config.min_area, 1)]
-        return candidates[rng.integers(len(candidates))] if candidates else None
-
-    def _training_areas(self, volume: str, label_set: str) -> dict[str, dict[int, int]]:
-        """{task: {slice: area}} of the binary training structures of one label set on one volume (kept)."""
-        key = (volume, label_set)
-        if key not in self._areas_of_training_tasks:
-            self._areas_of_training_tasks[key] = {
-                row["task"]: dict(zip(row["slices"], row["areas"])) for row in self.dataset.rows
-                if row["volume"] == volume and row["label_set"] == label_set and row["kind"] != "multiclass"
-                and not row["held_out"]}
-        return self._areas_of_training_tasks[key]
-
-    def _episode_mask(self, row: int, slice_index: int, partner: str | None) -> np.ndarray:
-        """The row's mask, joined with the partner task's mask on the same volume when there is a partner (and the
-        partner has a row on that volume)."""
-        data = self.dataset
-        mask = data.mask(row, slice_index)
-        if partner is None:
-            return mask
-        volume = data.rows[row]["volume"]
-        partner_row = next((r for r in data.rows_by_task[partner] if data.rows[r]["volume"] == volume), None)
-        return mask if partner_row is None else np.maximum(mask, data.mask(partner_row, slice_index))
-
-    def _name_of_task(self, task: str) -> str:
-        return self.dataset.rows[self.dataset.rows_by_task[task][0]]["name"]
 
     def _absent_slice(self, query: TaskSlice, rng: np.random.Generator) -> TaskSlice:
         """A slice of the query's volume without its structure (the query itself when the structure is on all)."""
@@ -257,19 +196,6 @@ class EpisodeSampler:
             near = np.flatnonzero(distance <= self.config.position_tolerance)
             pick = near[rng.integers(len(near))] if near.size else int(np.argmin(distance))
             chosen.append((row, slices[pick]))
-        return chosen
-
-    def _position_matched_examples(self, query: TaskSlice, k: int, rng: np.random.Generator) -> list[tuple[int, int]]:
-        """k (row, slice) pairs from other volumes where possible, each the slice at the query's relative position."""
-        data = self.dataset
-        query_volume = data.rows[query.row]["volume"]
-        rows = self._example_rows(query)
-        rows = [r for r in rows if data.rows[r]["volume"] != query_volume] or rows
-        query_slices = data.volumes[query_volume]["n_slices"]
-        chosen = []
-        for _ in range(k):
-            row = rows[rng.integers(len(rows))]
-            chosen.append((row, prompt_slice(query.slice, query_slices, data.volumes[data.rows[row]["volume"]]["n_slices"])))
         return chosen
 
     def _transform(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,

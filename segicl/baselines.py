@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -12,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from segicl_data.episodes import Episode
-from segicl.config import FUSIONS
 
+FUSIONS = ("vote", "staple")  # label fusions of registered example masks
 _SIMPLEITK_THREADS_LOCK = threading.Lock()  # one registration at a time may hold SimpleITK's global thread count
 
 
@@ -46,7 +45,6 @@ class RegistrationConfig:
     """Registration of an example image to the query (SimpleITK), the label-fusion peer's first step.
 
     Attributes:
-        bspline_grid: control points per side of a B-spline stage after the affine one; 0: affine only.
         iterations: optimiser iterations per resolution level.
         histogram_bins: Mattes mutual information bins.
         shrink_factors, smoothing_sigmas: the multi-resolution pyramid (coarse to fine; sigmas in pixels).
@@ -59,7 +57,6 @@ class RegistrationConfig:
             with one thread, 231 ms with two, two other processes running).
     """
 
-    bspline_grid: int = 0
     iterations: int = 100
     histogram_bins: int = 32
     shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -74,9 +71,8 @@ class RegistrationConfig:
             raise ValueError(f"registration threads must be >= 1, got {self.threads}")
 
 
-def _registration_method(config: RegistrationConfig, deformable: bool = False):
-    """Mattes MI on a multi-resolution pyramid; regular-step gradient descent with physical-shift scales for the
-    affine stage, L-BFGS-B (which takes no scales) for the B-spline one."""
+def _registration_method(config: RegistrationConfig):
+    """Mattes MI on a multi-resolution pyramid; regular-step gradient descent with physical-shift scales."""
     import SimpleITK as sitk
 
     method = sitk.ImageRegistrationMethod()
@@ -84,13 +80,9 @@ def _registration_method(config: RegistrationConfig, deformable: bool = False):
     method.SetMetricSamplingStrategy(method.RANDOM)
     method.SetMetricSamplingPercentage(0.5, config.seed)
     method.SetInterpolator(sitk.sitkLinear)
-    if deformable:
-        method.SetOptimizerAsLBFGSB(numberOfIterations=config.iterations)
-    else:
-        method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4,
-                                                        numberOfIterations=config.iterations,
-                                                        gradientMagnitudeTolerance=1e-8)
-        method.SetOptimizerScalesFromPhysicalShift()
+    method.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-4, numberOfIterations=config.iterations,
+                                                    gradientMagnitudeTolerance=1e-8)
+    method.SetOptimizerScalesFromPhysicalShift()
     method.SetShrinkFactorsPerLevel(list(config.shrink_factors))
     method.SetSmoothingSigmasPerLevel(list(config.smoothing_sigmas))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
@@ -116,8 +108,7 @@ def _simpleitk_threads(threads: int):
 def register_mask(example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray,
                   config: RegistrationConfig = RegistrationConfig()) -> np.ndarray:
     """The example's mask carried onto the query [S, S]: the example image registered to the query image (affine,
-    Mattes mutual information, multi-resolution; then a B-spline stage when `config.bspline_grid`), the mask
-    resampled through the transform by nearest neighbour, on `config.threads` SimpleITK threads. Falls back to the
+    Mattes mutual information, multi-resolution), the mask resampled through the transform by nearest neighbour, on `config.threads` SimpleITK threads. Falls back to the
     unregistered mask when the optimiser fails (a constant image has no gradient)."""
     with _simpleitk_threads(config.threads):
         return _register_mask(example_image, example_mask, query_image, config)
@@ -136,13 +127,6 @@ def _register_mask(example_image: np.ndarray, example_mask: np.ndarray, query_im
         method = _registration_method(config)
         method.SetInitialTransform(initial, inPlace=False)
         transform = method.Execute(fixed, moving)
-        if config.bspline_grid:
-            bspline = sitk.BSplineTransformInitializer(fixed, [config.bspline_grid] * 2)
-            method = _registration_method(config, deformable=True)
-            method.SetMovingInitialTransform(transform)
-            method.SetInitialTransform(bspline, inPlace=True)
-            method.Execute(fixed, moving)
-            transform = sitk.CompositeTransform([transform, bspline])
     except RuntimeError:
         return (np.asarray(example_mask, np.float32).squeeze() > 0.5).astype(np.float32)
     moved = sitk.Resample(mask, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -174,27 +158,19 @@ def fuse_masks(masks: list[np.ndarray], fusion: str = "vote") -> np.ndarray:
 
 class RegistrationFusion:
     """Episodes -> registration + label fusion predictions (None for k = 0), each example registered once: nested
-    episodes of k = 1, 3, 5 share their query and first examples, so their registrations are reused. The cache
-    keeps the `cache_size` most recent registrations (None: all of them, as a benchmark wants)."""
+    episodes of k = 1, 3, 5 share their query and first examples, so their registrations are reused."""
 
-    def __init__(self, config: RegistrationConfig = RegistrationConfig(), fusion: str = "vote",
-                 cache_size: int | None = None):
+    def __init__(self, config: RegistrationConfig = RegistrationConfig(), fusion: str = "vote"):
         fuse_masks([np.zeros((1, 1))], fusion)  # refuse an unknown fusion now, not mid-benchmark
-        if cache_size is not None and cache_size < 1:
-            raise ValueError(f"registration cache_size must be >= 1 or None, got {cache_size}")
-        self.config, self.fusion, self.cache_size = config, fusion, cache_size
-        self._registered: OrderedDict[tuple[bytes, bytes], np.ndarray] = OrderedDict()
+        self.config, self.fusion = config, fusion
+        self._registered: dict[tuple[bytes, bytes], np.ndarray] = {}
 
     def register(self, example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray) -> np.ndarray:
         key = (hashlib.sha1(np.ascontiguousarray(query_image, np.float32).tobytes()).digest(),
                hashlib.sha1(np.ascontiguousarray(example_image, np.float32).tobytes()
                             + np.ascontiguousarray(example_mask, np.float32).tobytes()).digest())
-        if key in self._registered:
-            self._registered.move_to_end(key)
-            return self._registered[key]
-        self._registered[key] = register_mask(example_image, example_mask, query_image, self.config)
-        if self.cache_size is not None and len(self._registered) > self.cache_size:
-            self._registered.popitem(last=False)
+        if key not in self._registered:
+            self._registered[key] = register_mask(example_image, example_mask, query_image, self.config)
         return self._registered[key]
 
     def registered_masks(self, example_images: np.ndarray, example_masks: np.ndarray,

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger("segicl")
 
 
 @dataclass
@@ -141,10 +144,6 @@ class DecoderConfig:
         keyword_prompt: the keyword prompt c_k that enters the UNet and ControlNet through
             cross-attention, encoded by a frozen CLIP text encoder (tiny: a 2-layer CLIPTextModel built
             from config over the project tokenizer; full: SD 1.5's text_encoder/ and tokenizer/).
-        pixel_inputs: maps [B, 1, S, S] that the ControlNet reads at full resolution beside the condition
-            tokens, each pixel-unshuffled onto the token grid (patch_size ** 2 channels per map, appended to
-            every token): "prior" (the example prior's probability map) and "image" (the query image).
-            () is the paper's decoder, which sees the condition tokens only.
     """
 
     space: str = "pixel"
@@ -164,13 +163,8 @@ class DecoderConfig:
     scheduler: str = "ddim"
     freeze_unet: bool = False
     keyword_prompt: str = "segmentation mask"
-    pixel_inputs: tuple[str, ...] = ()
 
     def validate(self) -> None:
-        unknown = [name for name in self.pixel_inputs if name not in PIXEL_INPUTS]
-        if unknown or len(set(self.pixel_inputs)) != len(self.pixel_inputs):
-            raise ValueError(f"decoder pixel_inputs must be distinct names from {PIXEL_INPUTS}, "
-                             f"got {self.pixel_inputs}")
         if self.space not in ("pixel", "latent"):
             raise ValueError(f"decoder space must be 'pixel' or 'latent', got {self.space!r}")
         if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
@@ -185,8 +179,12 @@ class DecoderConfig:
 
 
 PRIOR_SOURCES = ("union", "crossconv")
-FUSIONS = ("vote", "staple")  # label fusions of registered example masks (segicl.baselines)
-PIXEL_INPUTS = ("prior", "image")
+# Fields of experiment-only switches removed from SegICL (no shipped recipe used them), which model folders saved
+# before still hold ("section.field" inside a part). A switch that was on is refused: its weights, or the decoder's
+# extra inputs, need code that is gone. Registration inside the example prior needed no weights: its settings are
+# ignored, and the logged line says which answers that changes.
+REMOVED_SWITCHES = ("gate_reads_prior", "decoder.pixel_inputs")
+REMOVED_SETTINGS = ("prior_registration_weight", "prior_registration_fusion", "prior_registration_min_examples")
 # The default decoder setting of the pipeline and `segicl segment`, chosen by `segicl bench speed`'s sampler grid
 # (README "Results"): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
 # uncertainty (>= 3 samples, AUROC >= 0.6).
@@ -242,34 +240,18 @@ class SegICLConfig:
             "crossconv" (the query mask that the in-context module `crossconv` predicts from the query and the
             examples: an aligned label fusion).
         crossconv: the in-context module's shape (used when prior_source is "crossconv").
-        gate_reads_prior: the example prior's gate also reads the prior's probability map under each condition
-            token (its `condition.patch_size` ** 2 pixels), beside the LLM's states, so that it can follow the prior
-            where the prior is sure of itself (e.g. an empty answer where the examples say "not on this slice").
-            False: the gate reads the LLM's states only.
         empty_examples_follow_prior: where a query's examples all have empty masks (the position-matched examples
             of a volume's slices beyond the structure: "not on this slice"), the condition is the example prior's
             alone (gate 1), instead of the gate's mix with the LLM's tokens, whose small errors the decoder
             renders as specks on such slices (README "Whole volumes"). On by default, also for model folders saved
             before the switch existed.
-        prior_registration_weight: w in [0, 1]: the example prior's probability map becomes
-            `(1 - w) * prior + w * registered`, where `registered` is the label fusion (`prior_registration_fusion`)
-            of the example masks, each carried onto the query by affine registration of its image (SimpleITK,
-            `segicl.baselines.register_mask`): the label fusion a user would run, aligned by a transform instead of
-            learned. 0: off. Inference only: the training stages never register (~0.06 s per example and query in
-            `segicl bench speed`).
-            Only queries with at least `prior_registration_min_examples` valid examples use it.
-        prior_registration_fusion: how the registered masks become `registered`: "staple" (SimpleITK's STAPLE
-            probability; their mean where STAPLE is undefined, e.g. an empty mask) or "vote" (their mean).
-        prior_registration_min_examples: the fewest examples a query needs for the registered masks to enter the
-            prior. With one example `registered` is a single binary mask, and at w = 0.5 the blend is the
-            intersection of that mask with the prior's, not a fusion of estimates.
         examples_check_the_llm: answer each of a query's own examples (from 2 on) from the other examples, once
             with the gate's mix of the LLM and the prior and once with the prior alone, and score both against the
             example's mask (in condition-token space); where the prior alone is closer, the query's condition is the
             prior's alone (gate 1). The learned gate cannot tell a structure the LLM knows from one it never saw
             (README "Peers"); the examples, whose answers are known, can. Inference only; costs one more pass of the
             model per example (once per volume when its slices share one example set). Off here; the shipped
-            config turns it on (README "Registered examples, and the examples checking the LLM").
+            config turns it on.
     """
 
     preset: str = "tiny"
@@ -283,11 +265,7 @@ class SegICLConfig:
     example_prior: bool = False
     prior_source: str = "union"
     crossconv: CrossConvConfig = field(default_factory=CrossConvConfig)
-    gate_reads_prior: bool = False
     empty_examples_follow_prior: bool = True
-    prior_registration_weight: float = 0.0
-    prior_registration_fusion: str = "staple"
-    prior_registration_min_examples: int = 2
     examples_check_the_llm: bool = False
 
     @property
@@ -301,22 +279,8 @@ class SegICLConfig:
     def validate(self) -> "SegICLConfig":
         for part in (self.vision, self.llm, self.condition, self.decoder, self.crossconv):
             part.validate()
-        if "prior" in self.decoder.pixel_inputs and not self.example_prior:
-            raise ValueError("decoder pixel_inputs 'prior' needs example_prior: there is no prior map without it")
-        if self.gate_reads_prior and not self.example_prior:
-            raise ValueError("gate_reads_prior needs example_prior: there is no prior gate without it")
-        if not 0.0 <= self.prior_registration_weight <= 1.0:
-            raise ValueError(f"prior_registration_weight must be in [0, 1], got {self.prior_registration_weight}")
-        if self.prior_registration_weight and not self.example_prior:
-            raise ValueError("prior_registration_weight needs example_prior: there is no prior map without it")
         if self.examples_check_the_llm and not self.example_prior:
             raise ValueError("examples_check_the_llm needs example_prior: there is no prior to follow without it")
-        if self.prior_registration_fusion not in FUSIONS:
-            raise ValueError(f"unknown prior_registration_fusion {self.prior_registration_fusion!r}; expected one of "
-                             f"{FUSIONS}")
-        if self.prior_registration_min_examples < 1:
-            raise ValueError(f"prior_registration_min_examples must be >= 1, got "
-                             f"{self.prior_registration_min_examples}")
         if self.prior_source not in PRIOR_SOURCES:
             raise ValueError(f"unknown prior_source {self.prior_source!r}; expected one of {PRIOR_SOURCES}")
         if self.prior_source == "crossconv" and self.crossconv.image_size != self.condition.mask_size:
@@ -340,9 +304,9 @@ class SegICLConfig:
     def from_dict(cls, data: dict[str, Any]) -> "SegICLConfig":
         parts = {"vision": VisionTowerConfig, "llm": LanguageModelConfig, "condition": ConditionEncoderConfig,
                  "decoder": DecoderConfig, "crossconv": CrossConvConfig}
-        kwargs = dict(data)
+        kwargs = _without_removed_fields(data)
         for name, part in parts.items():
-            kwargs[name] = _build(part, data.get(name, {}))
+            kwargs[name] = _build(part, kwargs.get(name, {}))
         return _build(cls, kwargs).validate()
 
     def save(self, path: Path | str) -> None:
@@ -351,6 +315,35 @@ class SegICLConfig:
     @classmethod
     def load(cls, path: Path | str) -> "SegICLConfig":
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _without_removed_fields(data: dict[str, Any]) -> dict[str, Any]:
+    """A saved config without the fields of removed switches (`REMOVED_SWITCHES`, `REMOVED_SETTINGS`), with one
+    logged line naming those it ignores; a removed switch that was on is refused."""
+    kwargs = {**data, "decoder": dict(data.get("decoder", {}))}
+    removed = {}
+    for name in (*REMOVED_SWITCHES, *REMOVED_SETTINGS):
+        section, _, key = name.rpartition(".")
+        part = kwargs[section] if section else kwargs
+        if key in part:
+            removed[name] = part.pop(key)
+    on = [f"{name}={removed[name]!r}" for name in REMOVED_SWITCHES if removed.get(name)]
+    if on:
+        raise ValueError(f"this model was trained with {', '.join(on)}, an experiment switch that SegICL no longer "
+                         "has: load it with a checkout from before the switch was removed")
+    if removed:
+        logger.warning(_removed_fields_line(removed))
+    return kwargs
+
+
+def _removed_fields_line(removed: dict[str, Any]) -> str:
+    """"ignoring settings removed from SegICL: gate_reads_prior=False, ...", and what that changes."""
+    line = "ignoring settings removed from SegICL: " + ", ".join(f"{name}={value!r}" for name, value in removed.items())
+    if removed.get("prior_registration_weight"):
+        fewest = removed.get("prior_registration_min_examples", 2)  # the default before the field existed
+        line += (f"; the example prior no longer blends in registered examples, so queries with {fewest} or more "
+                 "examples answer without them")
+    return line
 
 
 def _build(cls, values: dict[str, Any]):

@@ -7,7 +7,6 @@ channels (lossless, tiny preset); the latent codec is an AutoencoderKL (full pre
 """
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import torch
@@ -62,11 +61,6 @@ class VAECodec(nn.Module):
         return (int(self.vae.config.latent_channels), side, side)
 
 
-def pixel_channels(config: DecoderConfig, condition: ConditionEncoderConfig) -> int:
-    """Channels the pixel inputs add to each condition token (`DecoderConfig.pixel_inputs`)."""
-    return len(config.pixel_inputs) * condition.patch_size**2
-
-
 def build_unet(config: DecoderConfig, in_channels: int, sample_size: int) -> UNet2DConditionModel:
     """A UNet from config with cross-attention only in its last (coarsest) block (STACK.md: attention
     on large feature maps is what makes CPU steps slow)."""
@@ -113,12 +107,6 @@ def inference_scheduler(config: DecoderConfig, train: DDPMScheduler, name: str |
     raise ValueError(f"unknown scheduler {name!r}; expected 'ddim' or 'dpmsolver++'")
 
 
-def under_tokens(image: torch.Tensor, patch: int) -> torch.Tensor:
-    """A map [B, 1, S, S] -> [B, (S / patch)**2, patch**2]: the pixels under each condition token, in the token
-    grid's row order (pixel unshuffle)."""
-    return F.pixel_unshuffle(image, patch).flatten(2).transpose(1, 2)
-
-
 class MaskDecoder(nn.Module):
     """Condition tokens -> mask, by conditional diffusion (ControlNet + UNet)."""
 
@@ -147,36 +135,9 @@ class MaskDecoder(nn.Module):
         else:
             unet, codec, text_encoder, keyword_ids = _load_stable_diffusion(config)
         controlnet = ControlNetModel.from_unet(
-            unet, conditioning_channels=condition.token_dim + pixel_channels(config, condition),
+            unet, conditioning_channels=condition.token_dim,
             conditioning_embedding_out_channels=config.conditioning_embedding_out_channels)
         return cls(config, condition, unet, controlnet, codec, text_encoder, keyword_ids)
-
-    def add_pixel_inputs(self, names: tuple[str, ...]) -> None:
-        """Switch pixel inputs on for a decoder trained without them: the ControlNet's first condition layer grows
-        by their channels with zero weights, so the decoder's output is unchanged until they are trained."""
-        if self.config.pixel_inputs:
-            raise ValueError(f"the decoder already reads pixel inputs {self.config.pixel_inputs}")
-        config = dataclasses.replace(self.config, pixel_inputs=tuple(names))
-        config.validate()
-        embedding = self.controlnet.controlnet_cond_embedding
-        old = embedding.conv_in
-        new = nn.Conv2d(old.in_channels + pixel_channels(config, self.condition), old.out_channels,
-                        old.kernel_size, padding=old.padding)
-        with torch.no_grad():
-            new.weight.zero_()
-            new.weight[:, :old.in_channels] = old.weight
-            new.bias.copy_(old.bias)
-        embedding.conv_in = new.to(old.weight.device, old.weight.dtype)
-        self.controlnet.register_to_config(conditioning_channels=new.in_channels)
-        self.config = config
-
-    def with_pixel_inputs(self, tokens: torch.Tensor, maps: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Condition tokens [B, M, D] + the configured pixel input maps [B, 1, S, S] -> the decoder's condition
-        [B, M, D + P]: each map pixel-unshuffled onto the token grid and appended to the tokens (see
-        `DecoderConfig.pixel_inputs`). Without pixel inputs the tokens are the condition."""
-        packed = [under_tokens(maps[name].to(tokens.dtype), self.condition.patch_size)
-                  for name in self.config.pixel_inputs]
-        return torch.cat([tokens, *packed], dim=-1) if packed else tokens
 
     def keyword_states(self, batch: int) -> torch.Tensor:
         """The keyword prompt's text-encoder states [batch, L, C] (frozen: computed without grad)."""
@@ -185,17 +146,11 @@ class MaskDecoder(nn.Module):
         return states.expand(batch, -1, -1)
 
     def control_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        """The decoder's condition [B, M, D + P] (`with_pixel_inputs`) -> the ControlNet's condition image,
-        nearest-upsampled as needed. Plain condition tokens [B, M, D] are read with all pixel inputs zero (stage 1
-        reconstructs masks from their tokens alone)."""
-        grid, width = self.condition.grid, self.condition.token_dim + pixel_channels(self.config, self.condition)
-        if tokens.ndim != 3 or tokens.shape[1] != grid * grid or tokens.shape[2] not in (self.condition.token_dim,
-                                                                                          width):
-            with_pixels = f" or [B, {grid * grid}, {width}] (with the pixel inputs)" if self.config.pixel_inputs else ""
-            raise ValueError(f"condition tokens must have shape [B, {grid * grid}, {self.condition.token_dim}]"
-                             f"{with_pixels}, got {tuple(tokens.shape)}")
-        if tokens.shape[2] != width:
-            tokens = F.pad(tokens, (0, width - tokens.shape[2]))
+        """Condition tokens [B, M, D] -> the ControlNet's condition image, nearest-upsampled as needed."""
+        grid = self.condition.grid
+        if tokens.ndim != 3 or tokens.shape[1] != grid * grid or tokens.shape[2] != self.condition.token_dim:
+            raise ValueError(f"condition tokens must have shape [B, {grid * grid}, {self.condition.token_dim}], "
+                             f"got {tuple(tokens.shape)}")
         spatial = tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], grid, grid)
         _, side, _ = self.codec.latent_shape(self.condition.mask_size)
         target = side * 2 ** (len(self.config.conditioning_embedding_out_channels) - 1)

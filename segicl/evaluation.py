@@ -19,7 +19,7 @@ from segicl.pipeline import sample_masks
 
 @torch.no_grad()
 def episode_condition_tokens(model, episodes: list[Episode], use_cache: bool = False) -> torch.Tensor:
-    """The decoder's condition [B, M, D (+ P)] for a batch of episodes through `SegICLModel.condition_tokens`, the function the
+    """The decoder's condition [B, M, D] for a batch of episodes through `SegICLModel.condition_tokens`, the function the
     pipeline calls: with `use_cache` each episode's instruction and examples are encoded once as a context (as the
     pipeline does for a volume), otherwise the batch runs the whole sequence of every episode."""
     if not use_cache:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,16 +13,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
-from segicl.baselines import RegistrationFusion, fusion_probability
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
-from segicl.decoder import MaskDecoder, under_tokens
+from segicl.decoder import MaskDecoder
 from segicl.encoder import MultimodalEncoder, build_llm
 from segicl.incontext import CrossConvNet
 from segicl.vision import VisionTower
 
 CONFIG_NAME = MODEL_CONFIGS["SegICL"]
-REGISTRATION_CACHE_SIZE = 4096  # registrations kept for reuse: 64 MB of masks at 64 px
 
 
 def to_condition_order(per_query: torch.Tensor, query_grid: int, block: int) -> torch.Tensor:
@@ -82,35 +79,18 @@ class Projector(nn.Module):
 
 class ExamplePriorGate(nn.Module):
     """LLM output-query states [B, M, H] -> weight in (0, 1) [B, grid*grid, 1] per condition token, in the
-    Projector's token order: how much that token follows the examples' fused mask instead of the LLM. With
-    `SegICLConfig.gate_reads_prior` the weight also depends on the prior's probabilities under the token
-    (`prior_linear`, starting at zero: the gate of a model trained without it is unchanged)."""
+    Projector's token order: how much that token follows the examples' fused mask instead of the LLM."""
 
     def __init__(self, hidden: int, config: SegICLConfig):
         super().__init__()
         self.query_grid = config.query_grid
         self.block = config.condition.grid // config.query_grid
-        self.patch = config.condition.patch_size
         self.linear = nn.Linear(hidden, self.block**2)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        self.prior_linear = None
-        if config.gate_reads_prior:
-            self.add_prior_input()
 
-    def add_prior_input(self) -> None:
-        """The prior's `patch`**2 probabilities under each token as extra inputs of the gate, at zero weight."""
-        self.prior_linear = nn.Linear(self.patch**2, 1)
-        nn.init.zeros_(self.prior_linear.weight)
-        nn.init.zeros_(self.prior_linear.bias)
-
-    def forward(self, states: torch.Tensor, prior_map: torch.Tensor | None = None) -> torch.Tensor:
-        logits = to_condition_order(self.linear(states), self.query_grid, self.block)
-        if self.prior_linear is not None:
-            if prior_map is None:
-                raise ValueError("this gate reads the prior's probability map: pass prior_map")
-            logits = logits + self.prior_linear(under_tokens(prior_map.to(logits.dtype), self.patch))
-        return torch.sigmoid(logits)
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(to_condition_order(self.linear(states), self.query_grid, self.block))
 
 
 class SegICLModel(nn.Module):
@@ -128,9 +108,8 @@ class SegICLModel(nn.Module):
         self.decoder = decoder
         self.example_gate = ExamplePriorGate(encoder.hidden_size, config) if config.example_prior else None
         self.incontext = CrossConvNet(config.crossconv) if config.prior_source == "crossconv" else None
-        self._registration: RegistrationFusion | None = None  # built on first use (prior_registration_weight)
-        # Registering the examples and checking the LLM on them are inference-time settings (they cost a registration
-        # per example, an LLM pass per example): the training stages switch them off; the config they save keeps them.
+        # Checking the LLM on the examples is an inference-time setting (it costs an LLM pass per example): the
+        # training stages switch it off; the config they save keeps it.
         self.use_inference_only_settings = True
         self._checking_examples = False
 
@@ -149,24 +128,6 @@ class SegICLModel(nn.Module):
         self.add_example_prior()
         self.config.prior_source, self.config.crossconv = "crossconv", network.config
         self.incontext = network
-
-    def add_gate_prior_input(self) -> None:
-        """Let the example prior's gate read the prior's probability map (`SegICLConfig.gate_reads_prior`); the
-        gate's weights stay what they were until stage 2 trains the new input in from zero."""
-        if self.example_gate is None:
-            raise ValueError("the model has no example prior, so no gate to read it: add the prior first "
-                             "(--example-prior or --crossconv)")
-        if self.example_gate.prior_linear is None:
-            self.example_gate.add_prior_input()
-        self.config.gate_reads_prior = True
-
-    def add_pixel_inputs(self, names: tuple[str, ...]) -> None:
-        """Let the decoder read `names` (`DecoderConfig.pixel_inputs`) at full resolution; its predictions stay the
-        same until stage 3 trains them in."""
-        decoder = dataclasses.replace(self.config.decoder, pixel_inputs=tuple(names))
-        dataclasses.replace(self.config, decoder=decoder).validate()  # refused before anything changes
-        self.decoder.add_pixel_inputs(names)
-        self.config.decoder = self.decoder.config
 
     @classmethod
     def from_config(cls, config: SegICLConfig, tokenizer) -> "SegICLModel":
@@ -210,9 +171,9 @@ class SegICLModel(nn.Module):
                          example_masks: torch.Tensor, example_valid: torch.Tensor, query_image: torch.Tensor,
                          context: ExampleContext | None = None, timings: dict | None = None,
                          prior_map: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder's condition for a batch of queries [B, 1, H, W]: condition tokens [B, grid*grid, D], with the
-        decoder's pixel inputs appended per token where it has them (D + P, `decoder_condition`). The ONE path from
-        instruction, examples and query to the decoder, for training, evaluation, the pipeline and the benchmarks.
+        """The decoder's condition for a batch of queries [B, 1, H, W]: condition tokens [B, grid*grid, D]. The ONE
+        path from instruction, examples and query to the decoder, for training, evaluation, the pipeline and the
+        benchmarks.
 
         Each sample has its own instruction (text_ids/text_mask [B, T]) and up to K examples ([B, K, 1, H, W],
         `example_valid` [B, K] marking the real ones; K = 0 or all-invalid: no examples). With `context` (from
@@ -221,23 +182,7 @@ class SegICLModel(nn.Module):
         `prior_map`: the example prior's probability map of exactly these inputs, when the caller has it already
         (`example_prior_probability`; uncached path only), so that it is not computed twice."""
         if context is not None:
-            with _timed(timings, "vision_s"):
-                query_tokens = self.image_tokens(query_image)
-                batch, k = query_image.shape[0], context.example_masks.shape[0]
-                valid = torch.ones(batch, k, dtype=torch.bool, device=query_image.device)
-                prior_map = None
-                if k and self.example_gate is not None:
-                    prior_map = self.example_prior_probability(context.example_images.expand(batch, -1, -1, -1, -1),
-                                                               context.example_masks.expand(batch, -1, -1, -1, -1),
-                                                               valid, query_image)
-            with _timed(timings, "llm_s"):
-                states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
-                follow = self._examples_all_empty(context.example_masks.expand(batch, -1, -1, -1, -1), valid)
-                if context.prior_beats_llm:
-                    follow = torch.ones(batch, dtype=torch.bool, device=query_image.device)
-                tokens = self.condition_from_states(states, self.prior_tokens(prior_map), prior_map=prior_map,
-                                                    follow_prior=follow)
-            return self.decoder_condition(tokens, prior_map, query_image)
+            return self._condition_on_context(context, query_image, timings)
         if example_valid.shape[1] == 0:  # the encoder's batch layout needs one slot: an invalid one
             example_images = example_masks = query_image.new_zeros(query_image.shape[0], 1, *query_image.shape[1:])
             example_valid = torch.zeros(query_image.shape[0], 1, dtype=torch.bool, device=query_image.device)
@@ -255,30 +200,27 @@ class SegICLModel(nn.Module):
             states = self.encoder(text_ids, text_mask, example_image_tokens, example_mask_tokens, example_valid,
                                   query_tokens)
             follow = self._follow_prior(text_ids, text_mask, example_images, example_masks, example_valid)
-            tokens = self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1),
-                                                prior_map, follow)
-        return self.decoder_condition(tokens, prior_map, query_image)
+            return self.condition_from_states(states, self.prior_tokens(prior_map), example_valid.any(dim=1), follow)
 
-    def decoder_condition(self, tokens: torch.Tensor, prior_map: torch.Tensor | None,
-                          query_image: torch.Tensor) -> torch.Tensor:
-        """What the decoder reads: the condition tokens with its pixel inputs appended (`DecoderConfig.pixel_inputs`:
-        the example prior's probability map, zero without examples, and the query image); the tokens alone for the
-        paper's decoder."""
-        if not self.decoder.config.pixel_inputs:
-            return tokens
-        maps = {"image": query_image, "prior": query_image.new_zeros(query_image.shape) if prior_map is None
-                else prior_map}
-        return self.decoder.with_pixel_inputs(tokens, maps)
-
-    @torch.no_grad()
-    def example_prior_tokens(self, example_images: torch.Tensor, example_masks: torch.Tensor,
-                             example_valid: torch.Tensor, query_image: torch.Tensor) -> torch.Tensor | None:
-        """The frozen condition encoder's tokens [B, T, D] of each sample's example-prior mask (see
-        `example_prior_mask`); None when the model has no example prior."""
-        if self.example_gate is None:
-            return None
-        return self.prior_tokens(self.example_prior_probability(example_images, example_masks, example_valid,
-                                                                query_image))
+    def _condition_on_context(self, context: ExampleContext, query_image: torch.Tensor,
+                              timings: dict | None) -> torch.Tensor:
+        """`condition_tokens` for queries that share one encoded instruction and example set: the LLM runs only the
+        query part on the cached prefix."""
+        with _timed(timings, "vision_s"):
+            query_tokens = self.image_tokens(query_image)
+            batch, k = query_image.shape[0], context.example_masks.shape[0]
+            valid = torch.ones(batch, k, dtype=torch.bool, device=query_image.device)
+            prior_map = None
+            if k and self.example_gate is not None:
+                prior_map = self.example_prior_probability(context.example_images.expand(batch, -1, -1, -1, -1),
+                                                           context.example_masks.expand(batch, -1, -1, -1, -1),
+                                                           valid, query_image)
+        with _timed(timings, "llm_s"):
+            states = self.encoder.forward_with_prefix(context.cache, context.length, query_tokens)
+            follow = self._examples_all_empty(context.example_masks.expand(batch, -1, -1, -1, -1), valid)
+            if context.prior_beats_llm:
+                follow = torch.ones(batch, dtype=torch.bool, device=query_image.device)
+            return self.condition_from_states(states, self.prior_tokens(prior_map), follow_prior=follow)
 
     @torch.no_grad()
     def prior_tokens(self, prior_map: torch.Tensor | None) -> torch.Tensor | None:
@@ -311,33 +253,7 @@ class SegICLModel(nn.Module):
             prior[has_examples] = self.incontext.probabilities(query_image[has_examples], example_images[has_examples],
                                                                example_masks[has_examples],
                                                                example_valid[has_examples])
-        return self._with_registered_examples(prior, example_images, example_masks, example_valid, query_image)
-
-    def clear_registration_cache(self) -> None:
-        """Forget the examples' registrations kept for reuse, so that the next call registers anew (a timing of a
-        new volume, or a caller that needs the memory back)."""
-        self._registration = None
-
-    def _with_registered_examples(self, prior: torch.Tensor, example_images: torch.Tensor,
-                                  example_masks: torch.Tensor, example_valid: torch.Tensor,
-                                  query_image: torch.Tensor) -> torch.Tensor:
-        """The prior blended with the label fusion of the example masks registered to the query
-        (`SegICLConfig.prior_registration_weight`, `prior_registration_fusion`), for the samples with enough valid
-        examples."""
-        weight = self.config.prior_registration_weight
-        if not weight or not self.use_inference_only_settings:
-            return prior
-        if self._registration is None:
-            self._registration = RegistrationFusion(cache_size=REGISTRATION_CACHE_SIZE)
-        blended = prior.clone()
-        for index in torch.nonzero(example_valid.sum(dim=1) >= self.config.prior_registration_min_examples)[:, 0]:
-            valid = example_valid[index]
-            masks = self._registration.registered_masks(example_images[index][valid].float().cpu().numpy(),
-                                                        example_masks[index][valid].float().cpu().numpy(),
-                                                        query_image[index].float().cpu().numpy())
-            registered = torch.from_numpy(fusion_probability(masks, self.config.prior_registration_fusion)).to(prior)
-            blended[index, 0] = (1 - weight) * prior[index, 0] + weight * registered
-        return blended
+        return prior
 
     def _follow_prior(self, text_ids: torch.Tensor, text_mask: torch.Tensor, example_images: torch.Tensor,
                       example_masks: torch.Tensor, example_valid: torch.Tensor) -> torch.Tensor | None:
@@ -379,7 +295,7 @@ class SegICLModel(nn.Module):
         self._checking_examples = True  # the answers below must not run the check again
         try:
             mixed = self.condition_tokens(text_ids.expand(count, -1), text_mask.expand(count, -1), *shared, others,
-                                          images, prior_map=prior_map)[..., :target.shape[-1]]
+                                          images, prior_map=prior_map)
         finally:
             self._checking_examples = False
         left_out = self.prior_tokens(prior_map)
@@ -395,17 +311,15 @@ class SegICLModel(nn.Module):
 
     def condition_from_states(self, states: torch.Tensor, prior: torch.Tensor | None = None,
                               has_examples: torch.Tensor | None = None,
-                              prior_map: torch.Tensor | None = None,
                               follow_prior: torch.Tensor | None = None) -> torch.Tensor:
         """Condition tokens from the output-query states: the projection, mixed with the example prior's tokens
         `prior` (per-token gate) for the samples that have examples. `has_examples` [B] defaults to "prior given"
-        where `prior` is not None; pass it when some samples of a batch have k = 0. `prior_map` (the prior's
-        probability map [B, 1, H, W]) is what a gate that reads the prior reads. Where `follow_prior` [B] is True
+        where `prior` is not None; pass it when some samples of a batch have k = 0. Where `follow_prior` [B] is True
         the gate is 1: the condition is the prior's alone."""
         projected = self.projector(states)
         if prior is None or self.example_gate is None:
             return projected
-        gate = self.example_gate(states, prior_map)
+        gate = self.example_gate(states)
         if follow_prior is not None:
             gate = torch.where(follow_prior[:, None, None], torch.ones_like(gate), gate)
         if has_examples is not None:

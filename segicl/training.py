@@ -10,16 +10,11 @@ from torch import nn
 from segicl.model import SegICLModel
 
 
-def set_decoder_trainable(model: SegICLModel) -> None:
-    """Only the decoder's ControlNet (+ UNet unless frozen) trains: stage 3, and stage 1 with the condition encoder."""
+def set_stage1_trainable(model: SegICLModel) -> None:
+    """Stage 1 trains the condition encoder and the decoder's ControlNet (+ UNet unless frozen)."""
     model.requires_grad_(False)
     model.decoder.controlnet.requires_grad_(True)
     model.decoder.unet.requires_grad_(not model.config.decoder.freeze_unet)
-
-
-def set_stage1_trainable(model: SegICLModel) -> None:
-    """Stage 1 trains the condition encoder and the decoder's ControlNet (+ UNet unless frozen)."""
-    set_decoder_trainable(model)
     model.condition_encoder.requires_grad_(True)
 
 
@@ -63,18 +58,13 @@ class Stage2Model(nn.Module):
     With `decoder_loss_weight` > 0 the predicted tokens also go through the FROZEN decoder's stage-1 loss
     (reconstruct the query mask from them): the decoder was trained on teacher tokens plus small noise,
     and this term pulls the regression toward tokens the decoder actually reads correctly.
-    `gate_learning_rate_scale` multiplies the example prior gate's learning rate (`learning_rate_scales`, which the
-    training loop reads): the gate starts at zero and is a few thousand weights beside the LoRA's.
     """
 
-    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0, decoder_loss_weight: float = 0.0,
-                 gate_learning_rate_scale: float = 1.0):
+    def __init__(self, model: SegICLModel, foreground_weight: float = 4.0, decoder_loss_weight: float = 0.0):
         super().__init__()
         self.model = model
         self.foreground_weight = foreground_weight
         self.decoder_loss_weight = decoder_loss_weight
-        self.learning_rate_scales = ({"model.example_gate.": gate_learning_rate_scale}
-                                     if gate_learning_rate_scale != 1.0 else {})
         model.use_inference_only_settings = False
         set_stage2_trainable(model)
 
@@ -90,7 +80,7 @@ class Stage2Model(nn.Module):
         self.model.condition_encoder.eval()
         with torch.no_grad():
             target = self.model.condition_encoder(query_mask)
-        error = (predicted[..., :target.shape[-1]] - target).pow(2).mean(dim=-1)  # the pixel inputs are not regressed
+        error = (predicted - target).pow(2).mean(dim=-1)
         weights = self.token_weights(query_mask)
         losses = {"loss": (error * weights).sum() / weights.sum(), "mse": error.mean().detach()}
         if self.decoder_loss_weight > 0:
@@ -98,28 +88,6 @@ class Stage2Model(nn.Module):
             losses["decoder"] = decoded.detach()
             losses["loss"] = losses["loss"] + self.decoder_loss_weight * decoded
         return losses
-
-
-class Stage3Model(nn.Module):
-    """Stage 3: the decoder's diffusion loss of the query mask from the condition that the frozen rest of the model
-    predicts for an episode (the LLM's tokens and, with `DecoderConfig.pixel_inputs`, the example prior's
-    probability map and the query image at full resolution), instead of stage 1's teacher tokens of the mask."""
-
-    def __init__(self, model: SegICLModel):
-        super().__init__()
-        self.model = model
-        model.use_inference_only_settings = False
-        set_decoder_trainable(model)
-
-    def forward(self, text_ids, text_mask, example_images, example_masks, example_valid, query_image, query_mask,
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        frozen = (self.model.vision, self.model.encoder, self.model.projector, self.model.condition_encoder)
-        for part in frozen:
-            part.eval()
-        with torch.no_grad():
-            condition = self.model.condition_tokens(text_ids, text_mask, example_images, example_masks,
-                                                    example_valid, query_image)
-        return self.model.decoder.training_loss(query_mask, condition, generator)
 
 
 class CrossConvTraining(nn.Module):

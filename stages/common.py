@@ -164,18 +164,6 @@ def is_deepspeed(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def parameter_groups(module: torch.nn.Module, learning_rate: float) -> list[dict]:
-    """AdamW's parameter groups: every trainable parameter at `learning_rate`, except those under a prefix of the
-    module's `learning_rate_scales` (parameter-name prefix -> factor), each prefix a group of its own."""
-    scales = getattr(module, "learning_rate_scales", {})
-    groups = {prefix: [] for prefix in ("", *scales)}
-    for name, parameter in module.named_parameters():
-        if parameter.requires_grad:
-            groups[next((prefix for prefix in scales if name.startswith(prefix)), "")].append(parameter)
-    return [{"params": params, "lr": learning_rate * scales.get(prefix, 1.0)}
-            for prefix, params in groups.items() if params]
-
-
 def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], args: TrainingArguments,
           accelerator=None, config: dict | None = None, description: str = "training") -> dict:
     """Optimise the trainable parameters of `module`; `module(**batch, generator=g)` returns a dict with "loss".
@@ -190,8 +178,7 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
     parameters = [p for p in module.parameters() if p.requires_grad]
     if not parameters:
         raise ValueError("the module has no trainable parameters")
-    optimizer = torch.optim.AdamW(parameter_groups(module, args.learning_rate), lr=args.learning_rate,
-                                  weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameters, lr=args.learning_rate, weight_decay=args.weight_decay)
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
     start_step = 0
     checkpoint = output / "checkpoint"
@@ -285,7 +272,7 @@ def _write_checkpoint(accelerator, module, optimizer, lr_scheduler, step: int, a
 
 def add_episode_arguments(parser: argparse.ArgumentParser, min_area: int, anonymous_name_prob: float,
                           absent_prob: float) -> None:
-    """The flags of the training episodes that stages 2 and 3 draw (`episode_batches`), with each stage's defaults."""
+    """The flags of the training episodes that stage 2 draws (`episode_batches`), with the stage's defaults."""
     parser.add_argument("--max-examples", type=int, default=3, help="K: k is drawn from 0..K per episode")
     parser.add_argument("--min-area", type=int, default=min_area, help="minimum query structure area in pixels")
     parser.add_argument("--anonymous-name-prob", type=float, default=anonymous_name_prob,
@@ -294,27 +281,16 @@ def add_episode_arguments(parser: argparse.ArgumentParser, min_area: int, anonym
     parser.add_argument("--absent-prob", type=float, default=absent_prob,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
-    parser.add_argument("--absent-examples-prob", type=float, default=0.0,
-                        help="of the queries without the structure, the share whose examples are the slices at the "
-                             "query's relative position in their volumes (empty where the structure is absent there "
-                             "too), as whole volumes with position-matched examples give them")
-    parser.add_argument("--merged-structure-prob", type=float, default=0.0,
-                        help="share of episodes with examples whose structure is joined with a second structure of "
-                             "its label set under a made-up name: structures the model can only know from the "
-                             "examples, as held-out ones (EpisodeConfig.merged_structure_prob)")
 
 
 def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, absent_examples_prob: float = 0.0,
-                    merged_structure_prob: float = 0.0):
+                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
     from segicl_data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
                                                     seed=seed, anonymous_name_prob=anonymous_name_prob,
-                                                    absent_prob=absent_prob,
-                                                    absent_examples_prob=absent_examples_prob,
-                                                    merged_structure_prob=merged_structure_prob))
+                                                    absent_prob=absent_prob))
 
     def make_batch(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * batch_size

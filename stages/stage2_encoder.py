@@ -35,19 +35,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crossconv", type=Path, default=None,
                         help="a trained CrossConv folder (stages/crossconv_train.py) to become the example prior's "
                              "source (frozen), instead of the union of the example masks; switches the prior on")
-    parser.add_argument("--gate-reads-prior", action="store_true",
-                        help="let the example prior's gate read the prior's probability map too (trained in from "
-                             "zero; SegICLConfig.gate_reads_prior)")
-    parser.add_argument("--gate-lr-scale", type=float, default=1.0,
-                        help="the example prior gate's learning rate as a multiple of --learning-rate (default 1)")
-    parser.add_argument("--prior-registration-weight", type=float, default=None,
-                        help="at inference, blend the example masks registered to the query into the example prior "
-                             "with this weight (SegICLConfig.prior_registration_weight; written into the saved "
-                             "config, never used in training; default: the --init model's)")
-    parser.add_argument("--prior-registration-min-examples", type=int, default=None,
-                        help="the fewest examples a query needs for the registered masks to enter the prior "
-                             "(SegICLConfig.prior_registration_min_examples; written into the saved config; default: "
-                             "the --init model's)")
     parser.add_argument("--examples-check-the-llm", action=argparse.BooleanOptionalAction, default=None,
                         help="at inference, answer each example from the others and follow the example prior alone "
                              "where it beats its mix with the LLM there (SegICLConfig.examples_check_the_llm; written "
@@ -66,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     from segicl.training import Stage2Model
 
     args = build_parser().parse_args(argv)
-    if not args.gate_lr_scale > 0:
-        raise ValueError(f"--gate-lr-scale must be > 0, got {args.gate_lr_scale}")
     training = training_arguments(args)
     accelerator = make_accelerator()
     torch.manual_seed(training.seed)
@@ -76,17 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         model.add_example_prior()
     if args.crossconv is not None:
         model.use_crossconv_prior(CrossConvNet.from_pretrained(args.crossconv))
-    if args.gate_reads_prior:
-        model.add_gate_prior_input()
-    apply_config_flags(model, [
-        ("--prior-registration-weight", "prior_registration_weight", args.prior_registration_weight),
-        ("--prior-registration-min-examples", "prior_registration_min_examples", args.prior_registration_min_examples),
-        ("--examples-check-the-llm", "examples_check_the_llm", args.examples_check_the_llm)])
+    apply_config_flags(model, [("--examples-check-the-llm", "examples_check_the_llm", args.examples_check_the_llm)])
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
-    stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight, args.gate_lr_scale)
+    stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob, args.absent_prob, args.absent_examples_prob,
-                                 args.merged_structure_prob)
+                                 args.anonymous_name_prob, args.absent_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")

@@ -155,75 +155,10 @@ def test_absent_queries_are_empty_slices_of_the_same_volume(dataset):
     assert all(e.query_mask.sum() >= 1 for e in episodes if e not in absent)
 
 
-def test_absent_queries_can_take_position_matched_examples_that_may_be_empty(dataset):
-    from segicl_data.episodes import prompt_slice
-
-    config = EpisodeConfig(split="train", min_area=16, absent_prob=1.0, absent_examples_prob=1.0, seed=3,
-                           transform=None)
-    episodes = [EpisodeSampler(dataset, config)[i] for i in range(30)]
-    empty = 0
-    for episode in episodes:
-        assert not episode.query_mask.any()
-        query_slices = dataset.volumes[episode.meta["volume"]]["n_slices"]
-        for example, mask in zip(episode.meta["examples"], episode.example_masks):
-            assert example["volume"] != episode.meta["volume"]
-            assert example["slice"] == prompt_slice(episode.meta["slice"], query_slices,
-                                                    dataset.volumes[example["volume"]]["n_slices"])
-            empty += not mask.any()
-    assert empty > sum(e.k for e in episodes) // 2  # most slices at an absent query's position are empty there too
-    with pytest.raises(ValueError, match="absent_examples_prob must be in \\[0, 1\\]"):
-        EpisodeConfig(absent_examples_prob=-0.1)
-
-
 def test_absent_probability_zero_draws_the_episodes_it_always_did(dataset):
     plain = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3))
     zero = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.0))
-    no_matched = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.5))
-    zero_matched = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, absent_prob=0.5,
-                                                         absent_examples_prob=0.0))
     for index in range(5):
         assert np.array_equal(plain[index].query_image, zero[index].query_image)
-        assert np.array_equal(no_matched[index].example_images, zero_matched[index].example_images)
     with pytest.raises(ValueError, match="absent_prob"):
         EpisodeConfig(absent_prob=1.5)
-
-
-def test_merged_structures_join_a_second_structure_of_the_label_set_in_every_mask(dataset):
-    config = EpisodeConfig(split="train", min_area=16, merged_structure_prob=1.0, transform=None, seed=5)
-    sampler = EpisodeSampler(dataset, config)
-    episodes = [sampler[i] for i in range(30)]
-    merged = [e for e in episodes if e.meta["merged_with"]]
-    assert all(e.k == 0 for e in episodes if e not in merged)  # nothing to read a made-up structure from
-    assert len(merged) >= 15
-    row_of = {(dataset.rows[r]["task"], dataset.rows[r]["volume"]): r for r in range(len(dataset.rows))}
-    for episode in merged:
-        task, partner = episode.meta["task"], episode.meta["merged_with"]
-        assert partner != task and not dataset.rows[row_of[partner, episode.meta["volume"]]]["held_out"]
-        assert dataset.rows[row_of[partner, episode.meta["volume"]]]["label_set"] == dataset.rows[row_of[task, episode.meta["volume"]]]["label_set"]
-        parts = [(episode.meta["volume"], episode.meta["slice"], episode.query_mask)]
-        parts += [(e["volume"], e["slice"], m) for e, m in zip(episode.meta["examples"], episode.example_masks)]
-        for volume, index, mask in parts:
-            own, other = (dataset.mask(row_of[t, volume], index) for t in (task, partner))
-            np.testing.assert_array_equal(mask[0], np.maximum(own, other))
-        partner_mask = dataset.mask(row_of[partner, episode.meta["volume"]], episode.meta["slice"])
-        assert partner_mask.sum() >= 16  # the second structure is on the query slice
-        real_name = dataset.rows[row_of[task, episode.meta["volume"]]]["name"]
-        assert real_name not in episode.instruction  # a made-up name: only the examples say what to segment
-        assert episode.structure.startswith(real_name + " and ")
-
-
-def test_merged_structure_probability_zero_draws_the_episodes_it_always_did(dataset):
-    plain = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, anonymous_name_prob=0.5))
-    zero = EpisodeSampler(dataset, EpisodeConfig(split="train", min_area=16, seed=3, anonymous_name_prob=0.5,
-                                                 merged_structure_prob=0.0))
-    for index in range(8):
-        assert plain[index].instruction == zero[index].instruction and zero[index].meta["merged_with"] is None
-        np.testing.assert_array_equal(plain[index].example_masks, zero[index].example_masks)
-    with pytest.raises(ValueError, match="merged_structure_prob must be in \\[0, 1\\]"):
-        EpisodeConfig(merged_structure_prob=1.2)
-
-
-def test_absent_queries_are_never_merged(dataset):
-    config = EpisodeConfig(split="train", min_area=16, absent_prob=1.0, merged_structure_prob=1.0, seed=3)
-    episodes = [EpisodeSampler(dataset, config)[i] for i in range(10)]
-    assert all(not e.query_mask.any() and e.meta["merged_with"] is None for e in episodes)

@@ -129,22 +129,6 @@ def test_registration_fusion_registers_each_example_once(dataset):
         fusion.predict(nested[0])
 
 
-def test_registration_cache_keeps_the_most_recent_and_refuses_a_zero_size():
-    from segicl.baselines import RegistrationFusion
-
-    query_image, _ = blob_image()
-    examples = [blob_image(shift=(shift, 0)) for shift in (2, 4, 6)]
-    fusion = RegistrationFusion(cache_size=2)
-    first = fusion.registered_masks(np.stack([examples[0][0]])[:, None], np.stack([examples[0][1]])[:, None],
-                                    query_image)[0]
-    for image, mask in examples[1:]:
-        fusion.register(image[None], mask[None], query_image)
-    assert len(fusion._registered) == 2  # the first registration was dropped
-    assert np.array_equal(fusion.register(examples[0][0][None], examples[0][1][None], query_image), first)
-    with pytest.raises(ValueError, match="cache_size must be >= 1"):
-        RegistrationFusion(cache_size=0)
-
-
 def test_fusion_probability_is_staples_where_defined_and_the_vote_fraction_elsewhere():
     from segicl.baselines import fusion_probability
 

@@ -1,4 +1,6 @@
 import json
+import logging
+import re
 
 import pytest
 
@@ -54,22 +56,48 @@ def test_output_queries_must_tile_the_condition_grid():
 
 def test_a_config_saved_before_the_empty_examples_switch_loads_with_it_on(tmp_path):
     data = tiny_config().to_dict()
-    del data["empty_examples_follow_prior"], data["gate_reads_prior"]
+    del data["empty_examples_follow_prior"]
     (tmp_path / "old.json").write_text(json.dumps(data))
-    loaded = SegICLConfig.load(tmp_path / "old.json")
-    assert loaded.empty_examples_follow_prior and not loaded.gate_reads_prior
+    assert SegICLConfig.load(tmp_path / "old.json").empty_examples_follow_prior
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"prior_registration_weight": 1.5}, "prior_registration_weight must be in \\[0, 1\\], got 1.5"),
-    ({"prior_registration_weight": 0.5, "example_prior": False}, "prior_registration_weight needs example_prior"),
-    ({"prior_registration_min_examples": 0}, "prior_registration_min_examples must be >= 1, got 0"),
-    ({"prior_registration_fusion": "mean"}, "unknown prior_registration_fusion .mean."),
-    ({"examples_check_the_llm": True, "example_prior": False}, "examples_check_the_llm needs example_prior"),
-])
-def test_registered_example_settings_are_checked(changes, message):
+def test_the_examples_check_needs_the_example_prior():
     config = tiny_config()
-    for name, value in changes.items():
-        setattr(config, name, value)
-    with pytest.raises(ValueError, match=message):
+    config.example_prior, config.examples_check_the_llm = False, True
+    with pytest.raises(ValueError, match="examples_check_the_llm needs example_prior"):
         config.validate()
+
+
+def test_removed_settings_that_were_off_are_ignored_with_one_line_naming_them(caplog):
+    data = tiny_config().to_dict()
+    data.update(gate_reads_prior=False, prior_registration_weight=0.0, prior_registration_fusion="staple")
+    data["decoder"]["pixel_inputs"] = []
+    with caplog.at_level(logging.WARNING, logger="segicl"):
+        assert SegICLConfig.from_dict(data) == tiny_config()
+    assert [record.getMessage() for record in caplog.records] == [
+        "ignoring settings removed from SegICL: gate_reads_prior=False, decoder.pixel_inputs=[], "
+        "prior_registration_weight=0.0, prior_registration_fusion='staple'"]
+    caplog.clear()
+    SegICLConfig.from_dict(tiny_config().to_dict())
+    assert caplog.records == []  # a current config loads silently
+
+
+def test_ignored_registration_says_which_queries_answer_differently(caplog):
+    data = {**tiny_config().to_dict(), "prior_registration_weight": 0.5}  # saved before min_examples existed: 2
+    with caplog.at_level(logging.WARNING, logger="segicl"):
+        SegICLConfig.from_dict(data)
+    assert caplog.records[0].getMessage().endswith(
+        "; the example prior no longer blends in registered examples, so queries with 2 or more examples answer "
+        "without them")
+
+
+@pytest.mark.parametrize("section, field, value", [
+    (None, "gate_reads_prior", True),
+    ("decoder", "pixel_inputs", ["prior", "image"]),
+])
+def test_a_config_trained_with_a_removed_switch_on_is_refused(section, field, value):
+    data = tiny_config().to_dict()
+    (data[section] if section else data)[field] = value
+    name = f"{section}.{field}" if section else field
+    with pytest.raises(ValueError, match="^" + re.escape(f"this model was trained with {name}={value!r}, an experiment")):
+        SegICLConfig.from_dict(data)

@@ -48,54 +48,8 @@ def test_sampling_shapes_and_determinism(tiny_model, scheduler):
 def test_control_map_refuses_wrong_token_count(tiny_model):
     with pytest.raises(ValueError, match="condition tokens must have shape \\[B, 256, 16\\]"):
         tiny_model.decoder.control_map(torch.zeros(1, 100, 16))
-    with pytest.raises(ValueError, match="got \\(1, 256, 48\\)"):  # pixel-input channels the decoder lacks
+    with pytest.raises(ValueError, match="got \\(1, 256, 48\\)"):  # a token width the decoder lacks
         tiny_model.decoder.control_map(torch.zeros(1, 256, 48))
-
-
-@pytest.mark.parametrize("pixel_inputs", [("light",), ("prior", "prior")])
-def test_unknown_or_repeated_pixel_inputs_are_refused(pixel_inputs):
-    with pytest.raises(ValueError, match="decoder pixel_inputs must be distinct names from \\('prior', 'image'\\)"):
-        dataclasses.replace(tiny_config().decoder, pixel_inputs=pixel_inputs).validate()
-
-
-def test_a_prior_pixel_input_needs_the_example_prior():
-    config = tiny_config()
-    config.example_prior = False
-    config.decoder = dataclasses.replace(config.decoder, pixel_inputs=("prior",))
-    with pytest.raises(ValueError, match="pixel_inputs 'prior' needs example_prior"):
-        config.validate()
-
-
-def test_added_pixel_inputs_start_at_zero_weight(tiny_model):
-    """Switched on for a trained decoder, the new condition channels leave every prediction as it was."""
-    config = tiny_config()
-    torch.manual_seed(3)
-    decoder = MaskDecoder.from_config(config.decoder, config.condition, tiny_model.tokenizer).eval()
-    tokens = tiny_model.condition_encoder(random_masks(2)).detach()
-    before = sample_masks(decoder, tokens, 2, 2, torch.Generator().manual_seed(1))
-    decoder.add_pixel_inputs(("prior", "image"))
-    assert decoder.controlnet.controlnet_cond_embedding.conv_in.in_channels == 16 + 2 * 16
-    maps = {"prior": torch.rand(2, 1, 64, 64), "image": torch.rand(2, 1, 64, 64)}
-    condition = decoder.with_pixel_inputs(tokens, maps)
-    assert condition.shape == (2, 256, 48)
-    assert torch.equal(sample_masks(decoder, condition, 2, 2, torch.Generator().manual_seed(1)), before)
-    with pytest.raises(ValueError, match="already reads pixel inputs \\('prior', 'image'\\)"):
-        decoder.add_pixel_inputs(("prior",))
-
-
-def test_pixel_inputs_land_on_the_token_over_their_pixel(tiny_model):
-    config = tiny_config()
-    config.decoder = dataclasses.replace(config.decoder, pixel_inputs=("prior",))
-    decoder = MaskDecoder.from_config(config.decoder, config.condition, tiny_model.tokenizer)
-    prior = torch.zeros(1, 1, 64, 64)
-    prior[0, 0, 9, 22] = 1.0  # token row 9 // 4 = 2, column 22 // 4 = 5; inside the 4 x 4 patch at (1, 2)
-    condition = decoder.with_pixel_inputs(torch.zeros(1, 256, 16), {"prior": prior})
-    assert condition.shape == (1, 256, 32) and condition.sum() == 1
-    assert condition[0, 2 * 16 + 5, 16 + 1 * 4 + 2] == 1
-    control = decoder.control_map(condition)
-    assert control.shape == (1, 32, 16, 16) and control[0, 16 + 6, 2, 5] == 1
-    with pytest.raises(ValueError, match="or \\[B, 256, 32\\] \\(with the pixel inputs\\), got \\(1, 256, 20\\)"):
-        decoder.control_map(torch.zeros(1, 256, 20))
 
 
 def write_tiny_stable_diffusion(folder, cross_attention_dim: int = 32):

@@ -17,6 +17,12 @@ def episode_batch(model, k: int, batch: int = 2):
                                                                                            generator=generator))
 
 
+def prior_tokens(model, example_images, example_masks, example_valid, query_image) -> torch.Tensor:
+    """The condition encoder's tokens of the example prior's mask: what the gate mixes in."""
+    return model.prior_tokens(model.example_prior_probability(example_images, example_masks, example_valid,
+                                                              query_image))
+
+
 @pytest.mark.parametrize("k", [0, 3])
 def test_condition_tokens_shape(tiny_model, k):
     with torch.no_grad():
@@ -105,8 +111,6 @@ def test_example_prior_can_be_switched_off_and_added(tokenizer):
     assert model.example_gate is None
     batch = mixed_k_batch(model)
     with torch.no_grad():
-        assert model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
-                                          batch["query_image"]) is None
         before = model.condition_tokens(**batch)
         model.add_example_prior()
         after = model.condition_tokens(**batch)
@@ -143,9 +147,8 @@ def test_crossconv_prior_is_the_in_context_modules_mask(crossconv_model):
     torch.testing.assert_close(tokens[0], model.condition_encoder(predicted)[0], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("model_fixture", ["crossconv_model", "pixel_input_model"])
-def test_crossconv_prior_cached_path_equals_the_whole_sequence(model_fixture, request):
-    model = request.getfixturevalue(model_fixture)
+def test_crossconv_prior_cached_path_equals_the_whole_sequence(crossconv_model):
+    model = crossconv_model
     batch = episode_batch(model, 3, batch=1)
     queries = torch.rand(3, 1, 64, 64, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
@@ -172,130 +175,33 @@ def test_crossconv_prior_of_another_size_is_refused(tokenizer, crossconv_model):
         crossconv_model.use_crossconv_prior(CrossConvNet(CrossConvConfig(image_size=32, widths=(4, 4))))
 
 
-@pytest.fixture(scope="module")
-def pixel_input_model(tokenizer):
-    from segicl.config import CrossConvConfig, tiny_config
-    from segicl.incontext import CrossConvNet
-
-    torch.manual_seed(2)
-    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
-    model.use_crossconv_prior(CrossConvNet(CrossConvConfig(widths=(8, 8, 8, 8))).eval())
-    model.add_pixel_inputs(("prior", "image"))
-    controlnet = model.decoder.controlnet
-    with torch.no_grad():  # trained-looking weights where a fresh ControlNet has zeros, so the tests below can fail
-        controlnet.controlnet_cond_embedding.conv_in.weight[:, 16:].normal_(0, 0.1)
-        for zero_conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                          controlnet.controlnet_cond_embedding.conv_out]:
-            zero_conv.weight.normal_(0, 0.1)
-    return model
+# What a model folder saved before the experiment switches left SegICL holds for them (the shipped weights' values).
+LEGACY_FIELDS = {"gate_reads_prior": False, "prior_registration_weight": 0.5, "prior_registration_fusion": "staple",
+                 "prior_registration_min_examples": 4}
+LEGACY_DECODER_FIELDS = {"pixel_inputs": []}
 
 
-def test_pixel_inputs_carry_the_prior_probability_and_the_query_image(pixel_input_model):
-    import torch.nn.functional as F
+def test_a_folder_saved_with_removed_settings_loads_bit_identically_with_one_logged_line(crossconv_model, tmp_path,
+                                                                                          caplog):
+    import json
+    import logging
 
-    model = pixel_input_model
-    assert model.config.decoder.pixel_inputs == ("prior", "image")
-    batch = mixed_k_batch(model)
-    with torch.no_grad():
-        condition = model.condition_tokens(**batch)
-        probability = model.incontext.probabilities(batch["query_image"][:1], batch["example_images"][:1, :2],
-                                                    batch["example_masks"][:1, :2], batch["example_valid"][:1, :2])
-    assert condition.shape == (2, 256, 16 + 16 + 16)
-    as_tokens = lambda image: F.pixel_unshuffle(image, 4).flatten(2).transpose(1, 2)  # noqa: E731
-    torch.testing.assert_close(condition[:1, :, 16:32], as_tokens(probability))
-    assert 0 < probability.min() and probability.max() < 1  # a probability map, not the binary mask
-    assert not condition[1, :, 16:32].any()  # k = 0: no prior
-    torch.testing.assert_close(condition[:, :, 32:], as_tokens(batch["query_image"]))
-    mask = sample_masks(model.decoder, condition, 2, 1, torch.Generator().manual_seed(0))
-    without_image = condition.clone()
-    without_image[:, :, 32:] = 0
-    assert not torch.equal(mask, sample_masks(model.decoder, without_image, 2, 1, torch.Generator().manual_seed(0)))
-
-
-def test_pixel_inputs_save_and_reload_bit_identically(pixel_input_model, tmp_path):
-    folder = pixel_input_model.save_pretrained(tmp_path / "model")
-    loaded = SegICLModel.from_pretrained(folder)
-    assert loaded.config.decoder.pixel_inputs == ("prior", "image")
-    for name, value in pixel_input_model.state_dict().items():
+    folder = crossconv_model.save_pretrained(tmp_path / "legacy")
+    saved = json.loads((folder / "segicl_config.json").read_text())
+    saved.update(LEGACY_FIELDS)
+    saved["decoder"].update(LEGACY_DECODER_FIELDS)
+    (folder / "segicl_config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING, logger="segicl"):
+        loaded = SegICLModel.from_pretrained(folder)
+    lines = [record.getMessage() for record in caplog.records if record.name == "segicl"]
+    assert len(lines) == 1 and lines[0].startswith("ignoring settings removed from SegICL: ")
+    assert all(name in lines[0] for name in [*LEGACY_FIELDS, "decoder.pixel_inputs"])
+    assert loaded.config == crossconv_model.config
+    for name, value in crossconv_model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], value), name
-
-
-def test_a_prior_pixel_input_is_refused_without_the_prior_and_nothing_changes(tokenizer):
-    from segicl.config import tiny_config
-
-    config = tiny_config()
-    config.example_prior = False
-    model = SegICLModel.from_config(config, tokenizer)
-    with pytest.raises(ValueError, match="pixel_inputs 'prior' needs example_prior"):
-        model.add_pixel_inputs(("prior",))
-    assert model.config.decoder.pixel_inputs == () and model.decoder.config.pixel_inputs == ()
-    assert model.decoder.controlnet.controlnet_cond_embedding.conv_in.in_channels == 16
-
-
-@pytest.fixture(scope="module")
-def prior_reading_model(tokenizer):
-    from segicl.config import CrossConvConfig, tiny_config
-    from segicl.incontext import CrossConvNet
-
-    torch.manual_seed(3)
-    model = SegICLModel.from_config(tiny_config(), tokenizer).eval()
-    model.use_crossconv_prior(CrossConvNet(CrossConvConfig(widths=(8, 8, 8, 8))).eval())
-    with torch.no_grad():  # a gate that has learned something, so that "unchanged" below can fail
-        model.example_gate.linear.weight.normal_(0, 0.05)
-    return model
-
-
-def test_gate_prior_input_starts_at_zero_then_reads_the_prior_under_each_token(prior_reading_model):
-    import torch.nn.functional as F
-
-    model = prior_reading_model
-    batch = mixed_k_batch(model)
+    batch = episode_batch(crossconv_model, 3)
     with torch.no_grad():
-        before = model.condition_tokens(**batch)
-        model.add_gate_prior_input()
-        assert model.config.gate_reads_prior
-        assert torch.equal(model.condition_tokens(**batch), before)  # zero weights: the same model
-        probability = model.example_prior_probability(batch["example_images"], batch["example_masks"],
-                                                      batch["example_valid"], batch["query_image"])
-        states = model.encoder(batch["text_ids"], batch["text_mask"], model.image_tokens(batch["example_images"]),
-                               model.image_tokens(batch["example_masks"]), batch["example_valid"],
-                               model.image_tokens(batch["query_image"]))
-        linear = model.example_gate.prior_linear
-        try:
-            linear.weight.fill_(2.0)
-            gate = model.example_gate(states, probability)
-            states_only = torch.logit(model.example_gate(states, torch.zeros_like(probability)))
-            under_token = F.pixel_unshuffle(probability, 4).flatten(2).transpose(1, 2).sum(-1, keepdim=True)
-            torch.testing.assert_close(gate, torch.sigmoid(states_only + 2.0 * under_token), atol=1e-5, rtol=1e-4)
-            assert not torch.equal(model.condition_tokens(**batch)[0], before[0])
-            torch.testing.assert_close(model.condition_tokens(**batch)[1], before[1])  # k = 0: no prior, no gate
-        finally:
-            linear.weight.zero_()
-
-
-def test_gate_prior_input_reloads_bit_identically_and_is_refused_without_a_prior(prior_reading_model, tokenizer,
-                                                                               tmp_path):
-    from segicl.config import tiny_config
-
-    model = prior_reading_model
-    model.add_gate_prior_input()
-    with torch.no_grad():
-        model.example_gate.prior_linear.weight.normal_(0, 1.0)
-    loaded = SegICLModel.from_pretrained(model.save_pretrained(tmp_path / "model"))
-    assert loaded.config.gate_reads_prior and loaded.example_gate.prior_linear is not None
-    batch = mixed_k_batch(model)
-    with torch.no_grad():
-        assert torch.equal(loaded.condition_tokens(**batch), model.condition_tokens(**batch))
-        model.example_gate.prior_linear.weight.zero_()
-    config = tiny_config()
-    config.example_prior = False
-    without = SegICLModel.from_config(config, tokenizer)
-    with pytest.raises(ValueError, match="no example prior, so no gate"):
-        without.add_gate_prior_input()
-    assert not without.config.gate_reads_prior
-    config.gate_reads_prior = True
-    with pytest.raises(ValueError, match="gate_reads_prior needs example_prior"):
-        config.validate()
+        assert torch.equal(loaded.condition_tokens(**batch), crossconv_model.condition_tokens(**batch))
 
 
 def test_queries_whose_examples_are_all_empty_follow_the_prior_alone(crossconv_model):
@@ -307,8 +213,8 @@ def test_queries_whose_examples_are_all_empty_follow_the_prior_alone(crossconv_m
     assert model.config.empty_examples_follow_prior  # the default
     with torch.no_grad():
         followed = model.condition_tokens(**batch)
-        prior = model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
-                                           batch["query_image"])
+        prior = prior_tokens(model, batch["example_images"], batch["example_masks"], batch["example_valid"],
+                             batch["query_image"])
         model.config.empty_examples_follow_prior = False
         try:
             mixed = model.condition_tokens(**batch)
@@ -328,68 +234,11 @@ def test_empty_examples_follow_the_prior_on_the_cached_path_too(crossconv_model)
         context = model.encode_context(batch["text_ids"], batch["example_images"][0], batch["example_masks"][0])
         cached = model.condition_tokens(None, None, None, None, None, queries, context)
         whole = torch.cat([model.condition_tokens(**{**batch, "query_image": q[None]}) for q in queries])
-        prior = model.example_prior_tokens(batch["example_images"].expand(2, -1, -1, -1, -1),
-                                           batch["example_masks"].expand(2, -1, -1, -1, -1),
-                                           batch["example_valid"].expand(2, -1), queries)
+        prior = prior_tokens(model, batch["example_images"].expand(2, -1, -1, -1, -1),
+                             batch["example_masks"].expand(2, -1, -1, -1, -1),
+                             batch["example_valid"].expand(2, -1), queries)
     torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(cached, prior, atol=1e-5, rtol=0)
-
-
-def prior_with_registration(model, batch: dict, weight: float, fusion: str) -> torch.Tensor:
-    """The model's example prior map with the registered examples blended in at `weight` by `fusion`."""
-    model.config.prior_registration_weight, model.config.prior_registration_fusion = weight, fusion
-    try:
-        return model.example_prior_probability(**batch)
-    finally:
-        model.config.prior_registration_weight, model.config.prior_registration_fusion = 0.0, "staple"
-
-
-def test_registered_examples_enter_the_prior_with_their_weight(crossconv_model):
-    from segicl.baselines import fusion_probability, register_mask
-
-    from .test_baselines import blob_image
-
-    model = crossconv_model
-    query, _ = blob_image()
-    shifted = [blob_image(shift=shift) for shift in ((5, -4), (-3, 6), (4, 4))]
-    examples = {name: torch.from_numpy(np.stack([pair[index] for pair in shifted]))[None, :, None].repeat(2, 1, 1, 1, 1)
-                for index, name in enumerate(("example_images", "example_masks"))}
-    batch = dict(**examples,
-                 example_valid=torch.tensor([[True, True, True], [True, False, False]]),
-                 query_image=torch.from_numpy(query)[None, None].repeat(2, 1, 1, 1))
-    alone = model.example_prior_probability(**batch)
-    registered = [register_mask(image, mask, query) for image, mask in shifted]
-    blended = {fusion: prior_with_registration(model, batch, 0.25, fusion) for fusion in ("vote", "staple")}
-    for fusion, probability in blended.items():
-        expected = 0.75 * alone[0, 0] + 0.25 * torch.from_numpy(fusion_probability(registered, fusion))
-        torch.testing.assert_close(probability[0, 0], expected)
-        assert not torch.allclose(probability[0], alone[0])
-        assert torch.equal(probability[1], alone[1])  # one example: fewer than prior_registration_min_examples (2)
-    assert not torch.allclose(blended["vote"], blended["staple"])
-    assert len(model._registration._registered) == 3  # the second fusion reused the registrations
-    model.clear_registration_cache()
-    assert model._registration is None
-    torch.testing.assert_close(prior_with_registration(model, batch, 0.25, "vote"), blended["vote"])
-    assert len(model._registration._registered) == 3  # registered anew, to the same answer
-
-
-def test_registration_weight_is_saved_and_old_folders_load_without_it(crossconv_model, tmp_path):
-    import json
-
-    model = crossconv_model
-    model.config.prior_registration_weight = 0.5
-    try:
-        model.save_pretrained(tmp_path / "registered")
-    finally:
-        model.config.prior_registration_weight = 0.0
-    assert SegICLModel.from_pretrained(tmp_path / "registered").config.prior_registration_weight == 0.5
-    config_path = tmp_path / "registered" / "segicl_config.json"
-    saved = json.loads(config_path.read_text())
-    del saved["prior_registration_weight"], saved["prior_registration_fusion"], saved["prior_registration_min_examples"]
-    config_path.write_text(json.dumps(saved))
-    old = SegICLModel.from_pretrained(tmp_path / "registered").config
-    assert old.prior_registration_weight == 0.0 and old.prior_registration_min_examples == 2
-    assert old.prior_registration_fusion == "staple"
 
 
 def test_examples_check_the_llm_follows_the_prior_where_it_predicts_the_examples_better(crossconv_model,
@@ -399,8 +248,8 @@ def test_examples_check_the_llm_follows_the_prior_where_it_predicts_the_examples
     batch["example_masks"][:, :, :, 20:40, 20:40] = 1.0  # every example shows the structure
     with torch.no_grad():
         mixed = model.condition_tokens(**batch)
-        prior = model.example_prior_tokens(batch["example_images"], batch["example_masks"], batch["example_valid"],
-                                           batch["query_image"])
+        prior = prior_tokens(model, batch["example_images"], batch["example_masks"], batch["example_valid"],
+                             batch["query_image"])
         mix_error, prior_error = model._errors_on_examples(batch["text_ids"][:1], batch["text_mask"][:1],
                                                            batch["example_images"][0], batch["example_masks"][0])
     assert np.isfinite([mix_error, prior_error]).all() and min(mix_error, prior_error) > 0
@@ -437,9 +286,9 @@ def test_examples_check_the_llm_once_per_context_on_the_cached_path(crossconv_mo
         with torch.no_grad():
             context = model.encode_context(batch["text_ids"], batch["example_images"][0], batch["example_masks"][0])
             cached = model.condition_tokens(None, None, None, None, None, queries, context)
-            prior = model.example_prior_tokens(batch["example_images"].expand(2, -1, -1, -1, -1),
-                                               batch["example_masks"].expand(2, -1, -1, -1, -1),
-                                               batch["example_valid"].expand(2, -1), queries)
+            prior = prior_tokens(model, batch["example_images"].expand(2, -1, -1, -1, -1),
+                                 batch["example_masks"].expand(2, -1, -1, -1, -1),
+                                 batch["example_valid"].expand(2, -1), queries)
     finally:
         model.config.examples_check_the_llm = False
     assert context.prior_beats_llm and len(calls) == 1
@@ -458,7 +307,7 @@ def test_the_examples_check_computes_each_left_out_prior_once_and_scores_what_th
         target = model.condition_encoder(masks)
         mixed = model.condition_tokens(batch["text_ids"][:1].expand(3, -1), batch["text_mask"][:1].expand(3, -1),
                                        *shared, others, images)
-        prior = model.example_prior_tokens(*shared, others, images)
+        prior = prior_tokens(model, *shared, others, images)
     calls = []
     compute = model.example_prior_probability
     monkeypatch.setattr(model, "example_prior_probability", lambda *args: calls.append(1) or compute(*args))

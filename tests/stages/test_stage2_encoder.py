@@ -78,84 +78,29 @@ def test_a_stage_refuses_an_unknown_flag_or_a_dataset_of_another_resolution_in_o
     assert "has 32 px slices but the model works at 64 px: import it again with --resolution 64" in capsys.readouterr().err
 
 
-def test_stage2_trains_a_gate_that_reads_the_prior_in_from_zero(imported_dataset, tmp_path):
-    """`--gate-reads-prior --gate-lr-scale`: from the shipped weights, the gate's new input starts at zero and trains."""
-    from segicl_stages.stage2_encoder import main
-
-    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
-                 "--output-dir", str(tmp_path / "run"), "--steps", "6", "--batch-size", "2", "--warmup-steps", "1",
-                 "--gate-reads-prior", "--gate-lr-scale", "20"]) == 0
-    model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
-    shipped = SegICLModel.from_pretrained(REPO / "weights" / "segicl-tiny")
-    assert model.config.gate_reads_prior and not shipped.config.gate_reads_prior
-    assert model.example_gate.prior_linear.weight.abs().sum() > 0
-
-
-def test_stage2_gate_learning_rate_scale_is_a_group_of_its_own(tokenizer):
-    from segicl_stages.common import parameter_groups
-
-    model = fresh_model(tokenizer)
-    model.add_example_prior()
-    groups = parameter_groups(Stage2Model(model, gate_learning_rate_scale=20.0), 1e-3)
-    gate = {id(p) for p in model.example_gate.parameters()}
-    assert [group["lr"] for group in groups] == [1e-3, pytest.approx(2e-2)]
-    assert {id(p) for p in groups[1]["params"]} == gate and not gate & {id(p) for p in groups[0]["params"]}
-    assert len(parameter_groups(Stage2Model(model), 1e-3)) == 1
-
-
-def test_stage2_refuses_a_gate_learning_rate_scale_of_zero_in_one_line(tmp_path, capsys):
-    from segicl_stages.common import run_stage
-    from segicl_stages.stage2_encoder import main
-
-    assert run_stage(lambda: main(["--init", str(tmp_path), "--output-dir", str(tmp_path / "out"),
-                                   "--gate-lr-scale", "0"]), "stage2_encoder.py") == 2
-    assert capsys.readouterr().err == "stage2_encoder.py: error: --gate-lr-scale must be > 0, got 0.0\n"
-
-
-def test_stage2_saves_the_registration_weight_without_registering_in_training(imported_dataset, tmp_path,
-                                                                             monkeypatch):
-    import segicl.baselines
+def test_stage2_saves_the_examples_check_without_checking_in_training(imported_dataset, tmp_path, monkeypatch):
     from segicl_stages.stage2_encoder import main
 
     def refuse(*args, **kwargs):
-        raise AssertionError("training registered an example")
+        raise AssertionError("training checked the LLM on the examples")
 
-    monkeypatch.setattr(segicl.baselines, "register_mask", refuse)
+    monkeypatch.setattr(SegICLModel, "_errors_on_examples", refuse)
     assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
                  "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "2", "--warmup-steps", "1",
-                 "--prior-registration-weight", "0.5", "--prior-registration-min-examples", "4",
-                 "--no-examples-check-the-llm"]) == 0
+                 "--examples-check-the-llm"]) == 0
     model = SegICLModel.from_pretrained(tmp_path / "run" / "model")
-    assert model.config.prior_registration_weight == 0.5 and not model.config.examples_check_the_llm  # shipped: on
-    assert model.config.prior_registration_min_examples == 4
-    assert model.use_inference_only_settings
+    assert model.config.examples_check_the_llm and model.use_inference_only_settings
 
 
-def test_stage2_refuses_an_inference_setting_naming_its_flag_before_training(tmp_path, capsys):
+def test_stage2_refuses_an_inference_setting_naming_its_flag_before_training(tokenizer, tmp_path, capsys):
     from segicl_stages.common import run_stage
     from segicl_stages.stage2_encoder import main
 
-    assert run_stage(lambda: main(["--init", str(REPO / "weights" / "segicl-tiny"), "--output-dir",
-                                   str(tmp_path / "out"), "--prior-registration-min-examples", "0"]),
-                     "stage2_encoder.py") == 2
-    assert capsys.readouterr().err == ("stage2_encoder.py: error: --prior-registration-min-examples: "
-                                       "prior_registration_min_examples must be >= 1, got 0\n")
+    config = tiny_config()
+    config.example_prior = False
+    init = SegICLModel.from_config(config, tokenizer).save_pretrained(tmp_path / "without_prior")
+    assert run_stage(lambda: main(["--init", str(init), "--output-dir", str(tmp_path / "out"),
+                                   "--examples-check-the-llm"]), "stage2_encoder.py") == 2
+    assert capsys.readouterr().err == ("stage2_encoder.py: error: --examples-check-the-llm: examples_check_the_llm "
+                                       "needs example_prior: there is no prior to follow without it\n")
     assert not (tmp_path / "out").exists()
-
-
-def test_stage2_trains_on_merged_structures_when_asked(imported_dataset, tmp_path, monkeypatch):
-    from segicl_data.episodes import EpisodeSampler
-    from segicl_stages.stage2_encoder import main
-
-    partners = []
-    draw_partner = EpisodeSampler._partner_task
-
-    def recorded(self, query, rng):
-        partners.append(draw_partner(self, query, rng))
-        return partners[-1]
-
-    monkeypatch.setattr(EpisodeSampler, "_partner_task", recorded)
-    assert main(["--dataset", str(imported_dataset.root), "--init", str(REPO / "weights" / "segicl-tiny"),
-                 "--output-dir", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--warmup-steps", "1",
-                 "--merged-structure-prob", "1", "--min-area", "1"]) == 0
-    assert any(partner is not None for partner in partners)  # the user's other labels joined the structure

@@ -3,7 +3,9 @@
 Trains stage 1 with the same steps, batch and seed for each variant and measures reconstruction
 Dice on held-out masks (test volume, held-out structures) with the same sampler.
 
-    python -m segicl_benchmarks.stage1_parametrisation --steps 800 --out runs/bench/stage1_parametrisation
+    .venv/bin/python experiments/stage1_parametrisation/stage1_parametrisation.py --steps 800
+
+A one-off study (README.md beside this file); not installed with the package.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-masks", type=int, default=128)
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
-    parser.add_argument("--out", type=Path, default=Path("runs/bench/stage1_parametrisation"))
+    parser.add_argument("--out", type=Path, default=Path("runs/experiments/stage1_parametrisation"))
     args = parser.parse_args()
     results = {}
     for name in args.variants:

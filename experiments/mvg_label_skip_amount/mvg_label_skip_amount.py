@@ -3,7 +3,9 @@
 The same layers run for every task; this reads the per-pixel amount `a` of `ConvHead.label_refine` (output = skip
 output + a x (prompt label - skip output) + correction) on test episodes of each task, autoregressive inference.
 
-    python -m segicl_benchmarks.mvg_label_skip_amount --model weights/mvg-tiny --episodes 32
+    .venv/bin/python experiments/mvg_label_skip_amount/mvg_label_skip_amount.py --episodes 32
+
+A one-off study (README.md beside this file); not installed with the package.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from segicl_data.dataset import SliceDataset
 from mvg_head.config import TASKS
 from mvg_head.episodes import EpisodeOptions, MVGEpisodeSampler
 from mvg_head.model import MVGModel
+from segicl_weights import MVG_TINY
 
 
 def label_amounts(model: MVGModel, sentences: torch.Tensor) -> torch.Tensor:
@@ -35,7 +38,7 @@ def label_amounts(model: MVGModel, sentences: torch.Tensor) -> torch.Tensor:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=Path("weights/mvg-tiny"))
+    parser.add_argument("--model", type=Path, default=MVG_TINY, help="MVG model folder (default: the shipped weights)")
     parser.add_argument("--episodes", type=int, default=32, help="test episodes per task")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
