@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 # Newest releases that pyproject.toml allows, in a throwaway venv; the lock is rewritten only if the whole suite
-# passes there (README: "Dependencies and the lock").
+# passes there (docs: reference/dependencies).
 upgrade-lock: system-data system-browser
 	bash requirements/upgrade-lock.sh "$(TORCH_PIN)"
 
@@ -60,7 +60,7 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# The web app (README "Web app"): http://127.0.0.1:7860, offline, on the shipped weights; SERVE_ARGS="--port 8000 ...".
+# The web app (docs: how-to/web-app): http://127.0.0.1:7860, offline, on the shipped weights; SERVE_ARGS="--port 8000 ...".
 SERVE_ARGS ?=
 serve: install
 	$(VENV)/bin/segicl serve $(SERVE_ARGS)
@@ -99,7 +99,7 @@ demo-mvg: install
 	$(MVG_ENV) $(VENV)/bin/segicl mvg-eval --model $(MVG_WEIGHTS) --out-dir runs/mvg
 
 # Random versus pre-defined label colouring (paper Table 5a): segmentation only, equal budgets, held-out structures.
-# Measured twice (README): with the paper's head and loss (the default MVG_ABLATION_HEAD) and with the shipped head
+# Measured twice (docs: research/mvg): with the paper's head and loss (the default MVG_ABLATION_HEAD) and with the shipped head
 # (make mvg-ablation MVG_ABLATION_HEAD=--prompt-label-skip MVG_ABLATION_DIR=runs/mvg/ablation-label-skip).
 MVG_ABLATION_HEAD ?= --no-pixel-skip --copy-weight 1
 MVG_ABLATION_DIR ?= runs/mvg/ablation

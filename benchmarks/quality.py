@@ -294,7 +294,7 @@ def dataset_groups(dataset) -> dict[str, str]:
 
 
 def quality_lines(quality: dict, plot: str | None = None) -> list[str]:
-    """The quality tables as markdown lines (quality.md and the README's Results section)."""
+    """The quality tables as markdown lines (quality.md and the docs' results page)."""
     axis, dataset_name = quality.get("axis", "axial"), quality.get("dataset")
     plot = plot or f"docs/results/{result_name(axis, dataset_name)}.png"
     if dataset_name:

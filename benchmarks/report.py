@@ -186,17 +186,6 @@ def results_page(folder: Path) -> str:
     return "\n".join(parts).rstrip() + "\n"
 
 
-# Names of the README section this page replaced, still imported (unused) by tests/benchmarks/test_{quality,speed,
-# specialist,training}.py and tests/commands/test_bench.py; remove with those imports.
-RESULTS_START, RESULTS_END = "<!-- results:start -->", "<!-- results:end -->"
-results_section = results_page
-
-
-def write_results(*_args, **_kwargs) -> None:
-    """Removed: no command rewrites the README any more (`write_results_page` writes the docs' results page)."""
-    raise RuntimeError("the README's results section is gone; use write_results_page")
-
-
 def gpu_line(full: dict | None) -> str:
     if full and full.get("device", "CPU") != "CPU":
         return f"GPU: the full-preset shapes were timed on {full['device']} (below)."

@@ -152,7 +152,7 @@ def command_speed(args) -> int:
 
     check_common(args, slices=1, steps=1, samples=1, batch_size=1, repeats=1, episodes=1)
     if args.slices < 64:
-        print(f"note: --slices {args.slices}: the volume figures the README reports use at least 64 slices")
+        print(f"note: --slices {args.slices}: the volume figures of the docs' results page use at least 64 slices")
     result = run_speed(args, args.open_dataset(args))
     print(json.dumps({k: result[k] for k in ("llm_ms_per_slice", "volume_s", "steps_dice", "ratios")}, indent=1))
     return 0

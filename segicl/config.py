@@ -131,8 +131,8 @@ class DecoderConfig:
         pixel_unshuffle: factor of the pixel codec (64 px -> 16x16x16 with 4).
         pretrained_path: local Stable Diffusion 1.5 directory (unet/, vae/, text_encoder/, tokenizer/);
             None builds every part from the shape fields (tiny).
-        block_out_channels, layers_per_block, attention_head_dim, cross_attention_dim,
-            norm_num_groups: UNet shape when built from config (attention only in the last block).
+        block_out_channels, layers_per_block, attention_head_dim, cross_attention_dim, norm_num_groups: the UNet's
+            shape when built from config (attention only in the last block).
         conditioning_embedding_out_channels: the ControlNet's condition embedding; one entry means the
             condition map is already at the UNet's resolution.
         text_hidden_size, text_layers: the keyword-prompt CLIPTextModel when built from config.
@@ -186,7 +186,7 @@ PRIOR_SOURCES = ("union", "crossconv")
 REMOVED_SWITCHES = ("gate_reads_prior", "decoder.pixel_inputs")
 REMOVED_SETTINGS = ("prior_registration_weight", "prior_registration_fusion", "prior_registration_min_examples")
 # The default decoder setting of the pipeline and `segicl segment`, chosen by `segicl bench speed`'s sampler grid
-# (README "Results"): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
+# (docs: results): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
 # uncertainty (>= 3 samples, AUROC >= 0.6).
 DEFAULT_STEPS, DEFAULT_SAMPLES = 1, 3
 
@@ -243,13 +243,13 @@ class SegICLConfig:
         empty_examples_follow_prior: where a query's examples all have empty masks (the position-matched examples
             of a volume's slices beyond the structure: "not on this slice"), the condition is the example prior's
             alone (gate 1), instead of the gate's mix with the LLM's tokens, whose small errors the decoder
-            renders as specks on such slices (README "Whole volumes"). On by default, also for model folders saved
+            renders as specks on such slices (docs: research/peers). On by default, also for model folders saved
             before the switch existed.
         examples_check_the_llm: answer each of a query's own examples (from 2 on) from the other examples, once
             with the gate's mix of the LLM and the prior and once with the prior alone, and score both against the
             example's mask (in condition-token space); where the prior alone is closer, the query's condition is the
             prior's alone (gate 1). The learned gate cannot tell a structure the LLM knows from one it never saw
-            (README "Peers"); the examples, whose answers are known, can. Inference only; costs one more pass of the
+            (docs: research/peers); the examples, whose answers are known, can. Inference only; costs one more pass of the
             model per example (once per volume when its slices share one example set). Off here; the shipped
             config turns it on.
     """
@@ -358,7 +358,8 @@ def _build(cls, values: dict[str, Any]):
 
 def tiny_config() -> SegICLConfig:
     """Trains on two CPU cores: 64 px, 256 condition tokens, a 3-layer Qwen2, a pixel-space decoder, and the
-    example prior (measured in the README: without it the tiny model does not read its examples)."""
+    example prior (measured, docs: research/reading-the-examples: without it the tiny model does not read its
+    examples)."""
     return SegICLConfig(preset="tiny", example_prior=True).validate()
 
 

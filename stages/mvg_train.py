@@ -50,8 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="relative draw weight of a non-segmentation task (default 1 each), e.g. denoising 2")
     parser.add_argument("--other-autoregressive", type=float, default=0.1,
                         help="autoregressive share of the non-segmentation tasks (paper: 0.1)")
-    parser.add_argument("--registered-probability", type=float, default=0.0,
-                        help="share of segmentation episodes drawn without the random affines (registered pairs)")
     parser.add_argument("--min-area", type=int, default=64, help="minimum structure area on training query slices")
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
@@ -119,14 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_training_dataset(args.dataset, config.image_size, args.data_seed, accelerator)
     sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", colouring=config.colouring,
                                                         palette_levels=config.palette_levels,
-                                                        min_area=args.min_area, seed=training.seed,
-                                                        registered_probability=args.registered_probability))
+                                                        min_area=args.min_area, seed=training.seed))
     mix = TaskMix(segmentation_probability=args.segmentation_probability,
                   other_autoregressive=args.other_autoregressive, tasks=tuple(args.tasks),
                   other_weights={task: float(weight) for task, weight in args.task_weight})
     make_batch = make_batch_fn(sampler, mix, training.batch_size, training.seed)
     record = {"model": config.to_dict(), "mix": dataclasses.asdict(mix), "min_area": args.min_area,
-              "registered_probability": args.registered_probability,
               "threads": torch.get_num_threads()}
     state = train(MVGTrainingModule(model), make_batch, training, accelerator, record, description="MVG")
     if accelerator.is_main_process:

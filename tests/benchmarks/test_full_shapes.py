@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segicl_benchmarks import full_shapes as bench_full
-from segicl_benchmarks.report import results_section
+from segicl_benchmarks.report import results_page
 from segicl_benchmarks.full_shapes import (FullShapeOptions, measure_llm, measure_vision, per_slice_seconds, projection,
                                scaled_seconds, time_part)
 from segicl.config import tiny_config
@@ -164,7 +164,7 @@ def test_durations_are_shown_in_a_readable_unit(seconds, shown):
     assert duration(seconds) == shown
 
 
-def test_results_section_renders_the_full_shape_table(tmp_path):
+def test_results_page_renders_the_full_shape_table(tmp_path):
     import json
 
     parts = {**hand_parts(), "llm_uncached_s_k0": 3.0, "llm_cached_s_k0": 1.5, "sequence_tokens_k0": 546,
@@ -172,7 +172,7 @@ def test_results_section_renders_the_full_shape_table(tmp_path):
     result = {"parts": parts, "llm_cached_k3_over_k0": 1.333, "projection": projection(parts, 64),
               "setting": "hand-made parts"}
     (tmp_path / "full_shapes.json").write_text(json.dumps(result))
-    section = results_section(tmp_path)
+    section = results_page(tmp_path)
     assert "### Full-preset shapes" in section and "hand-made parts" in section
     assert f"| 1x1 | {result['projection']['1x1']['volume_s_uncached_k3'] / 60:.3g} min |" in section
     assert "vision 1 s per image" in section and "with it 1.5 s / 2 s" in section
@@ -184,6 +184,6 @@ def test_importing_the_benchmark_prints_nothing(tmp_path):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", "import benchmarks.full_shapes"], cwd=tmp_path, capture_output=True,
+    result = subprocess.run([sys.executable, "-c", "import segicl_benchmarks.full_shapes"], cwd=tmp_path, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0 and result.stderr == ""

@@ -8,7 +8,6 @@ import pytest
 
 from segicl_data.episodes import EpisodeConfig, EpisodeSampler
 
-from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
 from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
 from segicl_benchmarks.training import summarize_log
 from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices

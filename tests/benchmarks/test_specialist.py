@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
 from segicl_benchmarks.speed import PeakMemory, median_run, uncertainty_auroc
 from segicl_benchmarks.training import summarize_log
 from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices

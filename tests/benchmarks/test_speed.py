@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segicl_benchmarks.report import RESULTS_END, RESULTS_START, results_section, write_results
+from segicl_benchmarks.report import results_page
 from segicl_benchmarks.speed import PeakMemory, median_run, time_volume, uncertainty_auroc
 from segicl_benchmarks.training import summarize_log
 from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, train_specialist, training_slices
@@ -79,5 +79,5 @@ def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path
     assert fast["volume_uncached_over_cached_k3"] == pytest.approx(
         fast["volume_s"]["uncached_k3"] / fast["volume_s"]["cached_k3"], abs=1e-3)
     assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
-    section = results_section(tmp_path / "bench")
+    section = results_page(tmp_path / "bench")
     assert "of the cached k=3 time per slice" in section and "With the fast decoder setting (5 steps x 1" in section

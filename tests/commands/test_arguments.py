@@ -32,17 +32,13 @@ def test_config_flags_are_validated_together_and_refused_naming_only_the_flags_g
 
     from segicl.config import SegICLConfig
 
-    model = SimpleNamespace(config=SegICLConfig())
-    with pytest.raises(ValueError, match=r"^--weight: prior_registration_weight needs example_prior"):
-        apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5), ("--check", "examples_check_the_llm",
-                                                                                   None)])
-    assert model.config.prior_registration_weight == 0.0
+    model = SimpleNamespace(config=SegICLConfig())  # no example prior
+    with pytest.raises(ValueError, match=r"^--check: examples_check_the_llm needs example_prior"):
+        apply_config_flags(model, [("--check", "examples_check_the_llm", True), ("--k", "max_examples", None)])
+    assert not model.config.examples_check_the_llm
     model.config.examples_check_the_llm = True  # invalid already, no flag given: the config's own message alone
     with pytest.raises(ValueError, match=r"^examples_check_the_llm needs example_prior"):
         apply_config_flags(model, [("--check", "examples_check_the_llm", None)])
     model.config.examples_check_the_llm, model.config.example_prior = False, True
-    with pytest.raises(ValueError, match="^no"):
-        apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5)], refuse=lambda changed: "no")
-    assert model.config.prior_registration_weight == 0.0
-    apply_config_flags(model, [("--weight", "prior_registration_weight", 0.5)])
-    assert model.config.prior_registration_weight == 0.5
+    apply_config_flags(model, [("--check", "examples_check_the_llm", True), ("--k", "max_examples", 5)])
+    assert model.config.examples_check_the_llm and model.config.max_examples == 5

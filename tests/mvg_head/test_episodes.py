@@ -104,30 +104,3 @@ def test_colourings_see_the_same_episodes(dataset):
         a, b = (s.episode("segmentation", i) for s in samplers)
         assert a.meta == b.meta and np.array_equal(a.query_labels, b.query_labels)
         assert np.array_equal(a.sentence[[0, 2]], b.sentence[[0, 2]])
-
-
-def test_registered_episodes_skip_the_affines(dataset):
-    """registered_probability 1: prompt and query pairs come as the data has them; 0 (default): transformed, and the
-    episodes of a seed are the ones drawn before the option existed (no extra draw from the generator)."""
-    from mvg_head.episodes import grey3
-
-    registered = MVGEpisodeSampler(dataset, EpisodeOptions(split="test", min_area=64, registered_probability=1.0))
-    plain = MVGEpisodeSampler(dataset, EpisodeOptions(split="test", min_area=64))
-    for i in range(3):
-        episode = registered.episode("segmentation", i)
-        meta = episode.meta
-        assert meta["registered"]
-        assert np.array_equal(episode.sentence[0], grey3(dataset.image(meta["prompt_volume"], meta["prompt_slice"])))
-        assert np.array_equal(episode.sentence[2], grey3(dataset.image(meta["volume"], meta["slice"])))
-        other = plain.episode("segmentation", i)
-        assert not other.meta["registered"] and not np.array_equal(other.sentence[2], episode.sentence[2])
-        assert {k: v for k, v in other.meta.items() if k != "registered"} == \
-               {k: v for k, v in meta.items() if k != "registered"}
-    with pytest.raises(ValueError, match="registered_probability"):
-        EpisodeOptions(registered_probability=1.5)
-
-
-def test_a_share_of_training_episodes_is_registered(dataset):
-    sampler = MVGEpisodeSampler(dataset, EpisodeOptions(split="train", registered_probability=0.3, seed=0))
-    share = np.mean([sampler.episode("segmentation", i).meta["registered"] for i in range(200)])
-    assert 0.2 < share < 0.4
