@@ -88,6 +88,14 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     full.add_argument("--slices", type=int, default=64, help="volume length of the projection")
     full.set_defaults(handler=command_full_shapes)
 
+    folder = kinds.add_parser("folder", help="segicl predict over a folder of volumes against segicl segment once per "
+                                             "case, and predict on 2 processes: seconds per case")
+    add_dataset_arguments(folder)
+    folder.add_argument("--cases", type=int, default=20, help="volumes in the folder")
+    folder.add_argument("--structure", default="thalamus", help="the structure the prompt asks for")
+    folder.add_argument("-k", type=int, default=3, help="2-D examples in the prompt")
+    folder.set_defaults(handler=command_folder)
+
     training = kinds.add_parser("training", help="stage 1/2 steps per second: 1 process vs DeepSpeed ZeRO-2 x 2")
     training.add_argument("--steps", type=int, default=20, help="steps per run")
     training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
@@ -100,11 +108,11 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                              "docs/results)")
     report.set_defaults(handler=command_report)
 
-    for parser in (quality, volume, speed, training):
+    for parser in (quality, volume, speed, training, folder):
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, volume, speed, full, training):
+    for parser in (quality, volume, speed, full, training, folder):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
     report.add_argument("--out-dir", type=Path, default=BENCH_DIR,
                         help="the benchmarks' output folder, whose JSON files and plots are copied (default: runs/bench)")
@@ -167,6 +175,15 @@ def command_full_shapes(args) -> int:
                                dtype=args.dtype, repeats=args.repeats, slices=args.slices).validate()
     result = run_full_shapes(options, args.out_dir)
     print("\n".join(full_shape_lines(result)))
+    return 0
+
+
+def command_folder(args) -> int:
+    from segicl_benchmarks.folder import run_folder
+
+    check_common(args, cases=1, k=1)
+    result = run_folder(open_dataset(args), args.out_dir, args.cases, args.structure, args.k, args.model)
+    print(json.dumps(result, indent=1))
     return 0
 
 
