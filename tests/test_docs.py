@@ -27,27 +27,27 @@ def test_the_site_builds_offline_with_no_warning(tmp_path):
     assert result.returncode == 0, log
     assert "WARNING" not in log, log
     site = tmp_path / "site"
-    cli = (site / "reference" / "cli.html").read_text()
+    cli = (site / "reference" / "cli.html").read_text(encoding="utf-8")
     assert "segicl segment" in cli and "--example IMAGE MASK" in cli  # rendered from the parser, not the placeholder
-    assert "SegICLPipeline" in (site / "reference" / "python-api.html").read_text()
+    assert "SegICLPipeline" in (site / "reference" / "python-api.html").read_text(encoding="utf-8")
     assert (site / "results" / "quality.png").exists()
 
 
 def test_the_build_fetches_nothing():
     """Material's web fonts come from Google unless switched off; no plugin may reach the network."""
-    config = (REPO / "mkdocs.yml").read_text()
+    config = (REPO / "mkdocs.yml").read_text(encoding="utf-8")
     assert re.search(r"^\s+font: false\b", config, re.M)
     plugins = re.findall(r"^  - (\w[\w-]*)", config.split("\nplugins:", 1)[1].split("\n\n", 1)[0], re.M)
     assert set(plugins) <= {"search", "mkdocstrings"}, plugins
 
 
 def test_readme_is_short():
-    lines = (REPO / "README.md").read_text().splitlines()
+    lines = (REPO / "README.md").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines (at most {README_MAX_LINES})"
 
 
 def test_every_relative_link_of_the_readme_resolves():
-    links = relative_links((REPO / "README.md").read_text())
+    links = relative_links((REPO / "README.md").read_text(encoding="utf-8"))
     assert links, "the README links to the docs"
     missing = [link for link in links if not (REPO / link).exists()]
     assert not missing, missing
