@@ -131,8 +131,6 @@ def command_predict(args: argparse.Namespace) -> int:
     from segicl_data.cases import list_input_cases, shard
 
     check_model_flags(args, uncertainty=args.uncertainty)
-    if args.labels and (args.probabilities or args.uncertainty):
-        raise ValueError("--probabilities and --uncertainty are written for one structure (--label), not --labels")
     cases = list_input_cases(args.input)
     rank, processes, state = process_share()
     mine = shard(shard(cases, args.num_parts, args.part_id), processes, rank)

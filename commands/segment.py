@@ -92,6 +92,8 @@ def check_model_flags(args: argparse.Namespace, uncertainty: bool) -> None:
     if not args.model.exists():
         raise FileNotFoundError(f"model folder not found: {args.model} (train one with `segicl train --recipe "
                                 "segicl-tiny`)")
+    if args.labels and (args.probabilities or args.uncertainty):
+        raise ValueError("--probabilities and --uncertainty are written for one structure (--label), not --labels")
     check_prompt(args.text, args.example or [], args.examples_from, args.label, args.labels, args.k)
 
 
@@ -122,8 +124,6 @@ def command_segment(args: argparse.Namespace) -> int:
     from segicl_data.imageio import read_image
 
     check_model_flags(args, uncertainty=args.uncertainty is not None)
-    if args.labels and (args.probabilities or args.uncertainty):
-        raise ValueError("--probabilities and --uncertainty are written for one structure (--label), not --labels")
     start = time.perf_counter()
     image = read_image(args.image)  # a file that cannot be read is refused before the model loads
     pipeline = load_pipeline(args)

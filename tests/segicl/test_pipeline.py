@@ -3,17 +3,7 @@ import pytest
 
 from segicl.pipeline import SegICLPipeline
 
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_model):
-    return SegICLPipeline(tiny_model)
-
-
-def example(size=(70, 60), seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(size, np.float32)
-    mask[10:40, 15:45] = 1
-    return rng.random(size).astype(np.float32), mask
+from .conftest import example
 
 
 def test_2d_query_keeps_its_shape(pipeline):

@@ -11,19 +11,9 @@ from segicl.pipeline import SegICLPipeline
 from segicl.volume import (Settings, VolumeSegmentation, keep_largest_component, label_map, postprocess,
                            uncertainty_score)
 
+from .conftest import example
+
 FAST = Settings(steps=1, samples=2, batch_size=8)
-
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_model):
-    return SegICLPipeline(tiny_model)
-
-
-def square_example(size=(64, 64), seed=0):
-    rng = np.random.default_rng(seed)
-    mask = np.zeros(size, np.float32)
-    mask[10:40, 15:45] = 1
-    return rng.random(size).astype(np.float32), mask
 
 
 def test_label_map_takes_the_most_probable_class_above_one_half():
@@ -56,7 +46,7 @@ def test_postprocess_thresholds_one_structure_and_keeps_one_piece_per_class_of_a
 
 def test_segment_an_array_slice_keeps_its_shape_and_equals_the_slice_pipeline(pipeline):
     image = np.random.default_rng(1).random((80, 72)).astype(np.float32) * 300
-    examples = [square_example((70, 60))]
+    examples = [example((70, 60))]
     result = pipeline.segment(image, "Segment the brain", examples, settings=FAST)
     assert isinstance(result, VolumeSegmentation) and result.slices == 1
     assert result.mask.shape == result.probabilities.shape == result.uncertainty.shape == (80, 72)
@@ -73,7 +63,7 @@ def test_segment_a_nifti_volume_answers_on_its_grid_and_saves_its_geometry(pipel
     affine = np.diag([1.5, 1.2, 3.0, 1.0])
     affine[:3, 3] = [10.0, -4.0, 7.0]
     nib.save(nib.Nifti1Image(volume, affine), tmp_path / "scan.nii.gz")
-    result = pipeline.segment(tmp_path / "scan.nii.gz", "Segment the brain", [square_example()], settings=FAST)
+    result = pipeline.segment(tmp_path / "scan.nii.gz", "Segment the brain", [example((64, 64))], settings=FAST)
     assert result.mask.shape == result.uncertainty.shape == volume.shape
     assert result.slices == 6
     written = nib.load(result.save(tmp_path / "mask.nii.gz"))
