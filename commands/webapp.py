@@ -328,7 +328,7 @@ def _targets(request: SegmentRequest, query: Query) -> list[Target]:
             raise ValueError("pick the structure of the dataset whose cases lend the examples")
         position = request.position if slices == 1 else None
         return bank_targets(SliceDataset(request.bank), [request.bank_structure], request.instruction or None,
-                            request.k, slices, position)
+                            request.k, query.model_slices, position)
     pairs = []
     for number, (image, mask) in enumerate(request.examples, start=1):
         if (image is None) != (mask is None):

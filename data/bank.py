@@ -4,6 +4,10 @@ that a user with labelled cases never picks example slices by hand.
 For a query slice at relative position p of its volume, each of k DIFFERENT cases lends its slice at the same
 relative position (`segicl_data.episodes.prompt_slice`, the rule MVG uses). Such a slice may not show the structure: its
 empty mask then says "not on this slice", which is what whole volumes need.
+
+When more cases are labelled than the model reads, the k that lend examples to a query are those that look most like
+it (multi-atlas selection: the mean normalised cross-correlation of the query's slices with each case's
+position-matched slices), so that every corrected case a user adds can serve the queries it resembles.
 """
 from __future__ import annotations
 
@@ -14,8 +18,17 @@ import numpy as np
 from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import prompt_slice
 from segicl_data.importer import slug
+from segicl_data.preprocess import resize_slices
 
 BANK_SPLITS = ("train", "support")
+SIMILARITY_SLICES = 16  # query slices compared with each case when choosing the most similar ones
+# A single 2-D query slice at relative position p of its volume is matched as slice p * POSITIONS of POSITIONS.
+POSITIONS = 1000
+
+
+def position_slice(position: float) -> int:
+    """The matched index (of POSITIONS) of a single query slice at relative position `position` in [0, 1]."""
+    return min(int(position * POSITIONS), POSITIONS - 1)
 
 
 @dataclass(frozen=True)
@@ -57,10 +70,22 @@ def find_structure(dataset: SliceDataset, label: str, splits: tuple[str, ...] = 
     raise ValueError(f"no structure {label!r} with labelled training cases in {dataset.root}; known: {listing}")
 
 
-class ExampleBank:
-    """Position-matched examples of one structure from up to k different cases of a dataset."""
+def normalized_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation of two images' intensities; 0 where either is constant."""
+    a, b = a - a.mean(), b - b.mean()
+    scale = float(np.sqrt((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum()) / scale if scale > 0 else 0.0
 
-    def __init__(self, dataset: SliceDataset, label: str, k: int = 3, splits: tuple[str, ...] = BANK_SPLITS):
+
+class ExampleBank:
+    """Position-matched examples of one structure from up to k different cases of a dataset: the first k by name, or,
+    given the query's slices and more than k cases, the k most similar to it (`most_similar`).
+
+    `query`: the query's model slices [S, H, W]; `position`: for a single query slice, its relative position in its
+    volume (as `examples_for` is then called with it)."""
+
+    def __init__(self, dataset: SliceDataset, label: str, k: int = 3, splits: tuple[str, ...] = BANK_SPLITS,
+                 query: np.ndarray | None = None, position: float | None = None):
         if k < 1:
             raise ValueError(f"-k must be >= 1 for an example bank, got {k}")
         self.dataset = dataset
@@ -69,7 +94,24 @@ class ExampleBank:
         if len(cases) < k:
             raise ValueError(f"{self.structure.name!r} is labelled in {len(cases)} case(s) of {dataset.root}, fewer than "
                              f"-k {k}")
-        self.rows = cases[:k]
+        self.rows = cases[:k] if query is None or len(cases) == k else self.most_similar(cases, query, k, position)
+
+    def most_similar(self, rows: tuple[int, ...], query: np.ndarray, k: int, position: float | None) -> tuple[int, ...]:
+        """The k rows whose cases correlate best with up to SIMILARITY_SLICES of the query's slices at matched
+        positions, kept in the bank's order (ties: the earlier case)."""
+        size = self.dataset.image(self.dataset.rows[rows[0]]["volume"], 0).shape
+        picked = np.unique(np.linspace(0, len(query) - 1, min(len(query), SIMILARITY_SLICES)).round().astype(int))
+        slices = resize_slices(np.asarray(query[picked], dtype=np.float32), size, labels=False)
+        scores = []
+        for row in rows:
+            volume = self.dataset.rows[row]["volume"]
+            count = self.dataset.volumes[volume]["n_slices"]
+            matched = [prompt_slice(position_slice(position), POSITIONS, count) if position is not None
+                       else prompt_slice(int(q), len(query), count) for q in picked]
+            scores.append(np.mean([normalized_correlation(s, self.dataset.image(volume, m))
+                                   for s, m in zip(slices, matched)]))
+        best = np.argsort(-np.asarray(scores), kind="stable")[:k]
+        return tuple(rows[i] for i in sorted(best))
 
     @property
     def k(self) -> int:

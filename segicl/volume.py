@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
-from segicl_data.bank import ExampleBank, bank_structures, find_structure
+from segicl_data.bank import POSITIONS, ExampleBank, bank_structures, find_structure, position_slice
 from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import prompt_slice
 from segicl_data.imageio import MedicalImage, image_from_array, read_image, write_image
@@ -189,16 +189,14 @@ def bank_names(dataset: SliceDataset, label: str | None, labels: str | Sequence[
     return [name.strip() for name in names if name.strip()]
 
 
-# A single 2-D query slice at relative position p of its volume is matched as slice p * POSITIONS of POSITIONS.
-POSITIONS = 1000
-
-
-def bank_targets(dataset: SliceDataset, names: list[str], text: str | None, k: int, query_slices: int,
+def bank_targets(dataset: SliceDataset, names: list[str], text: str | None, k: int, query: np.ndarray,
                  position: float | None = None) -> list[Target]:
     """One target per structure name of a dataset (`segicl_data.dataset.SliceDataset`), its k examples per query slice from
-    the dataset's bank (k = 0: the instruction alone); `text` replaces the worded instruction. `position` (0 = the
-    first slice of a volume, 1 = the last): where a single query slice lies in its volume, which the bank's
-    position-matched examples follow; None: the query's own slices are the volume."""
+    the dataset's bank (k = 0: the instruction alone; from the k cases most like `query`, its model slices [S, H, W],
+    where more are labelled); `text` replaces the worded instruction. `position` (0 = the first slice of a volume,
+    1 = the last): where a single query slice lies in its volume, which the bank's position-matched examples follow;
+    None: the query's own slices are the volume."""
+    query_slices = len(query)
     if position is not None and (query_slices != 1 or not 0.0 <= position <= 1.0):
         raise ValueError(f"a relative position in [0, 1] is for a single query slice; got {position} for "
                          f"{query_slices} slice(s)")
@@ -211,11 +209,11 @@ def bank_targets(dataset: SliceDataset, names: list[str], text: str | None, k: i
         if k == 0:
             targets.append(Target(instruction, [], None, value))
         else:
-            bank = ExampleBank(dataset, name, k)
+            bank = ExampleBank(dataset, name, k, query=query, position=position)
             if position is None:
                 examples = bank.examples_per_slice(query_slices)
             else:
-                examples = [bank.examples_for(min(int(position * POSITIONS), POSITIONS - 1), POSITIONS)]
+                examples = [bank.examples_for(position_slice(position), POSITIONS)]
             targets.append(Target(instruction, [], examples, value))
     return targets
 
@@ -349,7 +347,7 @@ def prompt_targets(query: Query, text: str | None, examples: Sequence, example_l
         shared, per_slice = file_examples(examples, len(query.model_slices), query.axis, normalization, example_label)
         return [Target(text, shared, per_slice)]
     dataset = examples_from if isinstance(examples_from, SliceDataset) else SliceDataset(examples_from)
-    return bank_targets(dataset, bank_names(dataset, label, labels), text, k, len(query.model_slices))
+    return bank_targets(dataset, bank_names(dataset, label, labels), text, k, query.model_slices)
 
 
 def segment(pipeline, image: ImageInput, text: str | None = None,

@@ -34,6 +34,29 @@ def test_a_bank_lends_one_slice_of_each_of_k_training_cases_at_the_query_positio
     assert any(pairs[0][1].any() for pairs in per_slice)
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_given_a_query_a_bank_with_more_cases_than_k_lends_those_most_like_it(imported_dataset, k):
+    first = ExampleBank(imported_dataset, "caudate", k=3).cases
+
+    def volume(case):
+        return np.stack([imported_dataset.image(case, index) for index in range(imported_dataset.volumes[case]["n_slices"])])
+
+    def same(a, b):  # two fixture cases differ only by a voxel-order flip, which the import undoes
+        return volume(a).shape == volume(b).shape and np.array_equal(volume(a), volume(b))
+
+    for case in first:
+        query = volume(case) * 3.0 + 0.5
+        chosen = ExampleBank(imported_dataset, "caudate", k=k, query=query).cases
+        assert len(chosen) == k and any(same(case, lender) for lender in chosen)
+        assert chosen == sorted(chosen, key=first.index)  # kept in the bank's order
+        middle = len(query) // 2
+        single = ExampleBank(imported_dataset, "caudate", k=1, query=query[middle: middle + 1],
+                             position=middle / (len(query) - 1)).cases
+        assert same(case, single[0])
+    # without a query (or with exactly k cases) the first k cases by name lend, as before
+    assert ExampleBank(imported_dataset, "caudate", k=k).cases == first[:k]
+
+
 def test_a_bank_larger_than_the_labelled_cases_is_refused(imported_dataset):
     with pytest.raises(ValueError, match=r"'putamen' is labelled in 3 case\(s\) .* fewer than -k 4"):
         ExampleBank(imported_dataset, "putamen", k=4)
