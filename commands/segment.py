@@ -73,6 +73,13 @@ def add_model_arguments(parser: argparse.ArgumentParser, default_weights: Path) 
                         help="keep only the largest connected component of each mask, over the whole volume (nnU-Net's "
                              "post-processing: removes the specks left on slices without the structure, and any "
                              "second piece of a two-part structure; docs/results, whole volumes)")
+    parser.add_argument("--views", type=int, default=1,
+                        help="test-time augmentation: segment 1 to 8 views of the query and its examples together "
+                             "(flips, quarter turns) and average them; the uncertainty includes their spread; each "
+                             "view costs one more run (default: 1, none)")
+    parser.add_argument("--example-sets", type=int, default=4,
+                        help="with more examples than the model reads (3 for the shipped weights): average over up to "
+                             "this many subsets of them, each one more run (default: 4)")
     parser.add_argument("--check-examples", action=argparse.BooleanOptionalAction, default=None,
                         help="answer each example from the others and, where the example prior alone does better than "
                              "its mix with the LLM, follow the prior alone (SegICLConfig.examples_check_the_llm; "
@@ -102,7 +109,7 @@ def settings_from(args: argparse.Namespace):
     from segicl.volume import Settings
 
     return Settings(args.steps, args.samples, args.batch_size, args.normalization, args.seed,
-                    args.largest_component).validate()
+                    args.largest_component, args.views, args.example_sets).validate()
 
 
 def prompt_from(args: argparse.Namespace) -> dict:
@@ -121,11 +128,13 @@ def load_pipeline(args: argparse.Namespace, device: str = "cpu"):
 
 
 def command_segment(args: argparse.Namespace) -> int:
-    from segicl_data.imageio import read_image
+    from segicl_data.imageio import check_not_constant, read_image
 
     check_model_flags(args, uncertainty=args.uncertainty is not None)
     start = time.perf_counter()
-    image = read_image(args.image)  # a file that cannot be read is refused before the model loads
+    # A file that cannot be read, or that holds nothing to segment, is refused before the model loads.
+    image = read_image(args.image)
+    check_not_constant(image.array, str(args.image))
     pipeline = load_pipeline(args)
     result = pipeline.segment(image, args.text, args.example or [], progress=True, **prompt_from(args))
     written = [result.save(args.out)]

@@ -14,10 +14,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from segicl.augment import VIEWS, ensemble_call
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl_data.bank import POSITIONS, ExampleBank, bank_structures, find_structure, position_slice
 from segicl_data.dataset import SliceDataset
@@ -88,8 +90,19 @@ class Query:
 
 @dataclass
 class Settings:
-    """How the pipeline runs: decoder steps x samples (the measured default), slices per batch, intensity mapping,
-    and whether each mask keeps only its largest connected component."""
+    """How the pipeline runs.
+
+    Attributes:
+        steps, samples: decoder steps x samples (the measured default).
+        batch_size: slices per model batch.
+        normalization: the intensity mapping ("percentile", "ct" for Hounsfield units, "none").
+        seed: the decoder's noise seed.
+        largest_component: each mask keeps only its largest connected component.
+        views: test-time augmentation, 1 to 8 views of the query and its examples together (flips and quarter
+            turns, `segicl.augment.VIEWS`), averaged; each view costs one more run.
+        example_sets: when more examples are given than the model reads, the most subsets of them the answer
+            averages (each costs one more run); fewer examples than the model reads use them all, once.
+    """
 
     steps: int = DEFAULT_STEPS
     samples: int = DEFAULT_SAMPLES
@@ -97,6 +110,8 @@ class Settings:
     normalization: str = "percentile"
     seed: int = 0
     largest_component: bool = False
+    views: int = 1
+    example_sets: int = 4
 
     def validate(self) -> "Settings":
         if self.steps < 1 or self.samples < 1:
@@ -105,6 +120,10 @@ class Settings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"unknown normalization {self.normalization!r}; expected one of {NORMALIZATIONS}")
+        if not 1 <= self.views <= len(VIEWS):
+            raise ValueError(f"views must be 1 to {len(VIEWS)}, got {self.views}")
+        if self.example_sets < 1:
+            raise ValueError(f"example_sets must be >= 1, got {self.example_sets}")
         return self
 
 
@@ -264,23 +283,32 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
     raises stops the run (the web app's cancel button)."""
     outputs, structures = [], {}
     for index, target in enumerate(targets):
-        def step(stage: str, done: int, total: int, index: int = index) -> None:
-            passes_done = done + (total if stage == "decode" else 0)
-            callback((index + passes_done / (2 * total)) / len(targets))
+        def fraction(done: float, index: int = index) -> None:
+            callback((index + done) / len(targets))
 
         start = time.perf_counter()
-        output = pipeline(query.model_slices, target.instruction, target.examples, num_samples=settings.samples,
-                          num_steps=settings.steps, batch_size=settings.batch_size, normalization=settings.normalization,
-                          seed=settings.seed, progress=progress, slice_examples=target.slice_examples,
-                          callback=None if callback is None else step)
+        output = ensemble_call(partial(call_pipeline, pipeline, target.instruction, settings, progress),
+                               query.model_slices, target.examples, target.slice_examples,
+                               pipeline.model.config.max_examples, settings.views, settings.example_sets,
+                               None if callback is None else fraction)
         outputs.append(output)
+        probabilities, uncertainty, _ = output
         structures[target.instruction] = {"value": target.value, "seconds": round(time.perf_counter() - start, 3),
-                                          "uncertainty": uncertainty_score(output.probabilities, output.uncertainty)}
-    mask = postprocess([o.probabilities for o in outputs], [t.value for t in targets] if as_label_map else None,
-                       settings.largest_component)
-    timings = {key: sum(o.timings[key] for o in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
-    return SegmentResult(query.to_display(mask), query.to_display(outputs[0].probabilities),
-                         query.to_display(outputs[0].uncertainty), timings, structures)
+                                          "uncertainty": uncertainty_score(probabilities, uncertainty)}
+    mask = postprocess([probabilities for probabilities, _, _ in outputs],
+                       [t.value for t in targets] if as_label_map else None, settings.largest_component)
+    timings = {key: sum(times[key] for _, _, times in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
+    return SegmentResult(query.to_display(mask), query.to_display(outputs[0][0]), query.to_display(outputs[0][1]),
+                         timings, structures)
+
+
+def call_pipeline(pipeline, instruction: str, settings: Settings, progress: bool, slices: np.ndarray, examples: list,
+                  slice_examples: list | None, run_index: int, callback):
+    """One pipeline call of an ensemble (`segicl.augment.ensemble_call`); each run its own decoder seed."""
+    return pipeline(slices, instruction, examples, num_samples=settings.samples, num_steps=settings.steps,
+                    batch_size=settings.batch_size, normalization=settings.normalization,
+                    seed=settings.seed + run_index, progress=progress, slice_examples=slice_examples,
+                    callback=callback)
 
 
 
