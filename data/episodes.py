@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from segicl_data.dataset import SliceDataset, TaskSlice
+from segicl_data.synthetic import SYNTHETIC_MODALITY, SYNTHETIC_NAME, SyntheticConfig, synthetic_pairs
 from segicl_data.transforms import SpatialTransformConfig, random_affine
 
 INSTRUCTION_TEMPLATES = (
@@ -45,6 +46,9 @@ class EpisodeConfig:
             name (`made_up_name`: training-name words in a new combination), so that only the examples
             say what to segment, as for held-out structures, whose names the model never saw. Training only.
         absent_prob: probability that the query is a slice of its volume WITHOUT the structure (empty target).
+        synthetic_prob: probability that an episode is a synthetic task instead (`segicl_data.synthetic`: random
+            label maps with random intensities, k >= 1, textures from the dataset's training slices). Training only.
+        synthetic: how synthetic tasks are drawn.
     """
 
     split: str = "train"
@@ -57,6 +61,8 @@ class EpisodeConfig:
     seed: int = 0
     anonymous_name_prob: float = 0.0
     absent_prob: float = 0.0
+    synthetic_prob: float = 0.0
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
     def __post_init__(self) -> None:
         if self.split not in ("train", "test"):
@@ -71,6 +77,10 @@ class EpisodeConfig:
             raise ValueError(f"anonymous_name_prob must be in [0, 1], got {self.anonymous_name_prob}")
         if not 0.0 <= self.absent_prob <= 1.0:
             raise ValueError(f"absent_prob must be in [0, 1], got {self.absent_prob}")
+        if not 0.0 <= self.synthetic_prob <= 1.0:
+            raise ValueError(f"synthetic_prob must be in [0, 1], got {self.synthetic_prob}")
+        if self.synthetic_prob and self.split != "train":
+            raise ValueError("synthetic tasks are for training episodes only")
 
 
 @dataclass
@@ -120,6 +130,8 @@ class EpisodeSampler:
 
     def __getitem__(self, index: int) -> Episode:
         rng = np.random.default_rng([self.config.seed, index])
+        if self.config.synthetic_prob and rng.random() < self.config.synthetic_prob:
+            return self.synthetic_episode(rng)
         query = self._draw_query(rng)
         if self.config.absent_prob and rng.random() < self.config.absent_prob:
             query = self._absent_slice(query, rng)
@@ -163,6 +175,22 @@ class EpisodeSampler:
                   "position": data.relative_position(task["volume"], query.slice), "k": k,
                   "examples": [{"volume": data.rows[r]["volume"], "slice": s} for r, s in examples]},
         )
+
+    def synthetic_episode(self, rng: np.random.Generator) -> Episode:
+        """A synthetic task's episode (`segicl_data.synthetic`): k >= 1 subjects as examples, one more as the query;
+        K + 1 subjects are always drawn, so episodes stay nested in k."""
+        k = self.config.num_examples or int(rng.integers(1, max(self.config.max_examples, 1) + 1))
+        texture = self.queries[rng.integers(len(self.queries))]  # a real slice, whose texture a task may wear
+        textures = [self.dataset.image(self.dataset.rows[texture.row]["volume"], texture.slice)]
+        pairs = synthetic_pairs(rng, max(k, self.config.max_examples) + 1, self.dataset.resolution,
+                                self.config.synthetic, textures)
+        template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
+        return Episode(
+            instruction=template.format(name=SYNTHETIC_NAME, modality=SYNTHETIC_MODALITY), structure=SYNTHETIC_NAME,
+            example_images=np.stack([image[None] for image, _ in pairs[:k]]),
+            example_masks=np.stack([mask[None] for _, mask in pairs[:k]]),
+            query_image=pairs[-1][0][None], query_mask=pairs[-1][1][None],
+            meta={"task": "synthetic", "held_out": False, "k": k, "synthetic": True})
 
     def _absent_slice(self, query: TaskSlice, rng: np.random.Generator) -> TaskSlice:
         """A slice of the query's volume without its structure (the query itself when the structure is on all)."""
