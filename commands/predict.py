@@ -49,8 +49,8 @@ def add_predict_command(commands, default_weights: Path) -> None:
 def run_description(args: argparse.Namespace) -> dict:
     """What makes two runs' predictions comparable: the model, the prompt and the settings (not the sharding)."""
     keys = ("text", "example", "example_label", "examples_from", "label", "labels", "k", "model", "samples", "steps",
-            "axis", "normalization", "crop", "largest_component", "check_examples", "seed", "probabilities",
-            "uncertainty")
+            "axis", "normalization", "crop", "largest_component", "views", "example_sets", "check_examples", "seed",
+            "probabilities", "uncertainty")
     return json.loads(json.dumps({key: getattr(args, key) for key in keys}, default=str))
 
 
@@ -86,10 +86,11 @@ def is_finished(case, output: Path, args: argparse.Namespace) -> bool:
                                                                    case_files(case, output, args).values())
 
 
-def predict_case(pipeline, case, output: Path, args: argparse.Namespace) -> dict:
-    """Segment one case, write its files, then its record (last: a record means the case is finished)."""
+def predict_case(pipeline, case, output: Path, args: argparse.Namespace, callback=None) -> dict:
+    """Segment one case, write its files, then its record (last: a record means the case is finished).
+    `callback(fraction)` follows the case's progress; an exception it raises stops the case (the web app's cancel)."""
     start = time.perf_counter()
-    result = pipeline.segment(case.path, args.text, args.example or [], **prompt_from(args))
+    result = pipeline.segment(case.path, args.text, args.example or [], callback=callback, **prompt_from(args))
     files = case_files(case, output, args)
     for what, path in files.items():
         result.save(path, what)
@@ -112,6 +113,19 @@ def write_predictions(output: Path, cases: list, description: dict) -> dict:
     return summary
 
 
+def prepare_output(output: Path, description: dict, overwrite: bool, record_run: bool = True) -> None:
+    """Refuse a folder of another run, remove what a killed earlier run was writing, record this run's description
+    (`record_run`: one process of several does)."""
+    from segicl_data.atomic import remove_stale_partials
+
+    check_same_run(output, description, overwrite)
+    (output / RECORDS).mkdir(parents=True, exist_ok=True)
+    for folder in (output, output / RECORDS):
+        remove_stale_partials(folder)
+    if record_run:
+        write_json(output / RECORDS / RUN_FILE, description)
+
+
 def process_share() -> tuple[int, int, object | None]:
     """(this process's index, the process count, the accelerate state to wait on) under `accelerate launch` or
     torchrun; (0, 1, None) for a plain run."""
@@ -127,7 +141,6 @@ def process_share() -> tuple[int, int, object | None]:
 def command_predict(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from segicl_data.atomic import remove_stale_partials
     from segicl_data.cases import list_input_cases, shard
 
     check_model_flags(args, uncertainty=args.uncertainty)
@@ -135,12 +148,7 @@ def command_predict(args: argparse.Namespace) -> int:
     rank, processes, state = process_share()
     mine = shard(shard(cases, args.num_parts, args.part_id), processes, rank)
     description = run_description(args)
-    check_same_run(args.output, description, args.overwrite)
-    (args.output / RECORDS).mkdir(parents=True, exist_ok=True)
-    for folder in (args.output, args.output / RECORDS):  # what a killed earlier run was writing
-        remove_stale_partials(folder)
-    if rank == 0:
-        write_json(args.output / RECORDS / RUN_FILE, description)
+    prepare_output(args.output, description, args.overwrite, record_run=rank == 0)
     todo = [case for case in mine if args.overwrite or not is_finished(case, args.output, args)]
     pipeline = load_pipeline(args, "cpu" if state is None else state.device) if todo else None
     start = time.perf_counter()

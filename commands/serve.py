@@ -22,10 +22,11 @@ DEFAULT_PORT = 7860
 
 def add_serve_command(commands, default_weights: Path) -> None:
     serve = commands.add_parser(
-        "serve", help="a local web app: segment an upload from text + examples, run MVG's image tasks",
+        "serve", help="a local web app: segment an upload from text + examples, label a folder, run MVG's image tasks",
         description="Start the web app (docs: how-to/web-app): a Segment tab (SegICL: query upload, instruction, 0-5 "
-                    "example pairs or a dataset's example bank, overlay, uncertainty, Dice, downloads) and an "
-                    "Image-task tab (MVG). Offline; binds 127.0.0.1 by default.")
+                    "example pairs or a dataset's example bank, overlay, uncertainty, Dice, downloads), a "
+                    "Label-a-folder tab (the labelling loop of `segicl predict` and `segicl bank add` on a --folder) "
+                    "and an Image-task tab (MVG). Offline; binds 127.0.0.1 by default.")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT})")
     serve.add_argument("--model", type=Path, default=default_weights,
@@ -35,6 +36,10 @@ def add_serve_command(commands, default_weights: Path) -> None:
     serve.add_argument("--examples-from", type=Path, action="append", default=[], metavar="DATASET",
                        help="a built or imported dataset (`segicl data import`) whose cases lend examples (repeat for "
                             "several); the built-in dataset is offered too when it is built")
+    serve.add_argument("--folder", type=Path, action="append", default=[], metavar="DIR",
+                       help="a folder of cases (as `segicl predict -i` reads) that the Label-a-folder tab segments "
+                            "and whose checked cases grow an --examples-from dataset's bank (repeat for several); the "
+                            "page offers only these folders")
     serve.add_argument("--max-upload-mb", type=float, default=Limits.upload_bytes / 2**20,
                        help=f"largest upload in MiB (default: {Limits.upload_bytes / 2**20:.0f})")
     serve.add_argument("--max-voxels", type=int, default=Limits.max_voxels,
@@ -46,6 +51,7 @@ def add_serve_command(commands, default_weights: Path) -> None:
 
 def check_serve_flags(args: argparse.Namespace) -> Limits:
     from segicl_commands.arguments import check_at_least
+    from segicl_data.cases import list_input_cases
     from segicl_data.model_folders import check_model_folder
 
     check_at_least(args, port=1, max_upload_mb=0.001, max_voxels=1, max_slices=1)
@@ -57,6 +63,11 @@ def check_serve_flags(args: argparse.Namespace) -> Limits:
         if not (folder / "manifest.jsonl").exists():
             raise FileNotFoundError(f"--examples-from {folder}: no slice dataset there (manifest.jsonl missing); "
                                     "`segicl data import FOLDER` makes one")
+    for folder in args.folder:
+        try:
+            list_input_cases(folder)
+        except (ValueError, FileNotFoundError) as error:
+            raise ValueError(f"--folder {folder}: {error}") from None
     return Limits(int(args.max_upload_mb * 2**20), args.max_voxels, args.max_slices)
 
 
@@ -68,9 +79,12 @@ def example_banks(folders: list[Path]) -> dict[str, Path]:
     built = DEFAULT_CACHE / DatasetConfig().folder_name()
     if (built / "manifest.jsonl").exists():
         banks["built-in atlases"] = built
-    for folder in folders:
-        banks[f"{folder.name} ({folder})"] = folder
-    return banks
+    return banks | by_name(folders)
+
+
+def by_name(folders: list[Path]) -> dict[str, Path]:
+    """Folders by the name the page shows: the folder's name and, to tell two apart, its path."""
+    return {f"{folder.name} ({folder})": folder for folder in folders}
 
 
 def known_structures(banks: dict[str, Path]) -> tuple[list[str], str]:
@@ -134,7 +148,7 @@ def command_serve(args: argparse.Namespace) -> int:
     banks = example_banks(args.examples_from)
     structures, source = known_structures(banks)
     state = AppState(SegICLPipeline.from_pretrained(args.model), MVGPipeline.from_pretrained(args.mvg_model), limits,
-                     workspace, banks, structures, source)
+                     workspace, banks, structures, source, folders=by_name(args.folder), model_folder=args.model)
 
     from nicegui import app, ui
 

@@ -1,17 +1,23 @@
-"""The web app of `segicl serve` (NiceGUI): a Segment tab (SegICL) and an Image-task tab (MVG).
+"""The web app of `segicl serve` (NiceGUI): a Segment tab (SegICL), a Label-a-folder tab (the labelling loop) and an
+Image-task tab (MVG).
 
 The page is thin. Every action calls one plain function of this module that takes file paths and values and returns
 what the page shows: `store_upload` (an upload into the client's temporary folder, size-limited), `preview_query`
 (the slices to show), `run_segment` (through `segicl.volume.segment_image`, the volume-level API that `segicl
-segment` runs), `render_segment` (overlay and uncertainty of one slice), `run_image_task` and `render_image_task` (MVG). They are
-tested without a browser (tests/commands/test_webapp.py). A refusal (the ValueError / FileNotFoundError of the
-readers, the pipelines and the checks here) becomes one readable line in the page (`readable`), never a traceback,
-and the server serves the next request.
+segment` runs), `render_segment` (overlay and uncertainty of one slice), `run_image_task` and `render_image_task`
+(MVG), and the labelling loop on a server folder (`run_folder`, `folder_listing`, `open_case`, `add_to_bank`: the
+functions of `segicl predict` and `segicl bank add`). They are tested without a browser
+(tests/commands/test_webapp.py). A refusal (the ValueError / FileNotFoundError of the readers, the pipelines and the
+checks here) becomes one readable line in the page (`readable`), never a traceback, and the server serves the next
+request.
 """
 from __future__ import annotations
 
+import argparse
 import base64
+import hashlib
 import io
+import json
 import re
 import shutil
 import threading
@@ -38,6 +44,7 @@ DECODER_SETTINGS = {
 }
 EXAMPLE_SLOTS = 5
 IMAGE_TASKS = ("segmentation", "synthesis", "denoising", "inpainting")
+INTENSITIES = {"percentile": "MRI (percentiles)", "ct": "CT window", "none": "none"}
 READABLE_ENDINGS = (".nii", ".nii.gz", ".dcm", ".dicom", ".zip", ".png", ".jpg", ".jpeg", ".npy")
 UNCERTAINTY_TOP = 0.5  # the largest spread of probabilities in [0, 1]: the top of the uncertainty colour scale
 PICTURE = "fit=contain no-transition no-spinner"  # a result shows at once (no fade-in), pixels stay square
@@ -59,7 +66,8 @@ class Limits:
 @dataclass
 class AppState:
     """What every client of one server shares: the loaded pipelines (one model run at a time), the limits, the
-    example banks, the temporary folder that holds every upload and output (removed when the server stops)."""
+    example banks, the folders of cases offered to the labelling loop, the SegICL model's folder (recorded with the
+    loop's predictions), the temporary folder that holds every upload and output (removed when the server stops)."""
 
     segicl: object
     mvg: object
@@ -68,10 +76,12 @@ class AppState:
     banks: dict[str, Path] = field(default_factory=dict)
     structures: list[str] = field(default_factory=list)
     structures_source: str = ""
+    folders: dict[str, Path] = field(default_factory=dict)
+    model_folder: Path | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def client_folder(self, client_id: str) -> Path:
-        folder = self.workspace / re.sub(r"[^A-Za-z0-9_-]", "_", client_id)
+        folder = self.workspace / safe_name(client_id)
         folder.mkdir(parents=True, exist_ok=True)
         return folder
 
@@ -92,12 +102,17 @@ class Job:
         self.fraction = fraction
 
 
+def safe_name(text: str) -> str:
+    """`text` with every character but letters, digits, _ and - as _ (a folder name, a test id)."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", text)
+
+
 def readable(error: BaseException, workspace: Path | None = None) -> str:
-    """One line for the page: the message without the server's temporary folders (an upload is named by its
-    file name)."""
+    """One line for the page: the message without the server's temporary folders (an upload or output is named by
+    its file name)."""
     message = " ".join(str(error).split()) or type(error).__name__
     if workspace is not None:
-        message = re.sub(re.escape(str(workspace)) + r"/[^/\s'\"]+/[^/\s'\"]+/", "", message)
+        message = re.sub(re.escape(str(workspace)) + r"/(?:[^/\s'\"]+/)+", "", message)
     return message
 
 
@@ -392,11 +407,15 @@ def run_segment(state: AppState, request: SegmentRequest, folder: Path,
     with state.lock:
         result = segment_image(query, targets, state.segicl, settings, callback=callback)
     files = write_segment_files(query, result, folder, _stem(request.query))
-    areas = result.mask.reshape(len(result.mask), -1).sum(axis=1)
-    first = int(areas.argmax()) if areas.any() else len(areas) // 2
     return SegmentView(query, display_slices(query.slices, settings.normalization), result, truth,
                        None if truth is None else dice(result.mask, truth), files, time.perf_counter() - start,
-                       first, settings.samples)
+                       first_slice(result.mask), settings.samples)
+
+
+def first_slice(mask: np.ndarray) -> int:
+    """The slice to show first: the one with the most mask, or the middle one when the mask is empty."""
+    areas = mask.reshape(len(mask), -1).sum(axis=1)
+    return int(areas.argmax()) if areas.any() else len(areas) // 2
 
 
 def render_segment(view: SegmentView, index: int) -> tuple[np.ndarray, np.ndarray, str]:
@@ -413,6 +432,209 @@ def render_segment(view: SegmentView, index: int) -> tuple[np.ndarray, np.ndarra
                  if view.samples > 1 else "one sample: no uncertainty (all black)")
     words.append(f"{view.seconds:.1f} s")
     return overlay(view.display[index], mask, truth), heat(view.result.uncertainty[index]), "; ".join(words)
+
+
+# ------------------------------------------------------------------------------------------- label a folder
+@dataclass
+class FolderRequest:
+    """The labelling loop's choices: a folder of cases (one the server offers), an imported dataset whose example bank
+    lends k examples per slice of one structure and takes the checked cases, and how the decoder runs (the cases are
+    ranked by the spread of its samples, so at least 2)."""
+
+    folder: Path
+    bank: Path
+    structure: str | None
+    k: int = 3
+    axis: str = "axial"
+    settings: Settings = field(default_factory=Settings)
+
+
+@dataclass
+class FolderCase:
+    """One case of the folder as the list shows it: its uncertainty score (None: not segmented yet) and whether it
+    lends examples of the structure already."""
+
+    name: str
+    uncertainty: float | None
+    in_bank: bool
+
+
+@dataclass
+class FolderView:
+    """A finished run over the folder: every case, the most uncertain first; how many were segmented, in seconds."""
+
+    cases: list[FolderCase]
+    segmented: int
+    seconds: float
+
+
+def predict_arguments(request: FolderRequest, base: Path, model: Path | None) -> argparse.Namespace:
+    """`segicl predict`'s flags for the request (its defaults for the rest), writing below `base` into a folder of the
+    input folder and the run's description: another choice never resumes into another's predictions."""
+    from segicl_commands.cli import build_parser
+    from segicl_commands.predict import run_description
+
+    if not request.structure:
+        raise ValueError("pick the structure of the dataset whose cases lend the examples")
+    settings = request.settings
+    flags = ["predict", "-i", str(request.folder), "-o", str(base), "--examples-from", str(request.bank), "--label",
+             request.structure, "-k", str(request.k), "--axis", request.axis, "--normalization",
+             settings.normalization, "--steps", str(settings.steps), "--samples", str(settings.samples),
+             "--batch-size", str(settings.batch_size), "--seed", str(settings.seed), "--probabilities",
+             "--uncertainty"]
+    flags += ["--largest-component"] if settings.largest_component else []
+    flags += ["--model", str(model)] if model is not None else []
+    args = build_parser().parse_args(flags)
+    key = json.dumps([str(request.folder), run_description(args)])
+    args.output = base / hashlib.sha1(key.encode()).hexdigest()[:12]
+    return args
+
+
+def imported_banks(banks: dict[str, Path]) -> dict[str, Path]:
+    """The banks that can grow: the imported datasets (the built-in one takes no added case)."""
+    from segicl_data.dataset import SliceDataset
+
+    return {name: root for name, root in banks.items() if SliceDataset(root).imported}
+
+
+def bank_cases(dataset: Path, structure: str) -> set[str]:
+    """The cases of a dataset that lend examples of `structure`."""
+    from segicl_data.bank import find_structure
+    from segicl_data.dataset import SliceDataset
+
+    opened = SliceDataset(dataset)
+    return {opened.rows[row]["volume"] for row in find_structure(opened, structure).rows}
+
+
+def folder_cases(args: argparse.Namespace) -> list[FolderCase]:
+    """The folder's cases in predictions.json's ranking (most uncertain first), then those not segmented yet."""
+    from segicl_data.cases import list_input_cases
+
+    summary_file = args.output / "predictions.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.exists() else {"cases": [],
+                                                                                 "ranked_by_uncertainty": []}
+    scores = {record["case"]: record["uncertainty"] for record in summary["cases"]}
+    names = [case.name for case in list_input_cases(args.input)]
+    order = [name for name in summary["ranked_by_uncertainty"] if name in names]
+    banked = bank_cases(args.examples_from, args.label)
+    return [FolderCase(name, scores.get(name), name in banked) for name in order + sorted(set(names) - set(order))]
+
+
+def folder_listing(state: AppState, request: FolderRequest, base: Path) -> list[FolderCase]:
+    """The list the page shows for the request's predictions below `base`."""
+    return folder_cases(predict_arguments(request, base, state.model_folder))
+
+
+def describe_case(case: FolderCase) -> str:
+    """A case's line in the list: its uncertainty score, and whether the bank has it."""
+    score = "not segmented yet" if case.uncertainty is None else f"uncertainty {case.uncertainty:.4f}"
+    return f"{score}; in the bank" if case.in_bank else score
+
+
+def run_folder(state: AppState, request: FolderRequest, base: Path, callback: Callable[[float], None] | None = None,
+               again: bool = False) -> FolderView:
+    """Segment the folder's cases that the bank does not have, with `segicl predict`'s functions: those not finished
+    yet, or (`again`, after the bank grew) every one. predictions.json is written also after a cancel, with the cases
+    finished by then."""
+    from segicl_commands.predict import (check_model_flags, is_finished, predict_case, prepare_output,
+                                         run_description, write_predictions)
+    from segicl_data.cases import list_input_cases
+
+    start = time.perf_counter()
+    args = predict_arguments(request, base, state.model_folder)
+    check_model_flags(args, uncertainty=True)
+    cases = list_input_cases(args.input)
+    description = run_description(args)
+    prepare_output(args.output, description, overwrite=False)
+    banked = bank_cases(args.examples_from, args.label)
+    todo = [case for case in cases if case.name not in banked and (again or not is_finished(case, args.output, args))]
+    try:
+        for number, case in enumerate(todo):
+            progress = None if callback is None else lambda done, n=number: callback((n + done) / len(todo))
+            with state.lock:
+                predict_case(state.segicl, case, args.output, args, progress)
+    finally:
+        write_predictions(args.output, cases, description)
+    return FolderView(folder_cases(args), len(todo), time.perf_counter() - start)
+
+
+def folder_case(args: argparse.Namespace, name: str):
+    """The folder's case of this name (`segicl_data.cases.Case`); no other is ever read."""
+    from segicl_data.cases import list_input_cases
+
+    for case in list_input_cases(args.input):
+        if case.name == name:
+            return case
+    raise ValueError(f"no case {name!r} in the folder {args.input.name}")
+
+
+def finished_record(args: argparse.Namespace, case) -> dict:
+    """The case's record of `segicl predict` (.predict/CASE.json), refused while the case is not segmented."""
+    from segicl_commands.predict import RECORDS, is_finished
+
+    if not is_finished(case, args.output, args):
+        raise ValueError(f"{case.name} is not segmented yet: segment the folder first")
+    return json.loads((args.output / RECORDS / f"{case.name}.json").read_text())
+
+
+def open_case(state: AppState, request: FolderRequest, base: Path, name: str) -> SegmentView:
+    """A segmented case as the Segment tab shows a result: its slices, the predicted mask and the uncertainty, read
+    from the files `segicl predict` wrote."""
+    from segicl_commands.predict import case_files
+    from segicl_data.volumes import to_model_slices
+
+    args = predict_arguments(request, base, state.model_folder)
+    case = folder_case(args, name)
+    record = finished_record(args, case)
+    files = case_files(case, args.output, args)
+    image = open_image(case.path, state.limits)
+    slices = to_model_slices(image, args.axis)
+    mask, probabilities, uncertainty = (to_model_slices(open_image(files[what], state.limits), args.axis)
+                                        for what in ("mask", "probabilities", "uncertainty"))
+    result = SegmentResult(mask, probabilities, uncertainty, structures=record["structures"])
+    return SegmentView(Query(image, args.axis, slices, slices), display_slices(slices, args.normalization), result,
+                       None, None, files, record["seconds"], first_slice(mask), args.samples)
+
+
+def structure_label_map(image_path: Path, mask_path: Path, dataset: Path, structure: str, limits: Limits,
+                        target: Path) -> Path:
+    """A 0/1 mask of one structure as the dataset's label map (the structure's label value inside), written to
+    `target` in the mask's own geometry; refused unless the mask is binary and on the image's grid."""
+    from segicl_data.bank import find_structure
+    from segicl_data.dataset import SliceDataset
+    from segicl_data.imageio import write_image
+    from segicl_data.preprocess import as_binary_mask
+
+    found = find_structure(SliceDataset(dataset), structure)
+    if len(found.label_ids) != 1:
+        raise ValueError(f"{found.name} is a region of the label values {list(found.label_ids)}: add its corrected "
+                         "label map with `segicl bank add`")
+    image, mask = open_image(image_path, limits), open_image(mask_path, limits)
+    name = f"the mask {Path(mask_path).name}"
+    if mask.array.shape != image.array.shape:
+        raise ValueError(f"{name} is {' x '.join(map(str, mask.array.shape))} voxels, the case "
+                         f"{' x '.join(map(str, image.array.shape))}: they must be the same grid")
+    binary = as_binary_mask(mask.array, name).astype(np.uint16)
+    return write_image(target, binary * found.label_ids[0], mask)
+
+
+def add_to_bank(state: AppState, request: FolderRequest, base: Path, name: str, corrected: Path | None = None) -> str:
+    """Add a case of the folder to the dataset's bank (`segicl_data.importer.add_case`, with its checks): its
+    prediction as it is, or the `corrected` mask uploaded for it. Returns the line that says what was added."""
+    from segicl_commands.predict import case_files
+    from segicl_data.importer import add_case
+
+    args = predict_arguments(request, base, state.model_folder)
+    case = folder_case(args, name)
+    if corrected is None:
+        finished_record(args, case)
+    mask = corrected or case_files(case, args.output, args)["mask"]
+    label = structure_label_map(case.path, mask, args.examples_from, args.label, state.limits,
+                                args.output / "bank" / f"{case.name}.nii.gz")
+    with state.lock:
+        rows = add_case(args.examples_from, case.path, label, case.name)
+    structures = ", ".join(row["name"] for row in rows if row["kind"] != "multiclass")
+    return f"added {case.name} to {Path(args.examples_from).name}: {structures}"
 
 
 # ------------------------------------------------------------------------------------------------ image task
@@ -490,8 +712,8 @@ def render_image_task(view: ImageTaskView, index: int) -> tuple[np.ndarray, np.n
 
 # ------------------------------------------------------------------------------------------------------ page
 def register_page(state: AppState) -> None:
-    """The page at "/" (NiceGUI): one Segment panel and one Image-task panel per client, their files in the
-    client's folder of the workspace (removed when the client goes)."""
+    """The page at "/" (NiceGUI): one Segment, one Label-a-folder and one Image-task panel per client, their files in
+    the client's folder of the workspace (removed when the client goes)."""
     from nicegui import ui
 
     @ui.page("/")
@@ -508,21 +730,26 @@ def register_page(state: AppState) -> None:
             ui.label("in-context segmentation (SegICL) and image tasks (MVG), offline on this machine")
         with ui.tabs() as tabs:
             segment_tab = ui.tab("Segment").props("data-testid=tab-segment")
+            folder_tab = ui.tab("Label a folder").props("data-testid=tab-folder")
             image_tab = ui.tab("Image task").props("data-testid=tab-image")
         with ui.tab_panels(tabs, value=segment_tab).classes("w-full"):
             with ui.tab_panel(segment_tab):
                 SegmentPanel(state, folder / "segment")
+            with ui.tab_panel(folder_tab):
+                FolderPanel(state, folder / "folder")
             with ui.tab_panel(image_tab):
                 ImageTaskPanel(state, folder / "image")
 
 
 class Panel:
-    """What both tabs share: uploads into the client's folder, the message line, the slice slider."""
+    """What the tabs share: uploads into the client's folder, the message line, the slice slider, a dataset's
+    structures, the decoder's numbers, and a run in a worker thread with progress and cancel."""
 
     def __init__(self, state: AppState, folder: Path, prefix: str):
         self.state, self.folder, self.prefix = state, folder, prefix
         self.paths: dict[str, Path | None] = {}
         self.message = None
+        self.job: Job | None = None
 
     def upload(self, slot: str, label: str, on_file: Callable[[Path], None] | None = None):
         from nicegui import ui
@@ -577,15 +804,137 @@ class Panel:
             self.say(f"internal error ({type(error).__name__}): {readable(error, self.state.workspace)}; the server "
                      "keeps serving", error=True)
 
+    def set_slider(self, count: int, value: int) -> None:
+        """The slice slider over `count` slices at `value`, shown only for a volume."""
+        self.slider.props(f"max={max(count - 1, 1)}")
+        self.slider.set_visibility(count > 1)
+        self.slider.set_value(value)
 
-class SegmentPanel(Panel):
+    def bank_changed(self) -> None:
+        """The structure list of the chosen dataset (`self.bank`, `self.bank_structure`)."""
+        from segicl_data.bank import bank_structures
+        from segicl_data.dataset import SliceDataset
+
+        try:
+            names = sorted(bank_structures(SliceDataset(self.state.banks[self.bank.value])))
+        except (ValueError, FileNotFoundError) as error:
+            names = []
+            self.report(error)
+        self.bank_structure.set_options(names, value=names[0] if names else None)
+
+    def decoder_numbers(self, samples: int = DEFAULT_SAMPLES) -> None:
+        from nicegui import ui
+
+        with ui.row():
+            self.steps = ui.number("steps", value=DEFAULT_STEPS, min=1, max=100, precision=0).props("dense")
+            self.samples = ui.number("samples", value=samples, min=1, max=16, precision=0).props("dense")
+
+    def job_controls(self, buttons: list[tuple[str, Callable, str]], cancel_id: str, progress_id: str) -> None:
+        """The buttons that start a run (label, handler, test id), the cancel button beside them, the progress bar
+        below and the timer that moves it (`run_job`)."""
+        from nicegui import ui
+
+        with ui.row().classes("items-center"):
+            self.run_buttons = [ui.button(label, on_click=handler).props(f"data-testid={testid}")
+                                for label, handler, testid in buttons]
+            self.cancel_button = ui.button("cancel", on_click=self.cancel).props(f"flat data-testid={cancel_id}")
+            self.cancel_button.set_visibility(False)
+        self.progress = ui.linear_progress(value=0, show_value=False).props(f"data-testid={progress_id}")
+        self.progress.set_visibility(False)
+        self.timer = ui.timer(0.2, self.tick, active=False)
+
+    async def run_job(self, function: Callable, *args, **keywords):
+        """`function(*args, callback, **keywords)` in a worker thread, the progress bar following `callback` and the
+        cancel button stopping it; its answer, or None after a failure (said in the message line) or while the
+        server stops."""
+        from nicegui import run
+
+        self.job = Job()
+        for button in self.run_buttons:
+            button.disable()
+        self.cancel_button.set_visibility(True)
+        self.progress.set_value(0)
+        self.progress.set_visibility(True)
+        self.timer.activate()
+        try:
+            return await run.io_bound(function, *args, self.job.callback, **keywords)
+        except Exception as error:  # noqa: BLE001  every failure becomes one line in the page, the server goes on
+            self.report(error)
+            return None
+        finally:
+            self.timer.deactivate()
+            self.progress.set_visibility(False)
+            self.cancel_button.set_visibility(False)
+            for button in self.run_buttons:
+                button.enable()
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            self.job.cancel()
+
+    def tick(self) -> None:
+        if self.job is not None:
+            self.progress.set_value(self.job.fraction)
+
+
+class SegmentViewer(Panel):
+    """A panel that shows a segmentation (`SegmentView`): the slice slider, the overlay, the uncertainty map, the
+    caption and the downloads."""
+
+    view: SegmentView | None = None
+
+    def outputs(self, testid_prefix: str = "") -> None:
+        from nicegui import ui
+
+        self.slider_label = ui.label("").classes("text-subtitle2")
+        self.slider = ui.slider(min=0, max=1, step=1, value=0, on_change=self.show).props(
+            f"label data-testid={testid_prefix}slice").classes("w-full")
+        self.slider.set_visibility(False)
+        with ui.row().classes("items-start gap-4"):
+            with ui.column().classes("items-center"):
+                ui.label("image and mask")
+                self.overlay = ui.image("").classes("w-80 h-80").props(
+                    f"{PICTURE} data-testid={testid_prefix}overlay")
+            with ui.column().classes("items-center"):
+                ui.label("uncertainty")
+                self.uncertainty = ui.image("").classes("w-80 h-80").props(
+                    f"{PICTURE} data-testid={testid_prefix}uncertainty")
+        self.caption = ui.label("").props(f"data-testid={self.prefix}-summary")
+        self.downloads = ui.row()
+        self.testid_prefix = testid_prefix
+
+    def show(self) -> None:
+        if self.view is not None:
+            self.show_view(int(self.slider.value or 0))
+
+    def show_view(self, index: int) -> None:
+        index = min(index, len(self.view.display) - 1)
+        picture, spread, caption = render_segment(self.view, index)
+        self.overlay.set_source(data_url(picture))
+        self.uncertainty.set_source(data_url(spread))
+        self.caption.set_text(caption)
+        self.slider_label.set_text(f"slice {index + 1} of {len(self.view.display)}")
+
+    def present(self, view: SegmentView) -> None:
+        """A new result on show, at its first slice, with its files to download."""
+        from nicegui import ui
+
+        self.view = view
+        self.set_slider(len(view.display), view.first_slice)
+        self.show()
+        self.downloads.clear()
+        with self.downloads:
+            for name, path in view.files.items():
+                ui.button(f"download {name} ({path.name})", on_click=lambda p=path: ui.download.file(p)).props(
+                    f"outline data-testid={self.testid_prefix}download-{name.replace(' ', '-')}")
+
+
+class SegmentPanel(SegmentViewer):
     def __init__(self, state: AppState, folder: Path):
         from nicegui import ui
 
         super().__init__(state, folder, "segment")
         self.preview: QueryPreview | None = None
-        self.view: SegmentView | None = None
-        self.job: Job | None = None
         with ui.row().classes("w-full no-wrap items-start gap-6"):
             with ui.column().classes("w-1/3 min-w-[22rem]"):
                 self.inputs()
@@ -600,8 +949,7 @@ class SegmentPanel(Panel):
         with ui.row().classes("w-full"):
             self.axis = ui.select(["axial", "coronal", "sagittal"], value="axial", label="slicing axis",
                                   on_change=lambda: self.load_query()).classes("w-28")
-            self.normalization = ui.select({"percentile": "MRI (percentiles)", "ct": "CT window", "none": "none"},
-                                           value="percentile", label="intensities",
+            self.normalization = ui.select(INTENSITIES, value="percentile", label="intensities",
                                            on_change=lambda: self.load_query()).classes("w-40")
             self.crop = ui.checkbox("cut a volume to its foreground", value=True)
         names = self.state.structures
@@ -610,8 +958,9 @@ class SegmentPanel(Panel):
                                    on_change=self.structure_picked).classes("w-full").props("data-testid=structure")
         self.instruction = ui.input("instruction", placeholder="Segment the thalamus in this T1-weighted MRI slice."
                                     ).classes("w-full").props("data-testid=instruction")
-        ui.label("Examples (0-5 image/mask pairs; this model reads up to "
-                 f"{self.state.segicl.model.config.max_examples})").classes("text-subtitle2")
+        reads = self.state.segicl.model.config.max_examples
+        ui.label(f"Examples (0-5 image/mask pairs; this model reads {reads} at a time: more are averaged over "
+                 f"subsets of {reads})").classes("text-subtitle2")
         self.source = ui.toggle({"files": "upload pairs", "bank": "from a dataset"}, value="files",
                                 on_change=self.source_changed)
         self.files_box = ui.column().classes("w-full")
@@ -644,34 +993,13 @@ class SegmentPanel(Panel):
         ui.label("Decoder").classes("text-subtitle2")
         self.setting = ui.toggle(list(DECODER_SETTINGS), value="default", on_change=self.setting_picked)
         self.setting_note = ui.label(DECODER_SETTINGS["default"][2]).classes("text-caption")
-        with ui.row():
-            self.steps = ui.number("steps", value=DEFAULT_STEPS, min=1, max=100, precision=0).props("dense")
-            self.samples = ui.number("samples", value=DEFAULT_SAMPLES, min=1, max=16, precision=0).props("dense")
-        with ui.row().classes("items-center"):
-            self.run_button = ui.button("run", on_click=self.run).props("data-testid=run")
-            self.cancel_button = ui.button("cancel", on_click=self.cancel).props("flat data-testid=cancel")
-            self.cancel_button.set_visibility(False)
-        self.progress = ui.linear_progress(value=0, show_value=False).props("data-testid=progress")
-        self.progress.set_visibility(False)
-        self.timer = ui.timer(0.2, self.tick, active=False)
+        self.decoder_numbers()
+        self.job_controls([("run", self.run, "run")], "cancel", "progress")
         self.message_line()
 
     def outputs(self) -> None:
-        from nicegui import ui
-
-        self.slider_label = ui.label("upload a query to see it here").classes("text-subtitle2")
-        self.slider = ui.slider(min=0, max=1, step=1, value=0, on_change=self.show).props(
-            "label data-testid=slice").classes("w-full")
-        self.slider.set_visibility(False)
-        with ui.row().classes("items-start gap-4"):
-            with ui.column().classes("items-center"):
-                ui.label("image and mask")
-                self.overlay = ui.image("").classes("w-80 h-80").props(f"{PICTURE} data-testid=overlay")
-            with ui.column().classes("items-center"):
-                ui.label("uncertainty")
-                self.uncertainty = ui.image("").classes("w-80 h-80").props(f"{PICTURE} data-testid=uncertainty")
-        self.caption = ui.label("").props("data-testid=segment-summary")
-        self.downloads = ui.row()
+        super().outputs()
+        self.slider_label.set_text("upload a query to see it here")
 
     # ------------------------------------------------------------------ handlers
     def structure_picked(self) -> None:
@@ -683,17 +1011,6 @@ class SegmentPanel(Panel):
         self.bank_box.set_visibility(self.source.value == "bank")
         if self.state.banks and self.source.value == "bank":
             self.bank_structure_picked()
-
-    def bank_changed(self) -> None:
-        from segicl_data.bank import bank_structures
-        from segicl_data.dataset import SliceDataset
-
-        try:
-            names = sorted(bank_structures(SliceDataset(self.state.banks[self.bank.value])))
-        except (ValueError, FileNotFoundError) as error:
-            names = []
-            self.report(error)
-        self.bank_structure.set_options(names, value=names[0] if names else None)
 
     def bank_structure_picked(self) -> None:
         if self.bank_structure.value and self.source.value == "bank":
@@ -743,27 +1060,18 @@ class SegmentPanel(Panel):
             return
         self.query_name.set_text(self.preview.summary)
         count = len(self.preview.display)
-        self.slider.props(f"max={max(count - 1, 1)}")
-        self.slider.set_value(count // 2)
-        self.slider.set_visibility(count > 1)
+        self.set_slider(count, count // 2)
         self.show()
 
     def show(self) -> None:
-        index = int(self.slider.value or 0)
-        if self.view is not None:
-            index = min(index, len(self.view.display) - 1)
-            picture, spread, caption = render_segment(self.view, index)
-            self.overlay.set_source(data_url(picture))
-            self.uncertainty.set_source(data_url(spread))
-            self.caption.set_text(caption)
-        elif self.preview is not None:
-            index = min(index, len(self.preview.display) - 1)
-            self.overlay.set_source(data_url(grey(self.preview.display[index])))
-            self.uncertainty.set_source("")
-            self.caption.set_text("")
-        else:
+        if self.view is not None or self.preview is None:
+            super().show()
             return
-        count = len(self.view.display if self.view is not None else self.preview.display)
+        count = len(self.preview.display)
+        index = min(int(self.slider.value or 0), count - 1)
+        self.overlay.set_source(data_url(grey(self.preview.display[index])))
+        self.uncertainty.set_source("")
+        self.caption.set_text("")
         self.slider_label.set_text(f"slice {index + 1} of {count}")
 
     def request(self) -> SegmentRequest:
@@ -783,51 +1091,16 @@ class SegmentPanel(Panel):
         return SegmentRequest(**common, examples=pairs, example_label=(self.example_label.value or "").strip() or None)
 
     async def run(self) -> None:
-        from nicegui import run, ui
-
         try:
             request = self.request()
         except ValueError as error:
             self.report(error)
             return
-        self.job = Job()
-        self.run_button.disable()
-        self.cancel_button.set_visibility(True)
-        self.progress.set_value(0)
-        self.progress.set_visibility(True)
-        self.timer.activate()
         self.say("running ...")
-        try:
-            view = await run.io_bound(run_segment, self.state, request, self.folder / "outputs", self.job.callback)
-        except Exception as error:  # noqa: BLE001  every failure becomes one line in the page, the server goes on
-            self.report(error)
-            return
-        finally:
-            self.timer.deactivate()
-            self.progress.set_visibility(False)
-            self.cancel_button.set_visibility(False)
-            self.run_button.enable()
-        if view is None:  # the server is stopping
-            return
-        self.view = view
-        self.say(f"done: {len(view.query.model_slices)} slice(s) segmented in {view.seconds:.1f} s")
-        self.slider.props(f"max={max(len(view.display) - 1, 1)}")
-        self.slider.set_visibility(len(view.display) > 1)
-        self.slider.set_value(view.first_slice)
-        self.show()
-        self.downloads.clear()
-        with self.downloads:
-            for name, path in view.files.items():
-                ui.button(f"download {name} ({path.name})", on_click=lambda p=path: ui.download.file(p)).props(
-                    f"outline data-testid=download-{name.replace(' ', '-')}")
-
-    def cancel(self) -> None:
-        if self.job is not None:
-            self.job.cancel()
-
-    def tick(self) -> None:
-        if self.job is not None:
-            self.progress.set_value(self.job.fraction)
+        view = await self.run_job(run_segment, self.state, request, self.folder / "outputs")
+        if view is not None:
+            self.say(f"done: {len(view.query.model_slices)} slice(s) segmented in {view.seconds:.1f} s")
+            self.present(view)
 
 
 class ImageTaskPanel(Panel):
@@ -854,9 +1127,8 @@ class ImageTaskPanel(Panel):
                 with ui.row():
                     self.axis = ui.select(["axial", "coronal", "sagittal"], value="axial",
                                           label="slicing axis").classes("w-28")
-                    self.normalization = ui.select({"percentile": "MRI (percentiles)", "ct": "CT window",
-                                                    "none": "none"}, value="percentile",
-                                                   label="intensities").classes("w-40")
+                    self.normalization = ui.select(INTENSITIES, value="percentile", label="intensities").classes(
+                        "w-40")
                 self.run_button = ui.button("run", on_click=self.run).props("data-testid=image-run")
                 self.spinner = ui.spinner()
                 self.spinner.set_visibility(False)
@@ -903,9 +1175,7 @@ class ImageTaskPanel(Panel):
             return
         self.view = view
         self.say(f"done in {view.seconds:.1f} s")
-        self.slider.props(f"max={max(len(view.display) - 1, 1)}")
-        self.slider.set_visibility(len(view.display) > 1)
-        self.slider.set_value(len(view.display) // 2)
+        self.set_slider(len(view.display), len(view.display) // 2)
         self.show()
         self.downloads.clear()
         with self.downloads:
@@ -920,3 +1190,132 @@ class ImageTaskPanel(Panel):
         self.input_image.set_source(data_url(picture))
         self.result_image.set_source(data_url(result))
         self.caption.set_text(caption)
+
+
+class FolderPanel(SegmentViewer):
+    """The labelling loop on a server folder: segment its cases with a dataset's bank, open the most uncertain, add
+    each checked one (as predicted, or corrected) to the bank, and segment the rest again with the grown bank."""
+
+    def __init__(self, state: AppState, folder: Path):
+        from nicegui import ui
+
+        super().__init__(state, folder, "folder")
+        self.request: FolderRequest | None = None  # the choices of the last run, which the list and the cases follow
+        self.case: str | None = None
+        self.banks = imported_banks(state.banks)
+        if not (state.folders and self.banks):
+            ui.label("no folder to label: start the server with a folder of cases and the imported dataset that "
+                     "lends examples, `segicl serve --folder DIR --examples-from DATASET`")
+            return
+        with ui.row().classes("w-full no-wrap items-start gap-6"):
+            with ui.column().classes("w-1/3 min-w-[22rem]"):
+                self.inputs()
+            with ui.column().classes("grow"):
+                self.outputs("folder-")
+                self.bank_controls()
+
+    def inputs(self) -> None:
+        from nicegui import ui
+
+        self.case_folder = ui.select(list(self.state.folders), label="folder of cases",
+                                     value=next(iter(self.state.folders))).classes("w-full")
+        self.bank = ui.select(list(self.banks), label="dataset: its bank lends the examples, takes the checked cases",
+                              value=next(iter(self.banks)), on_change=self.bank_changed).classes("w-full")
+        self.bank_structure = ui.select([], label="its structure", with_input=True).classes("w-full").props(
+            "data-testid=folder-structure")
+        self.bank_changed()
+        with ui.row():
+            self.k = ui.number("examples per slice (k)", value=3, min=1, max=EXAMPLE_SLOTS, precision=0).classes("w-40")
+            self.normalization = ui.select(INTENSITIES, value="percentile", label="intensities").classes("w-40")
+        self.decoder_numbers(samples=max(DEFAULT_SAMPLES, 2))
+        self.job_controls([("segment the folder", lambda: self.run(again=False), "folder-run"),
+                           ("segment the rest again", lambda: self.run(again=True), "folder-rerun")],
+                          "folder-cancel", "folder-progress")
+        self.message_line()
+        ui.label("Cases, most uncertain first: open one to check it").classes("text-subtitle2")
+        self.case_list = ui.column().classes("w-full gap-0").props("data-testid=folder-cases")
+
+    def bank_controls(self) -> None:
+        from nicegui import ui
+
+        self.case_box = ui.column().classes("w-full")
+        with self.case_box:
+            self.case_title = ui.label("").classes("text-subtitle2")
+            ui.button("correct: add it to the bank", on_click=lambda: self.add(None)).props(
+                "data-testid=folder-accept")
+            ui.label("or upload its corrected mask (0/1, on the case's grid) and add that").classes("text-caption")
+            self.corrected_name = self.upload("corrected", "corrected mask")
+            ui.button("add the corrected mask to the bank", on_click=self.add_corrected).props(
+                "outline data-testid=folder-add-corrected")
+        self.case_box.set_visibility(False)
+
+    def choices(self) -> FolderRequest:
+        settings = Settings(int(self.steps.value or 0), int(self.samples.value or 0),
+                            normalization=self.normalization.value)
+        return FolderRequest(self.state.folders[self.case_folder.value], self.banks[self.bank.value],
+                             self.bank_structure.value, int(self.k.value or 0), settings=settings)
+
+    @property
+    def predictions(self) -> Path:
+        return self.folder / "predictions"
+
+    async def run(self, again: bool) -> None:
+        self.request = self.choices()
+        self.say("segmenting the rest again with the grown bank ..." if again else "segmenting the folder ...")
+        view = await self.run_job(run_folder, self.state, self.request, self.predictions, again=again)
+        if view is None:  # failed or cancelled: the cases finished by then
+            self.list_cases()
+            return
+        self.say(f"done: {view.segmented} case(s) segmented in {view.seconds:.1f} s")
+        self.list_cases(view.cases)
+
+    def list_cases(self, cases: list[FolderCase] | None = None) -> None:
+        """The case list: `cases`, or read again from the last run's predictions."""
+        from nicegui import ui
+
+        if cases is None:
+            try:
+                cases = folder_listing(self.state, self.request, self.predictions)
+            except (ValueError, FileNotFoundError) as error:
+                self.report(error)
+                return
+        self.case_list.clear()
+        with self.case_list:
+            for case in cases:
+                with ui.row().classes("items-center gap-2"):
+                    ui.button(case.name, on_click=lambda name=case.name: self.open(name)).props(
+                        f"flat dense no-caps data-testid=folder-open-{safe_name(case.name)}")
+                    ui.label(describe_case(case)).classes("text-caption")
+
+    def open(self, name: str) -> None:
+        try:
+            view = open_case(self.state, self.request, self.predictions, name)
+        except (ValueError, FileNotFoundError) as error:
+            self.report(error)
+            return
+        self.case = name
+        self.case_title.set_text(f"{name}: is the red mask right?")
+        self.paths["corrected"] = None
+        self.corrected_name.set_text("")
+        self.case_box.set_visibility(True)
+        self.say("")
+        self.present(view)
+
+    async def add(self, corrected: Path | None) -> None:
+        """The open case into the bank: its prediction (`corrected` None) or the corrected mask."""
+        from nicegui import run
+
+        try:
+            added = await run.io_bound(add_to_bank, self.state, self.request, self.predictions, self.case, corrected)
+        except Exception as error:  # noqa: BLE001  every failure becomes one line in the page, the server goes on
+            self.report(error)
+            return
+        if added is not None:
+            self.list_cases()
+            self.say(added)
+
+    async def add_corrected(self) -> None:
+        if self.paths["corrected"] is None:
+            self.say("upload the corrected mask first", error=True)
+            return
+        await self.add(self.paths["corrected"])

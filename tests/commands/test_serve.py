@@ -1,12 +1,14 @@
 """`segicl serve` (commands/serve.py): its flags, limits and example banks, and the page end to end in headless
 Chromium (Debian's `chromium`, driven by Playwright; `make install` installs it): the server on a free local port,
 a bad upload's message, the shipped example slice with its example pair and truth, the overlay, the mask
-downloaded and checked; then a 64-slice volume, then MVG's segmentation on the Image-task tab. Screenshots and the
-two click -> overlay timings go to runs/serve/.
+downloaded and checked; then a 64-slice volume, then MVG's segmentation on the Image-task tab; and the labelling loop
+on a --folder of two cases (segment, open the most uncertain, add it to the bank, segment the rest again).
+Screenshots and the two click -> overlay timings go to runs/serve/.
 """
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +37,8 @@ def test_bad_flags_and_missing_models_are_refused_in_one_line(tmp_path, capsys):
     assert "--max-slices must be >= 1, got 0" in capsys.readouterr().err
     assert main(["serve", "--examples-from", str(tmp_path)]) == 2
     assert "no slice dataset there" in capsys.readouterr().err
+    assert main(["serve", "--folder", str(tmp_path / "missing")]) == 2
+    assert f"--folder {tmp_path / 'missing'}: input folder not found" in capsys.readouterr().err
 
 
 def test_the_banks_are_the_given_datasets_and_their_structures_are_offered(imported_dataset):
@@ -99,17 +103,29 @@ def colin27_volume(path: Path) -> Path:
     return path
 
 
+def case_folder(folder: Path, dataset_writers) -> Path:
+    """Two cases the imported dataset does not have (its deep grey head rotated, and cut), nnU-Net named, each its 8
+    axial slices through the putamen (a quick run)."""
+    folder.mkdir()
+    for name, (image, _, affine) in zip(("scan_a", "scan_b"), dataset_writers.cases(5)[3:]):
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine).slicer[..., 8:16], folder / f"{name}_0000.nii.gz")
+    return folder
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`segicl serve` on a free port in its own process, as a user starts it; stopped (and its folder checked gone)
-    after the module."""
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
+def server(tmp_path_factory, imported_dataset, dataset_writers):
+    """`segicl serve` on a free port in its own process, as a user starts it, with a folder of cases to label and a
+    copy of the imported dataset as the bank that grows; stopped (and its folder checked gone) after the module."""
+    files = tmp_path_factory.mktemp("serve")
+    log = files / "serve.log"
+    bank = shutil.copytree(imported_dataset.root, files / "deepgrey")
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key != "PYTEST_CURRENT_TEST"}
     env["OMP_NUM_THREADS"] = env.get("OMP_NUM_THREADS", "1")
+    command = [sys.executable, "-m", "segicl_commands.cli", "serve", "--port", str(port), "--examples-from", str(bank),
+               "--folder", str(case_folder(files / "imagesTs", dataset_writers))]
     with log.open("w") as output:
-        process = subprocess.Popen([sys.executable, "-m", "segicl_commands.cli", "serve", "--port", str(port)], cwd=REPO,
-                                   env=env, stdout=output, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 90
     while True:
@@ -130,8 +146,11 @@ def server(tmp_path_factory):
     assert not Path(workspace).exists(), "the server left its temporary folder behind"
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's chromium is not at {CHROMIUM}: `make install` installs it "
-                                                   "(apt-get install chromium, needs root or sudo)")
+NO_CHROMIUM = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"Debian's chromium is not at {CHROMIUM}: `make install` "
+                                                                 "installs it (apt-get install chromium, needs root or sudo)")
+
+
+@NO_CHROMIUM
 @pytest.mark.timeout(120)
 def test_the_page_segments_the_shipped_slice_and_a_volume_in_headless_chromium(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
@@ -201,3 +220,31 @@ def test_the_page_segments_the_shipped_slice_and_a_volume_in_headless_chromium(s
     timings["setting"] = "default decoder setting (1 step x 3 samples), one example pair, OMP_NUM_THREADS=" + \
         os.environ.get("OMP_NUM_THREADS", "unset")
     (ARTEFACTS / "timings.json").write_text(json.dumps(timings, indent=1))
+
+
+@NO_CHROMIUM
+@pytest.mark.timeout(120)
+def test_the_labelling_loop_runs_on_the_page(server):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server)
+        page.locator("[data-testid=tab-folder]").click()
+        message = page.locator("[data-testid=folder-message]")
+        page.locator("[data-testid=folder-run]").click()
+        expect(message).to_have_text(re.compile(r"done: 2 case\(s\) segmented"), timeout=60_000)
+        cases = page.locator("[data-testid=folder-cases] button")
+        expect(cases).to_have_count(2)
+        checked = cases.first.inner_text()
+        cases.first.click()
+        expect(page.locator("[data-testid=folder-overlay] img")).to_have_attribute("src", re.compile("^data:image/png"))
+        page.locator("[data-testid=folder-accept]").click()
+        expect(message).to_have_text(re.compile(f"added {checked} to deepgrey: "))
+        expect(page.get_by_text("in the bank")).to_have_count(1)
+        page.screenshot(path=str(ARTEFACTS / "label_folder.png"), full_page=True)
+        page.locator("[data-testid=folder-rerun]").click()
+        expect(message).to_have_text(re.compile(r"done: 1 case\(s\) segmented"), timeout=60_000)
+        browser.close()

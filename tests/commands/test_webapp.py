@@ -1,9 +1,13 @@
 """The web app's callbacks (commands/webapp.py) without a browser: every input kind of the Segment tab, the example
-bank, the image tasks, progress and cancel, the pictures, and every refusal as one readable line after which the
-next request works. A random tiny SegICL model where the figure does not matter; the shipped MVG weights (small)."""
+bank, the labelling loop on a folder, the image tasks, progress and cancel, the pictures, and every refusal as one
+readable line after which the next request works. A random tiny SegICL model where the figure does not matter; the
+shipped MVG weights (small)."""
 import importlib.util
+import json
 import re
+import shutil
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,9 +17,10 @@ from PIL import Image
 
 from segicl_commands.cli import main
 from segicl.volume import Settings
-from segicl_commands.webapp import (AppState, Cancelled, ImageTaskRequest, Job, Limits, SegmentRequest, instruction_for,
-                             open_image, overlay, preview_query, readable, render_image_task, render_segment,
-                             run_image_task, run_segment, store_upload)
+from segicl_commands.webapp import (AppState, Cancelled, FolderRequest, ImageTaskRequest, Job, Limits, SegmentRequest,
+                                    add_to_bank, bank_cases, describe_case, folder_listing, instruction_for,
+                                    open_case, open_image, overlay, preview_query, readable, render_image_task,
+                                    render_segment, run_folder, run_image_task, run_segment, store_upload)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -208,7 +213,6 @@ def bad_zip(folder: Path) -> Path:
     (lambda t: dict(truth=nonbinary_mask(t)), "the truth mask labels.png must be binary"),
     (lambda t: dict(examples=[(EXAMPLE, None)]), "example 1: give both an image and its mask"),
     (lambda t: dict(examples=[(EXAMPLE, EXAMPLE_MASK)] * 6), "at most 5 example pairs"),
-    (lambda t: dict(examples=[(EXAMPLE, EXAMPLE_MASK)] * 4), "at most 3 examples, got 4"),
     (lambda t: dict(instruction="  "), "type an instruction"),
     (lambda t: dict(settings=Settings(0, 1)), "steps and samples must be >= 1"),
     (lambda t: dict(query=bad_zip(t)), "a path outside its folder"),
@@ -227,8 +231,6 @@ def test_bad_input_is_refused_in_one_line_and_the_next_request_works(change, mes
     (Limits(max_slices=5), "has 7 slices to segment, more than this server's limit of 5"),
 ])
 def test_a_volume_above_the_configured_limits_is_refused(limits, message, state, tmp_path):
-    from dataclasses import replace
-
     query, _ = volume_file(tmp_path)
     with pytest.raises(ValueError, match=re.escape(message)):
         run_segment(replace(state, limits=limits), request(query), tmp_path / "out")
@@ -249,6 +251,111 @@ def test_cancel_stops_a_run_between_batches_and_frees_the_model_for_the_next(sta
         run_segment(state, request(query, settings=Settings(1, 1, batch_size=2)), tmp_path / "out", watch)
     assert len(seen) == 1 and not state.lock.locked()
     assert run_segment(state, request(query), tmp_path / "next").files["mask"].exists()
+
+
+# ------------------------------------------------------------------------------------------- label a folder
+@pytest.fixture(scope="module")
+def case_folder(dataset_writers, tmp_path_factory) -> tuple[Path, dict[str, np.ndarray]]:
+    """Two cases the imported dataset does not have (the deep grey head rotated, and cut), nnU-Net named, each its 8
+    axial slices through the putamen (few slices: a quick run); their label maps."""
+    folder = tmp_path_factory.mktemp("loop") / "imagesTs"
+    folder.mkdir()
+    labels = {}
+    for name, (image, truth, affine) in zip(("scan_a", "scan_b"), dataset_writers.cases(5)[3:]):
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine).slicer[..., 8:16], folder / f"{name}_0000.nii.gz")
+        labels[name] = truth[..., 8:16]
+    return folder, labels
+
+
+@pytest.fixture
+def loop(imported_dataset, case_folder, tmp_path) -> tuple[FolderRequest, Path]:
+    """The loop's choices: the case folder, a copy of the imported dataset (3 cases lend the putamen) as the bank
+    that grows, 2 examples per slice, the quick decoder; and the folder its predictions go below."""
+    bank = shutil.copytree(imported_dataset.root, tmp_path / "deepgrey")
+    return FolderRequest(case_folder[0], bank, "putamen", k=2, settings=QUICK), tmp_path / "predictions"
+
+
+def test_the_folder_is_listed_most_uncertain_first_as_predictions_json_ranks_it(state, loop):
+    request, base = loop
+    fractions = []
+    view = run_folder(state, request, base, fractions.append)
+    summary = json.loads(next(base.glob("*/predictions.json")).read_text())
+    assert [case.name for case in view.cases] == summary["ranked_by_uncertainty"] and view.segmented == 2
+    scores = [case.uncertainty for case in view.cases]
+    assert scores == sorted(scores, reverse=True) and not any(case.in_bank for case in view.cases)
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert folder_listing(state, request, base) == view.cases
+    assert describe_case(view.cases[0]) == f"uncertainty {scores[0]:.4f}"
+    assert run_folder(state, request, base).segmented == 0  # resumed: every case is finished
+
+
+def test_a_cancelled_run_leaves_the_cases_unsegmented_and_listed(state, loop):
+    request, base = loop
+    job = Job()
+    job.cancel()
+    with pytest.raises(Cancelled):
+        run_folder(state, request, base, job.callback)
+    assert [(case.uncertainty, case.in_bank) for case in folder_listing(state, request, base)] == [(None, False)] * 2
+    assert not state.lock.locked()
+
+
+def test_an_accepted_case_joins_the_bank_and_the_rerun_segments_the_rest_with_the_grown_bank(state, loop, monkeypatch,
+                                                                                             capsys):
+    from segicl_data.bank import ExampleBank
+
+    request, base = loop
+    lending = len(bank_cases(request.bank, "putamen"))
+    checked, rest = (case.name for case in run_folder(state, request, base).cases)
+    view = open_case(state, request, base, checked)
+    picture, spread, caption = render_segment(view, view.first_slice)
+    assert picture.shape == spread.shape == (*view.display.shape[1:], 3) and "spread of 2 samples" in caption
+    assert add_to_bank(state, request, base, checked) == f"added {checked} to deepgrey: putamen"
+    assert main(["bank", "list", str(request.bank)]) == 0
+    assert re.search(rf"putamen \(label 3\): {lending + 1} case\(s\): .*{checked}", capsys.readouterr().out)
+    assert [(case.name, case.in_bank) for case in folder_listing(state, request, base)] == [(checked, True),
+                                                                                            (rest, False)]
+    record = next(base.glob(f"*/.predict/{checked}.json"))
+    written = record.stat().st_mtime_ns
+    bank_sizes = []
+
+    class CountingBank(ExampleBank):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bank_sizes.append(len(self.structure.rows))
+
+    monkeypatch.setattr("segicl.volume.ExampleBank", CountingBank)
+    assert run_folder(state, request, base, again=True).segmented == 1
+    assert bank_sizes == [lending + 1] and record.stat().st_mtime_ns == written  # one case, from the grown bank
+
+
+def test_a_corrected_mask_off_the_cases_grid_is_refused_and_one_on_it_joins_the_bank(state, loop, case_folder,
+                                                                                     tmp_path):
+    request, base = loop
+    affine = nib.load(case_folder[0] / "scan_b_0000.nii.gz").affine
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), affine), tmp_path / "wrong.nii.gz")
+    manifest = (request.bank / "manifest.jsonl").read_bytes()
+    with pytest.raises(ValueError, match=re.escape("the mask wrong.nii.gz is 10 x 10 x 10 voxels, the case 38 x 40 x "
+                                                   "8: they must be the same grid")):
+        add_to_bank(state, request, base, "scan_b", tmp_path / "wrong.nii.gz")
+    assert (request.bank / "manifest.jsonl").read_bytes() == manifest
+    putamen = (case_folder[1]["scan_b"] == 3).astype(np.uint8) * 255
+    nib.save(nib.Nifti1Image(putamen, affine), tmp_path / "corrected.nii.gz")
+    assert add_to_bank(state, request, base, "scan_b", tmp_path / "corrected.nii.gz") == \
+        "added scan_b to deepgrey: putamen"
+    assert "scan_b" in bank_cases(request.bank, "putamen")
+
+
+@pytest.mark.parametrize("action, message", [
+    (lambda s, r, b: open_case(s, r, b, "../scan_a"), "no case '../scan_a' in the folder imagesTs"),
+    (lambda s, r, b: open_case(s, r, b, "scan_a"), "scan_a is not segmented yet: segment the folder first"),
+    (lambda s, r, b: add_to_bank(s, r, b, "scan_a"), "scan_a is not segmented yet"),
+    (lambda s, r, b: run_folder(s, replace(r, structure=None), b), "pick the structure"),
+    (lambda s, r, b: run_folder(s, replace(r, settings=Settings(1, 1)), b), "--uncertainty needs --samples >= 2"),
+])
+def test_the_loop_refuses_what_it_cannot_do_in_one_line(action, message, state, loop):
+    with pytest.raises(ValueError, match=re.escape(message)) as refusal:
+        action(state, *loop)
+    assert "\n" not in readable(refusal.value, state.workspace)
 
 
 # ------------------------------------------------------------------------------------------------ image tasks
