@@ -60,6 +60,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
+# The reliability suite (docs: explanation/reliability): the bad-input corpus (tests/corpus) through every entry point,
+# the fuzzing of the readers, the orientation rule, the importer and the metrics, and the fault and load tests; the
+# tally it prints at the end is what the page reports. SEGICL_FUZZ_DEPTH=10 searches ten times longer.
+.PHONY: reliability
+reliability: install
+	$(PY) -m pytest -q tests/reliability
+
 # The web app (docs: how-to/web-app): http://127.0.0.1:7860, offline, on the shipped weights; SERVE_ARGS="--port 8000 ...".
 SERVE_ARGS ?=
 serve: install

@@ -21,12 +21,12 @@ def work_offline() -> None:
 
 
 def exit_code(run: Callable[[], int], program: str) -> int:
-    """Run a command offline (`work_offline`): a refused input or a missing file prints one line naming it (no
-    traceback) and gives 2."""
+    """Run a command offline (`work_offline`): a refused input, a missing file or a file system that refuses a write
+    (read-only, full, permissions) prints one line naming it (no traceback) and gives 2."""
     work_offline()
     try:
         return run()
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"{program}: error: {error}", file=sys.stderr)
         return 2
 

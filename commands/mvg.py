@@ -51,8 +51,17 @@ def dataset_prompt(args: argparse.Namespace):
     return prompt_volume(SliceDataset(args.prompt_from), args.prompt_case)
 
 
+def read_finite(path: Path):
+    """An input image, refused naming its file when it holds NaN/inf voxels."""
+    from segicl_data.imageio import check_finite, read_image
+
+    image = read_image(path)
+    check_finite(image)
+    return image
+
+
 def command_mvg(args: argparse.Namespace) -> int:
-    from segicl_data.imageio import read_image, write_image
+    from segicl_data.imageio import write_image
     from segicl_data.preprocess import resize_slices
     from segicl_data.volumes import crop_to_foreground, from_model_slices, paste_crop, to_model_slices
     from mvg_head.pipeline import MVGPipeline
@@ -61,7 +70,7 @@ def command_mvg(args: argparse.Namespace) -> int:
     if (args.prompt_from is None) == (args.prompt_image is None or args.prompt_target is None):
         raise ValueError("give the prompt either as --prompt-image and --prompt-target, or with --prompt-from DATASET")
     start = time.perf_counter()
-    query = read_image(args.image)
+    query = read_finite(args.image)
     slices = to_model_slices(query, args.axis)
     crop = None
     if args.prompt_from is not None:
@@ -71,9 +80,9 @@ def command_mvg(args: argparse.Namespace) -> int:
         slices = resize_slices(slices, prompt_images.shape[-1], labels=False)  # MVG wants one grid for both
         print(f"prompt: case {case} of {args.prompt_from} ({len(prompt_images)} slices, position-matched)")
     else:
-        prompt_images = to_model_slices(read_image(args.prompt_image), args.axis)
-        prompt_targets = to_model_slices(read_image(args.prompt_target), args.axis)
-    region = to_model_slices(read_image(args.region), args.axis) > 0 if args.region else None
+        prompt_images = to_model_slices(read_finite(args.prompt_image), args.axis)
+        prompt_targets = to_model_slices(read_finite(args.prompt_target), args.axis)
+    region = to_model_slices(read_finite(args.region), args.axis) > 0 if args.region else None
     pipeline = MVGPipeline.from_pretrained(args.model)
     result = pipeline(slices, prompt_images, prompt_targets, args.task, mode=args.mode,
                       normalization=args.normalization, colouring=args.colouring, region=region,

@@ -471,8 +471,8 @@ class FolderView:
 def predict_arguments(request: FolderRequest, base: Path, model: Path | None) -> argparse.Namespace:
     """`segicl predict`'s flags for the request (its defaults for the rest), writing below `base` into a folder of the
     input folder and the run's description: another choice never resumes into another's predictions."""
-    from segicl_commands.cli import build_parser
-    from segicl_commands.predict import run_description
+    from segicl_commands.predict import add_predict_command, run_description
+    from segicl_weights import SEGICL_TINY
 
     if not request.structure:
         raise ValueError("pick the structure of the dataset whose cases lend the examples")
@@ -484,7 +484,9 @@ def predict_arguments(request: FolderRequest, base: Path, model: Path | None) ->
              "--uncertainty"]
     flags += ["--largest-component"] if settings.largest_component else []
     flags += ["--model", str(model)] if model is not None else []
-    args = build_parser().parse_args(flags)
+    parser = argparse.ArgumentParser(prog="segicl")
+    add_predict_command(parser.add_subparsers(dest="command"), SEGICL_TINY)
+    args = parser.parse_args(flags)
     key = json.dumps([str(request.folder), run_description(args)])
     args.output = base / hashlib.sha1(key.encode()).hexdigest()[:12]
     return args
@@ -711,6 +713,19 @@ def render_image_task(view: ImageTaskView, index: int) -> tuple[np.ndarray, np.n
 
 
 # ------------------------------------------------------------------------------------------------------ page
+def release_client(folder: Path) -> None:
+    """What a closed page leaves: its files, and FastAPI's memo of its upload routes' endpoints. FastAPI (0.165)
+    keeps each endpoint in lru_caches of 4096 entries after NiceGUI removes the route, and each endpoint holds its
+    page alive (about 1 MB a page: `tests/reliability/test_load.py`), so the caches are emptied here."""
+    import fastapi.dependencies.models as dependency_models
+
+    shutil.rmtree(folder, ignore_errors=True)
+    for name in ("_is_gen_callable_cached", "_is_async_gen_callable_cached", "_is_coroutine_callable_cached"):
+        cached = getattr(dependency_models, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+
+
 def register_page(state: AppState) -> None:
     """The page at "/" (NiceGUI): one Segment, one Label-a-folder and one Image-task panel per client, their files in
     the client's folder of the workspace (removed when the client goes)."""
@@ -720,7 +735,7 @@ def register_page(state: AppState) -> None:
     def index() -> None:
         client = ui.context.client
         folder = state.client_folder(client.id)
-        client.on_delete(lambda: shutil.rmtree(folder, ignore_errors=True))
+        client.on_delete(lambda: release_client(folder))
         ui.page_title("segicl")
         # compact uploaders (the header with its "+" button, the file's name below it, no file list); square pixels
         ui.add_css(".q-uploader { max-height: 4.2rem; } .q-uploader__list { display: none; } "

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from segicl_data.imageio import SUPPORTED_READ_ENDINGS, MedicalImage, ending_of, read_image
+from segicl_data.imageio import SUPPORTED_READ_ENDINGS, MedicalImage, ending_of, read_image, writing
 from segicl_data.importer import IGNORE_LABEL, read_label_names
 from segicl_data.metrics import segmentation_metrics
 
@@ -134,20 +134,21 @@ def match_cases(pred_dir: str | Path, truth_dir: str | Path) -> list[CasePair]:
 
 def label_map(image: MedicalImage) -> np.ndarray:
     """The image's array as an integer label map (integer arrays as they are, bool and integer-valued floats
-    converted); refuses channels, more than 3-D and non-integer values."""
+    converted); refuses channels, more than 3-D, non-integer and negative values."""
     array = image.array
     if array.ndim not in (2, 3) or array.ndim != len(image.spacing):
         raise ValueError(f"{image.path}: a label map must be 2-D or 3-D without channels, got shape {array.shape}")
     if array.dtype.kind == "b":
         return array.astype(np.uint8)
-    if array.dtype.kind in "iu":
-        return array
-    if array.dtype.kind != "f":
+    if array.dtype.kind not in "iuf":
         raise ValueError(f"{image.path}: a label map must hold integers, got dtype {array.dtype}")
-    bad = ~np.isfinite(array) | (array != np.round(array))
-    if bad.any():
-        raise ValueError(f"{image.path}: not a label map: non-integer values, e.g. {array[bad][0]!r}")
-    return array.astype(np.int64)
+    if array.dtype.kind == "f":
+        bad = ~np.isfinite(array) | (array != np.round(array))
+        if bad.any():
+            raise ValueError(f"{image.path}: not a label map: non-integer values, e.g. {array[bad][0]:g}")
+    if array.size and array.min() < 0:
+        raise ValueError(f"{image.path}: not a label map: negative label value {array.min():g}")
+    return array if array.dtype.kind in "iu" else array.astype(np.int64)
 
 
 def _geometry(affine: np.ndarray, ndim: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -325,16 +326,17 @@ def write_summary(summary: dict, out_dir: str | Path) -> tuple[Path, Path]:
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"{out_dir} exists and is not a folder")
     texts = {SUMMARY_JSON: json.dumps(summary, indent=1, allow_nan=False) + "\n", SUMMARY_MD: summary_markdown(summary)}
-    out_dir.mkdir(parents=True, exist_ok=True)
     temporary: dict[str, Path] = {}
     try:
-        for name, text in texts.items():
-            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out_dir, prefix=f".{name}.",
-                                             suffix=".tmp", delete=False) as handle:
-                temporary[name] = Path(handle.name)
-                handle.write(text)
-        for name, path in temporary.items():
-            os.replace(path, out_dir / name)
+        with writing(out_dir):
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for name, text in texts.items():
+                with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=out_dir, prefix=f".{name}.",
+                                                 suffix=".tmp", delete=False) as handle:
+                    temporary[name] = Path(handle.name)
+                    handle.write(text)
+            for name, path in temporary.items():
+                os.replace(path, out_dir / name)
     finally:
         for path in temporary.values():
             path.unlink(missing_ok=True)

@@ -31,12 +31,16 @@ Conventions
   precision; writing with a NIfTI reference copies its sform/qform fields verbatim,
   which preserves the geometry bit for bit.
 * Non-finite values (NaN/inf) are read as they are; call :func:`check_finite` to refuse
-  them.
+  them (and :func:`check_not_constant` to refuse an image of one value).
+* Every refusal is one line: a file that cannot be read is an :class:`ImageReadError` naming it, a NIfTI header
+  that announces more data than its file can hold is refused before anything is allocated, and a failed write
+  (a read-only folder, a full disk) is a ValueError naming the file (:func:`writing`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -60,9 +64,12 @@ __all__ = [
     "ImageReadError",
     "MedicalImage",
     "check_finite",
+    "check_not_constant",
     "ending_of",
+    "one_line",
     "read_image",
     "write_image",
+    "writing",
 ]
 
 FORMATS: tuple[str, ...] = ("nifti", "dicom", "dicom-series", "png", "npy")
@@ -82,6 +89,10 @@ _DICOM_ENDINGS = (".dcm", ".dicom")
 # DICOM patient coordinates are LPS+, NIfTI world coordinates are RAS+.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _NIFTI_HEADER_KEY = "nifti_header"
+# Deflate expands its input at most about 1032-fold: a .nii.gz cannot hold more data than this many times its size.
+_DEFLATE_MAX_RATIO = 1032
+# Slice gaps of a DICOM series may differ by this much (relative) before the series counts as missing slices.
+_SLICE_GAP_TOLERANCE = 0.01
 
 
 class ImageReadError(ValueError):
@@ -149,8 +160,29 @@ def check_finite(image: MedicalImage) -> None:
         )
 
 
-def _orientation(affine: np.ndarray) -> str:
-    return "".join(nib.aff2axcodes(affine))
+def check_not_constant(array: np.ndarray, name: str) -> None:
+    """Raise ValueError naming ``name`` when every voxel of ``array`` has one value: an image without contrast has
+    nothing in it to segment."""
+    if array.size and array.min() == array.max():
+        raise ValueError(f"{name} is constant (all {array.size:,} voxel(s) are {array.flat[0]:g}): there is nothing "
+                         "in it to segment")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (library messages may span several)."""
+    return " ".join(str(error).split())
+
+
+def _orientation(affine: np.ndarray, path: Path) -> str:
+    """The axis codes of an affine ("RAS"); an affine with NaN/inf, or that gives a voxel axis no direction, is
+    refused."""
+    if not np.isfinite(affine).all():
+        raise ImageReadError(f"{path}: the affine holds NaN/inf values: {np.round(affine, 4).tolist()}")
+    codes = nib.aff2axcodes(affine)
+    if None in codes:
+        raise ImageReadError(f"{path}: the affine gives voxel axis {codes.index(None)} no direction in space (a zero "
+                             f"or repeated column): {np.round(affine, 4).tolist()}")
+    return "".join(codes)
 
 
 def _n_spatial(array: np.ndarray) -> int:
@@ -173,8 +205,28 @@ def _reading(path: Path, kind: str) -> Iterator[None]:
     # UnidentifiedImageError, RuntimeError, ...) for a corrupt file.
     except Exception as error:
         raise ImageReadError(
-            f"Could not read {kind} file {path}: {type(error).__name__}: {error}"
+            f"Could not read {kind} file {path}: {type(error).__name__}: {one_line(error)}"
         ) from error
+
+
+@contextlib.contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turn an OS error raised while writing (a read-only folder, a full disk) into a ValueError naming the file."""
+    try:
+        yield
+    except OSError as error:
+        raise ValueError(f"Cannot write {path}: {error.strerror or one_line(error)}") from None
+
+
+@contextlib.contextmanager
+def _itk_quiet() -> Iterator[None]:
+    """Keep ITK/GDCM from printing C++ warnings to the terminal: the readers raise their own errors instead."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 # ----------------------------------------------------------------------------- readers
@@ -191,11 +243,28 @@ def _nifti_array(img: nib.Nifti1Image | nib.Nifti2Image) -> np.ndarray:
     return img.get_fdata(dtype=np.float32)
 
 
+def _check_nifti_size(img: nib.Nifti1Image | nib.Nifti2Image, path: Path) -> None:
+    """Refuse a header that announces more data than the file can hold (a truncated file, or a corrupt header that
+    claims, say, 10^12 voxels) before any of it is allocated."""
+    declared = math.prod(img.shape) * img.get_data_dtype().itemsize
+    on_disk = path.stat().st_size
+    if ending_of(path) == ".nii.gz":
+        room = on_disk * _DEFLATE_MAX_RATIO
+    else:
+        room = on_disk - int(img.header["vox_offset"])
+    if declared > room:
+        raise ImageReadError(
+            f"{path}: the header declares shape {img.shape} = {math.prod(img.shape):,} voxels ({declared:,} bytes), "
+            f"more than the file can hold ({on_disk:,} bytes on disk): a truncated or corrupt file"
+        )
+
+
 def _read_nifti(path: Path) -> MedicalImage:
     with _reading(path, "NIfTI"):
         img = nib.load(str(path))
         if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
             raise ImageReadError(f"{path} is not a NIfTI file (nibabel read {type(img).__name__})")
+        _check_nifti_size(img, path)
         array = _nifti_array(img)
         affine = np.asarray(img.affine, dtype=np.float64)
         header = img.header
@@ -205,7 +274,7 @@ def _read_nifti(path: Path) -> MedicalImage:
             "qform_code": int(header["qform_code"]),
         }
     spacing = _float_tuple(voxel_sizes(affine)[: _n_spatial(array)])
-    return MedicalImage(array, affine, spacing, _orientation(affine), str(path), "nifti", meta)
+    return MedicalImage(array, affine, spacing, _orientation(affine, path), str(path), "nifti", meta)
 
 
 def _first_float(value: Any) -> float:
@@ -276,7 +345,7 @@ def _read_dicom_file(path: Path) -> MedicalImage:
         pixel_spacing = _dicom_pixel_spacing(ds)
     spacing = pixel_spacing or (1.0, 1.0)
     affine = _dicom_slice_affine(ds, spacing)
-    orientation = None if affine is None else _orientation(affine)
+    orientation = None if affine is None else _orientation(affine, path)
     if affine is None:
         affine = np.diag([spacing[0], spacing[1], 1.0, 1.0])
     return MedicalImage(array, affine, spacing, orientation, str(path), "dicom", meta)
@@ -303,12 +372,8 @@ def _sitk_to_ijk(image: sitk.Image) -> np.ndarray:
 def _pick_series(path: Path) -> tuple[str, tuple[str, ...], int]:
     """The series with the most files in ``path`` (ties: smallest UID), its files, the count."""
     # GDCM prints a C++ warning for a folder without series; we raise our own error instead.
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
+    with _itk_quiet():
         series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
     if not series_ids:
         raise ImageReadError(f"No DICOM series found in directory {path}")
     files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), uid) for uid in series_ids}
@@ -316,6 +381,7 @@ def _pick_series(path: Path) -> tuple[str, tuple[str, ...], int]:
     return chosen, tuple(files[chosen]), len(series_ids)
 
 
+_POSITION_TAG = "0020|0032"  # ImagePositionPatient
 _SERIES_TAGS = {
     "Modality": "0008|0060",
     "RescaleIntercept": "0028|1052",
@@ -338,13 +404,31 @@ def _series_meta(reader: sitk.ImageSeriesReader) -> dict[str, Any]:
     return meta
 
 
+def _check_even_slices(reader: sitk.ImageSeriesReader, image: sitk.Image, path: Path) -> None:
+    """Refuse a series whose slices are not evenly spaced along their normal: a slice file is missing or could not
+    be read, and as one volume the series would have the wrong geometry."""
+    count = image.GetDepth()
+    if count < 3 or not all(reader.HasMetaDataKey(i, _POSITION_TAG) for i in range(count)):
+        return
+    normal = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)[:, 2]
+    positions = [_float_tuple(reader.GetMetaData(i, _POSITION_TAG).split("\\")) for i in range(count)]
+    gaps = np.diff(np.sort(np.asarray(positions) @ normal))
+    if gaps.max() - gaps.min() > _SLICE_GAP_TOLERANCE * gaps.max():
+        raise ImageReadError(
+            f"{path}: the slices of the series are not evenly spaced (gaps from {gaps.min():g} to {gaps.max():g} mm "
+            f"over {count} readable slices): a slice file is missing or unreadable"
+        )
+
+
 def _read_dicom_series(path: Path) -> MedicalImage:
     with _reading(path, "DICOM series"):
         series_uid, files, n_series = _pick_series(path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         reader.MetaDataDictionaryArrayUpdateOn()
-        image = reader.Execute()  # GDCM applies RescaleSlope/Intercept itself
+        with _itk_quiet():  # ITK warns of uneven slices; _check_even_slices refuses them
+            image = reader.Execute()  # GDCM applies RescaleSlope/Intercept itself
+        _check_even_slices(reader, image, path)
         array = _sitk_to_ijk(image)
         meta = _series_meta(reader)
     if meta.get("Modality") == "CT" or np.issubdtype(array.dtype, np.floating):
@@ -352,7 +436,7 @@ def _read_dicom_series(path: Path) -> MedicalImage:
     meta.update(SeriesInstanceUID=series_uid, n_files=len(files), n_series_in_folder=n_series)
     affine = _sitk_ras_affine(image)
     spacing = _float_tuple(image.GetSpacing())
-    return MedicalImage(array, affine, spacing, _orientation(affine), str(path), "dicom-series", meta)
+    return MedicalImage(array, affine, spacing, _orientation(affine, path), str(path), "dicom-series", meta)
 
 
 def _read_raster(path: Path) -> MedicalImage:
@@ -397,7 +481,8 @@ def read_image(path: str | Path) -> MedicalImage:
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"Image file not found: {path}")
+        leads = f" (a symbolic link to {os.readlink(path)}, which leads to no file)" if path.is_symlink() else ""
+        raise FileNotFoundError(f"Image file not found: {path}{leads}")
     if path.is_dir():
         return _read_dicom_series(path)
     ending = ending_of(path)
@@ -531,13 +616,15 @@ def write_image(path: str | Path, array: np.ndarray, reference: MedicalImage | N
     array = np.asarray(array)
     if reference is not None:
         _check_shape(path, array, reference)
-    path.parent.mkdir(parents=True, exist_ok=True)
     partial = partial_path(path)
     try:
-        writer(partial, array, reference)
-        os.replace(partial, path)
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            writer(partial, array, reference)
+            os.replace(partial, path)
     except ValueError as error:  # a writer's refusal names the file the caller asked for
         raise ValueError(str(error).replace(str(partial), str(path))) from None
     finally:
-        partial.unlink(missing_ok=True)
+        if partial.exists():  # what a failed writer left (nothing where the folder could not be written at all)
+            partial.unlink()
     return path

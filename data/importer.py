@@ -32,7 +32,8 @@ from tqdm.auto import tqdm
 
 from segicl_data.atomic import write_text
 from segicl_data.build import DEFAULT_CACHE, slice_areas
-from segicl_data.imageio import ImageReadError, MedicalImage, ending_of, read_image
+from segicl_data.imageio import (ImageReadError, MedicalImage, check_finite, check_not_constant, ending_of, read_image,
+                                 writing)
 from segicl_data.preprocess import (AXES, CT_WINDOW, MRI_PERCENTILES, apply_crop, normalize_mri, relative_positions,
                              resize_slices, window_ct)
 from segicl_data.tasks import slugify
@@ -42,8 +43,13 @@ IMPORT_VERSION = 1
 LAYOUTS = ("nnunet", "msd")
 FILE_ENDINGS = (".nii.gz", ".nii")
 LABEL_SET = "labels"
+LARGEST_LABEL = np.iinfo(np.uint16).max  # the label slices are stored as uint16 (as `segicl_data.build` stores them)
 # nnU-Net v2's "ignore" label marks unlabelled voxels: a declared value, never a structure to segment.
 IGNORE_LABEL = "ignore"
+# The JSON type each key of dataset.json must have where it is present (nnU-Net v2 and MSD keys).
+KEY_TYPES = {"channel_names": dict, "modality": dict, "labels": dict, "numTraining": int, "file_ending": str,
+             "name": str, "dataset": dict, "training": list}
+JSON_TYPE_NAMES = {dict: "an object", list: "an array", int: "an integer", str: "a string"}
 # Channel names as instructions word them; anything else reads "<name> MRI" (nnU-Net treats non-CT channels as MRI).
 MODALITY_WORDS = {"ct": "CT", "t1": "T1-weighted MRI", "t1w": "T1-weighted MRI", "t2": "T2-weighted MRI",
                   "t2w": "T2-weighted MRI", "mri": "MRI", "mr": "MRI", "flair": "FLAIR MRI", "adc": "ADC MRI",
@@ -173,12 +179,32 @@ def read_description(root: Path | str, channel: str | None = None) -> DatasetDes
         raise DatasetFormatError(f"{path} is not valid JSON: {error}") from None
     if not isinstance(description, dict):
         raise DatasetFormatError(f"{path}: expected a JSON object, got {type(description).__name__}")
+    _check_key_types(description, path)
     if "channel_names" in description:
-        return _nnunet_description(root, description, channel)
-    if "training" in description:
-        return _msd_description(root, description, channel)
-    raise DatasetFormatError(f"{path}: neither nnU-Net v2 (key 'channel_names') nor MSD / nnU-Net v1 (key 'training'); "
-                             f"found keys {sorted(description)}")
+        read = _nnunet_description(root, description, channel)
+    elif "training" in description:
+        read = _msd_description(root, description, channel)
+    else:
+        raise DatasetFormatError(f"{path}: neither nnU-Net v2 (key 'channel_names') nor MSD / nnU-Net v1 (key "
+                                 f"'training'); found keys {sorted(description)}")
+    _check_label_range(read.labels, path)
+    return read
+
+
+def _check_label_range(labels: dict[str, tuple[int, ...]], path: Path) -> None:
+    """Refuse label values the imported label slices (16-bit) cannot hold: they would wrap to other values."""
+    too_large = sorted({value for values in labels.values() for value in values if value > LARGEST_LABEL})
+    if too_large:
+        raise DatasetFormatError(f"{path}: label value(s) {too_large} above {LARGEST_LABEL}: the imported label slices "
+                                 "hold 16-bit values")
+
+
+def _check_key_types(description: dict, path: Path) -> None:
+    """Refuse a known key of the wrong JSON type (`KEY_TYPES`): numTraining "3", channel_names as a list, ..."""
+    for key, kind in KEY_TYPES.items():
+        value = description.get(key)
+        if key in description and (not isinstance(value, kind) or isinstance(value, bool)):
+            raise DatasetFormatError(f"{path}: {key!r} must be {JSON_TYPE_NAMES[kind]}, got {json.dumps(value)}")
 
 
 def _require(description: dict, keys: tuple[str, ...], path: Path) -> None:
@@ -195,6 +221,8 @@ def _choose_channel(channels: dict, wanted: str | None, path: Path) -> tuple[int
         raise DatasetFormatError(f"{path}: channel indices must be integers, got {sorted(channels)}") from None
     if not named:
         raise DatasetFormatError(f"{path}: no channels declared")
+    if not all(isinstance(name, str) and name.strip() for name in channels.values()):
+        raise DatasetFormatError(f"{path}: channel names must be non-empty strings, got {list(channels.values())}")
     if wanted is None:
         first = min(named)
         return first, named[first]
@@ -226,7 +254,8 @@ def _nnunet_labels(labels: dict, path: Path) -> dict[str, tuple[int, ...]]:
 
 def _msd_labels(labels: dict, path: Path) -> dict[str, tuple[int, ...]]:
     """MSD `labels`: "index" -> name."""
-    if not isinstance(labels, dict) or not all(str(key).isdigit() for key in labels):
+    if not isinstance(labels, dict) or not all(str(key).isdigit() and isinstance(name, str)
+                                               for key, name in labels.items()):
         raise DatasetFormatError(f"{path}: MSD 'labels' must map label values to names ({{\"0\": \"background\"}})")
     table = {str(name): (int(index),) for index, name in labels.items() if int(index) != 0}
     return _checked_labels(table, path)
@@ -319,8 +348,8 @@ def _manifest_cases(root: Path, manifest: dict, channel: int, path: Path) -> lis
     """nnU-Net v2's optional `dataset` key: {case: {"images": [paths per channel], "label": path}}."""
     cases = []
     for case, entry in sorted(manifest.items()):
-        if not isinstance(entry, dict) or "images" not in entry or "label" not in entry:
-            raise DatasetFormatError(f"{path}: dataset entry {case!r} needs 'images' and 'label'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("images"), list) or "label" not in entry:
+            raise DatasetFormatError(f"{path}: dataset entry {case!r} needs 'images' (a list) and 'label'")
         if channel >= len(entry["images"]):
             raise DatasetFormatError(f"{path}: case {case!r} lists {len(entry['images'])} image(s), no channel {channel}")
         cases.append(UserCase(case, _existing(root, entry["images"][channel]), _existing(root, entry["label"])))
@@ -328,6 +357,8 @@ def _manifest_cases(root: Path, manifest: dict, channel: int, path: Path) -> lis
 
 
 def _existing(root: Path, relative: str) -> Path:
+    if not isinstance(relative, str):
+        raise DatasetFormatError(f"{root / 'dataset.json'} names {json.dumps(relative)} as a file; expected a path")
     path = (root / relative).resolve() if not Path(relative).is_absolute() else Path(relative)
     if not path.exists():
         raise DatasetFormatError(f"{root / 'dataset.json'} names {relative}, which does not exist")
@@ -404,6 +435,7 @@ def read_case(case: UserCase, description: DatasetDescription) -> tuple[MedicalI
     """The case's image (its chosen channel, as a 3-D volume) and label map, checked against each other and against
     the declared labels."""
     image, label = _read(case.image, "image"), _read(case.label, "label map")
+    check_finite(image)
     if image.orientation is None or label.orientation is None:
         raise DatasetFormatError(f"{case.image}: a dataset case must carry geometry (NIfTI)")
     if case.volume_channel is not None or image.array.ndim == 4:
@@ -412,6 +444,7 @@ def read_case(case: UserCase, description: DatasetDescription) -> tuple[MedicalI
             raise DatasetFormatError(f"{case.image}: expected a 4-D image with a channel {channel}, got shape "
                                      f"{image.array.shape}")
         image = dataclasses.replace(image, array=image.array[..., channel])
+    check_not_constant(image.array, f"{case.image}: the image")
     if image.array.shape != label.array.shape:
         raise DatasetFormatError(f"{case.label}: label shape {label.array.shape} differs from the image's "
                                  f"{image.array.shape} ({case.image})")
@@ -499,9 +532,10 @@ def import_dataset(source: Path | str, out: Path | str | None = None, config: Im
     staging = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        _write_import(description, config, splits, staging, progress)
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        with writing(target):
+            _write_import(description, config, splits, staging, progress)
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -100,6 +100,9 @@ def load_example_slices(image: MedicalImage, mask: MedicalImage, axis: str = "ax
     if mask_slices.shape != image_slices.shape:
         raise ValueError(f"example {image.path} and its mask {mask.path} differ in size once oriented for display: "
                          f"{image_slices.shape} vs {mask_slices.shape}")
+    if not np.allclose(image.spacing, mask.spacing, rtol=0.0, atol=1e-3):
+        raise ValueError(f"example {image.path} and its mask {mask.path} have different voxel spacing: "
+                         f"{np.round(image.spacing, 4).tolist()} vs {np.round(mask.spacing, 4).tolist()} mm")
     if label is None:
         try:
             return image_slices, as_binary_mask(mask_slices, f"{mask.path}: an example mask")

@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
 
 from mvg_head.canvas import block_causal_mask, block_masking, check_sentence, image_tokens, to_canvas
 from mvg_head.config import MVGConfig
-from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder, load_weights, reading_config
 
 CONFIG_NAME = MODEL_CONFIGS["MVG"]
 MODES = ("masked", "autoregressive")
@@ -424,11 +424,11 @@ class MVGModel(nn.Module):
         """A saved model (float16 weights are cast back to float32); the MAE checkpoint is not re-read."""
         folder = Path(folder)
         check_model_folder(folder, "MVG")
-        config = MVGConfig.load(folder / CONFIG_NAME)
-        model = cls(dataclasses.replace(config, mae_checkpoint=None))
+        with reading_config(folder / CONFIG_NAME):
+            config = MVGConfig.load(folder / CONFIG_NAME)
+            model = cls(dataclasses.replace(config, mae_checkpoint=None))
         model.config = config
-        state = load_file(folder / WEIGHTS_NAME)
-        result = model.load_state_dict(state, strict=False)
+        result = load_weights(model, folder / WEIGHTS_NAME)
         if result.missing_keys or result.unexpected_keys:
             raise ValueError(f"{folder / WEIGHTS_NAME} does not match the config: missing {result.missing_keys[:3]}, "
                              f"unexpected {result.unexpected_keys[:3]}")

@@ -9,10 +9,10 @@ from typing import Any
 
 import torch
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder
+from segicl_data.model_folders import MODEL_CONFIGS, WEIGHTS_NAME, check_model_folder, load_weights, reading_config
 from segicl.condition import ConditionEncoder
 from segicl.config import SegICLConfig
 from segicl.decoder import MaskDecoder
@@ -369,11 +369,10 @@ class SegICLModel(nn.Module):
 
         folder = Path(folder)
         check_model_folder(folder, "SegICL")
-        config = SegICLConfig.load(folder / CONFIG_NAME)
         tokenizer = load_tokenizer(folder / "tokenizer")
-        model = cls.from_config(config, tokenizer)
-        state = load_file(folder / WEIGHTS_NAME)
-        result = model.load_state_dict(state, strict=False)
+        with reading_config(folder / CONFIG_NAME):
+            model = cls.from_config(SegICLConfig.load(folder / CONFIG_NAME), tokenizer)
+        result = load_weights(model, folder / WEIGHTS_NAME)
         if result.unexpected_keys:
             raise ValueError(f"{folder / WEIGHTS_NAME} has unexpected weights, e.g. {result.unexpected_keys[:3]}")
         expected = set(model.persistent_state_dict())

@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from segicl_data.imageio import check_finite, check_not_constant
 from segicl_data.preprocess import as_binary_mask, normalize_intensity
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
-from segicl.volume import ImageInput, Settings, VolumeSegmentation, segment
+from segicl.volume import ImageInput, Settings, VolumeSegmentation, as_medical_image, segment
 from segicl_weights import SEGICL_TINY
 
 
@@ -125,7 +126,10 @@ class SegICLPipeline:
     def segment(self, image: ImageInput, text: str | None = None, examples=(), *, settings: Settings | None = None,
                 **prompt) -> VolumeSegmentation:
         """The volume-level API (`segicl.volume.segment`): the mask or label map, probabilities and uncertainty on the
-        input's own grid. `prompt`: example_label, examples_from, label, labels, k, axis, crop, progress, callback."""
+        input's own grid. `prompt`: example_label, examples_from, label, labels, k, axis, crop, progress, callback.
+        An image with NaN/inf voxels is refused naming its file."""
+        image = as_medical_image(image)
+        check_finite(image)
         return segment(self, image, text, examples, settings=settings, **prompt)
 
     def _resize(self, slices: np.ndarray, nearest: bool) -> torch.Tensor:
@@ -182,6 +186,8 @@ class SegICLPipeline:
         timings = {"vision_s": 0.0, "llm_s": 0.0, "decoder_s": 0.0, "slices": int(volume.shape[0])}
         per_slice = self._slice_examples(slice_examples, examples, volume.shape[0])
         example_images, example_masks = self.prepare_examples(examples, normalization)
+        # A blank query has nothing to segment: the model would draw its examples' shape on it.
+        check_not_constant(volume, "the query image")
         text_ids, _ = self.model.tokenize([text])
         text_ids = text_ids.to(self.device)
         use_cache = use_cache and per_slice is None

@@ -24,7 +24,7 @@ from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl_data.bank import POSITIONS, ExampleBank, bank_structures, find_structure, position_slice
 from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import prompt_slice
-from segicl_data.imageio import MedicalImage, image_from_array, read_image, write_image
+from segicl_data.imageio import MedicalImage, check_not_constant, image_from_array, read_image, write_image
 from segicl_data.importer import read_label_names
 from segicl_data.preprocess import SquareCrop, apply_crop, normalize_intensity
 from segicl_data.volumes import crop_to_foreground, from_model_slices, load_example_slices, paste_crop, to_model_slices
@@ -267,6 +267,7 @@ def prepare_query(image: MedicalImage, axis: str = "axial", crop: bool = True, c
     is off (`segicl_data.volumes.crop_to_foreground`, as the training slices were cut)."""
     if axis not in AXES:
         raise ValueError(f"unknown axis {axis!r}; expected one of {AXES}")
+    check_not_constant(image.array, image.path)  # the crop's zero padding would hide it from the pipeline's check
     slices = to_model_slices(image, axis)
     if crop and len(slices) > 1:
         model_slices, square = crop_to_foreground(slices, ct)

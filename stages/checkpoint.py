@@ -1,4 +1,5 @@
-"""Checkpoints as safetensors + JSON, written atomically; loading never unpickles anything.
+"""Checkpoints as safetensors + JSON, written whole or not at all (`segicl_data.atomic.write_folder`: a run killed
+while it writes one leaves the previous checkpoint loadable); loading never unpickles anything.
 
 A checkpoint folder holds:
     model.safetensors       the trainable parameters (or all, for a pipeline component)
@@ -9,13 +10,13 @@ A checkpoint folder holds:
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from segicl_data.atomic import restore_folder, write_folder
 
 
 def optimizer_to_safetensors(state: dict) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -41,32 +42,28 @@ def optimizer_from_safetensors(tensors: dict[str, torch.Tensor], meta: dict[str,
 
 def save_checkpoint(folder: Path | str, model_state: dict[str, torch.Tensor], trainer_state: dict[str, Any],
                     optimizer_state: dict | None = None) -> Path:
-    """Write a checkpoint folder atomically: into a temporary sibling, then renamed into place."""
-    folder = Path(folder)
-    staging = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / "model.safetensors")
-    if optimizer_state is not None:
-        tensors, meta = optimizer_to_safetensors(optimizer_state)
-        save_file(tensors, staging / "optimizer.safetensors")
-        (staging / "optimizer.json").write_text(json.dumps(meta))
-    (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
-    if folder.exists():
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(folder, old)
-        os.replace(staging, folder)
-        shutil.rmtree(old)
-    else:
-        os.replace(staging, folder)
-    return folder
+    """Write a checkpoint folder whole: into a temporary sibling, then swapped into place."""
+
+    def write(staging: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model_state.items()}, staging / "model.safetensors")
+        if optimizer_state is not None:
+            tensors, meta = optimizer_to_safetensors(optimizer_state)
+            save_file(tensors, staging / "optimizer.safetensors")
+            (staging / "optimizer.json").write_text(json.dumps(meta))
+        (staging / "trainer_state.json").write_text(json.dumps(trainer_state, indent=1))
+
+    return write_folder(folder, write)
+
+
+def has_checkpoint(folder: Path | str) -> bool:
+    """Whether `folder` holds a checkpoint (after putting back the previous one if a save was killed mid-swap)."""
+    return (restore_folder(folder) / "model.safetensors").exists()
 
 
 def load_checkpoint(folder: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict | None]:
     """(model state, trainer state, optimizer state or None) of a checkpoint folder."""
     folder = Path(folder)
-    if not (folder / "model.safetensors").exists():
+    if not has_checkpoint(folder):
         raise FileNotFoundError(f"no checkpoint at {folder} (model.safetensors missing)")
     model_state = load_file(folder / "model.safetensors")
     trainer_state = json.loads((folder / "trainer_state.json").read_text())

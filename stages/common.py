@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segicl_commands.arguments import check_at_least, check_out_dir, exit_code
-from segicl_stages.checkpoint import load_checkpoint, save_checkpoint
+from segicl_stages.checkpoint import has_checkpoint, load_checkpoint, save_checkpoint
 
 
 @dataclass
@@ -182,7 +182,7 @@ def train(module: torch.nn.Module, make_batch: Callable[[int, int, int], dict], 
     lr_scheduler = get_cosine_schedule_with_warmup(optimizer, args.warmup_steps, args.steps)
     start_step = 0
     checkpoint = output / "checkpoint"
-    if args.resume and checkpoint.exists():
+    if args.resume and has_checkpoint(checkpoint):
         if is_deepspeed(accelerator):
             raise ValueError("--resume is not supported under DeepSpeed (its optimizer state is sharded); "
                              "resume a single-process or multi-CPU run")

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-
+from segicl_data.atomic import write_folder
 from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            finished_line, make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     stage = CrossConvTraining(network)
     state = train(stage, make_batch, training, accelerator, network.config.to_dict(), description="crossconv")
     if accelerator.is_main_process:
-        accelerator.unwrap_model(stage).network.save_pretrained(Path(training.output_dir) / "model")
+        write_folder(Path(training.output_dir) / "model", accelerator.unwrap_model(stage).network.save_pretrained)
         print(finished_line("crossconv", state))
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-
+from segicl_data.atomic import write_folder, write_text
 from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
@@ -127,15 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     state = train(MVGTrainingModule(model), make_batch, training, accelerator, record, description="MVG")
     if accelerator.is_main_process:
         output = Path(training.output_dir)
-        model.save_pretrained(output / "model")
         summary = {"steps": state["step"], "train_wall_time_s": round(state["wall_time_s"], 1),
                    "threads": torch.get_num_threads(), "batch_size": training.batch_size,
                    "final_losses": state["recent_losses"][-1] if state["recent_losses"] else {}}
         if args.init:
             summary = chain_summary(summary, args.init)
-        for folder in (output, output / "model"):  # the model folder carries its training budget into exports
-            (folder / "train_summary.json").write_text(json.dumps(summary, indent=1))
-        print(json.dumps(summary, indent=1))
+        summary_text = json.dumps(summary, indent=1)
+
+        def write_model(folder: Path) -> None:  # the model folder carries its training budget into exports
+            model.save_pretrained(folder)
+            (folder / "train_summary.json").write_text(summary_text)
+
+        write_folder(output / "model", write_model)
+        write_text(output / "train_summary.json", summary_text)
+        print(summary_text)
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-
+from segicl_data.atomic import write_folder
 from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
                            make_accelerator, open_training_dataset, run_stage, train,
                            training_arguments)
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if accelerator.is_main_process:
         output = Path(training.output_dir)
         unwrapped = accelerator.unwrap_model(model).model
-        unwrapped.save_pretrained(output / "model")
+        write_folder(output / "model", unwrapped.save_pretrained)
         evaluation = evaluate_reconstruction(unwrapped, dataset, args.eval_masks, args.eval_min_area, args.eval_steps,
                                              args.eval_samples)
         result = {**evaluation,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-
 from segicl_commands.arguments import apply_config_flags
+from segicl_data.atomic import write_folder
 from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_episode_arguments,
                            add_training_arguments, episode_batches, finished_line, make_accelerator,
                            open_training_dataset, run_stage, train, training_arguments)
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                  args.anonymous_name_prob, args.absent_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
-        accelerator.unwrap_model(stage).model.save_pretrained(Path(training.output_dir) / "model")
+        write_folder(Path(training.output_dir) / "model", accelerator.unwrap_model(stage).model.save_pretrained)
         print(finished_line("stage 2", state))
     return 0
 
