@@ -1,4 +1,4 @@
-"""`segicl bench {quality,volume,speed,full-shapes,training,report}`: the benchmark commands (the benchmarks themselves live in
+"""`segicl bench {quality,volume,speed,full-shapes,training,folder,labelling,report}`: the benchmark commands (the benchmarks themselves live in
 `benchmarks/`; `segicl bench report` regenerates the docs site's results page, docs/results/index.md, from their JSON
 files)."""
 from __future__ import annotations
@@ -96,10 +96,41 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     folder.add_argument("-k", type=int, default=3, help="2-D examples in the prompt")
     folder.set_defaults(handler=command_folder)
 
+    labelling = kinds.add_parser("labelling", help="a simulated user labelling a folder: Dice of the unlabelled cases "
+                                                   "against the labelled count, the most uncertain or a random case "
+                                                   "labelled next, beside registration + vote and a UNet")
+    add_dataset_arguments(labelling)
+    labelling.add_argument("--structure", default="harvard_oxford/caudate_both_sides",
+                           help="the built-in (or --dataset) structure the pool is labelled with (default: the caudate, "
+                                "held out of the shipped model's training)")
+    labelling.add_argument("--nnunet", type=Path, default=None,
+                           help="build the pool from this nnU-Net v2 raw folder instead (e.g. one written by "
+                                "examples/make_nnunet_dataset.py)")
+    labelling.add_argument("--label", default="caudate", help="with --nnunet: the label the pool is labelled with")
+    labelling.add_argument("--variants", type=int, default=4, help="random variants of each subject in the pool")
+    labelling.add_argument("--orders", type=int, default=2, help="random labelling orders of the random strategy")
+    labelling.add_argument("--counts", type=int, nargs="+", default=[1, 2, 3, 5, 8],
+                           help="labelled counts at which the rest is predicted (from 1, increasing)")
+    labelling.add_argument("--margin-mm", type=float, default=6.0, help="the box kept around each case's structure")
+    labelling.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    labelling.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples (the pipeline's default)")
+    labelling.add_argument("--unet-max-steps", type=int, default=4000,
+                           help="a ceiling on the UNet's steps, whatever SegICL's CPU time allows")
+    labelling.set_defaults(handler=command_labelling)
+
     training = kinds.add_parser("training", help="stage 1/2 steps per second: 1 process vs DeepSpeed ZeRO-2 x 2")
     training.add_argument("--steps", type=int, default=20, help="steps per run")
     training.add_argument("--batch-size", type=int, default=16, help="global batch (even)")
     training.set_defaults(handler=command_training)
+
+    augment = kinds.add_parser("augment", help="test-time augmentation (views) and example-subset ensembles on the "
+                                               "quality benchmark's episodes: Dice gained and seconds paid")
+    add_dataset_arguments(augment)
+    augment.add_argument("--episodes", type=int, default=48, help="test episodes per (structures, setting) cell")
+    augment.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
+    augment.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    augment.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
+    augment.set_defaults(handler=command_augment)
 
     report = kinds.add_parser("report", help="copy runs/bench/*.json and the plots into docs/results/ and regenerate "
                                              "the docs site's results page there (docs/results/index.md)")
@@ -108,11 +139,11 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                              "docs/results)")
     report.set_defaults(handler=command_report)
 
-    for parser in (quality, volume, speed, training, folder):
+    for parser in (quality, volume, speed, training, folder, augment, labelling):
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, volume, speed, full, training, folder):
+    for parser in (quality, volume, speed, full, training, folder, augment, labelling):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
     report.add_argument("--out-dir", type=Path, default=BENCH_DIR,
                         help="the benchmarks' output folder, whose JSON files and plots are copied (default: runs/bench)")
@@ -184,6 +215,31 @@ def command_folder(args) -> int:
     check_common(args, cases=1, k=1)
     result = run_folder(open_dataset(args), args.out_dir, args.cases, args.structure, args.k, args.model)
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def command_labelling(args) -> int:
+    from segicl_benchmarks.labelling import LabellingOptions, builtin_source, nnunet_source, run_labelling
+
+    check_common(args)
+    if args.nnunet is not None and args.dataset is not None:
+        raise ValueError("give --nnunet (an nnU-Net raw folder) or --dataset (a slice dataset), not both")
+    options = LabellingOptions(counts=tuple(args.counts), variants=args.variants, orders=args.orders, seed=args.seed,
+                               steps=args.steps, samples=args.samples, margin_mm=args.margin_mm,
+                               unet_max_steps=args.unet_max_steps)
+    source = (nnunet_source(args.nnunet, args.label) if args.nnunet is not None
+              else builtin_source(args.open_dataset(args), args.structure))
+    result = run_labelling(source, options, args.model, args.out_dir)
+    print((args.out_dir / f"{result['name']}.md").read_text())
+    return 0
+
+
+def command_augment(args) -> int:
+    from segicl_benchmarks.augment import run_augment
+
+    check_common(args, episodes=2, steps=1, samples=1)
+    run_augment(args, args.open_dataset(args))
+    print((args.out_dir / "augment.md").read_text())
     return 0
 
 
