@@ -99,3 +99,17 @@ def run_folder(dataset: SliceDataset, out_dir: Path, cases: int, structure: str,
               "segment_over_predict": round(float(np.mean(per_call)) / (folder_s / cases), 2)}
     (out_dir / "folder.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def folder_lines(result: dict) -> list[str]:
+    """The results page's part: seconds per case for each way of segmenting the folder."""
+    return ["### A whole folder (`segicl bench folder`)", "", result["setting"], "",
+            "| how | seconds per case |", "|---|---|",
+            f"| `segicl segment`, once per case | {result['segment_per_case_s']:.2f} "
+            f"(range {result['segment_per_case_range_s'][0]:.2f}-{result['segment_per_case_range_s'][1]:.2f}) |",
+            f"| `segicl predict`, 1 process | {result['predict_per_case_s']:.2f} (of which in the model's calls: "
+            f"{result['predict_in_process_per_case_s']:.2f}) |",
+            f"| `segicl predict` under `accelerate launch`, 2 processes x 1 thread | "
+            f"{result['predict_two_processes_per_case_s']:.2f} |", "",
+            f"`predict` takes {1 / result['segment_over_predict']:.2f}x the time of `segment` per case "
+            f"({result['segment_over_predict']:.2f}x faster): the model loads once and the prompt is encoded once.", ""]

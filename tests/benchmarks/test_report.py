@@ -107,7 +107,7 @@ def test_the_labelling_curves_have_their_section_table_and_plot(tmp_path):
     (bench / "labelling.json").write_text(json.dumps(labelling_result("labelling")))
     (bench / "labelling.png").write_bytes(b"png")
     page = write_results_page(bench, results)
-    assert "## SegICL: labelling a folder" in page and "A pool of 4 cases." in page
+    assert "### Labelling a folder, one corrected case at a time" in page and "A pool of 4 cases." in page
     assert "| SegICL, most uncertain case labelled next | 0.400 (0.30-0.50), n=3 | 0.500, n=2 | 2 |" in page
     assert "![labelling](labelling.png)" in page and (results / "labelling.png").read_bytes() == b"png"
     assert "1: 5 steps in 3 CPU s (SegICL 3 s, stopped by budget)" in page

@@ -93,7 +93,7 @@ def test_segment_with_a_dataset_bank_writes_a_label_map_of_its_values(pipeline, 
 ])
 def test_prompts_that_cannot_work_are_refused_with_the_reason(pipeline, prompt, message):
     with pytest.raises(ValueError, match=message):
-        pipeline.segment(np.ones((16, 16), np.float32), **prompt)
+        pipeline.segment(np.arange(256, dtype=np.float32).reshape(16, 16), **prompt)
 
 
 def test_an_image_of_another_type_is_refused(pipeline):
