@@ -29,11 +29,7 @@ def add_bench_commands(commands, default_weights: Path) -> None:
 
     quality = kinds.add_parser("quality", help="Dice/IoU/HD95 for k = 0, 1, 3, 5 beside the CrossConv peer, registration "
                                                "+ label fusion, union, copy, MVG and specialist UNets, with intervals")
-    add_dataset_arguments(quality)
-    quality.add_argument("--episodes", type=int, default=96, help="test episodes per (structures, k) cell")
-    quality.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
-    quality.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
-    quality.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
+    add_episode_arguments(quality, episodes=96, cell="(structures, k)")
     quality.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
                          help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
     quality.add_argument("--mvg", type=optional_path, default=MVG_TINY,
@@ -125,11 +121,7 @@ def add_bench_commands(commands, default_weights: Path) -> None:
 
     augment = kinds.add_parser("augment", help="test-time augmentation (views) and example-subset ensembles on the "
                                                "quality benchmark's episodes: Dice gained and seconds paid")
-    add_dataset_arguments(augment)
-    augment.add_argument("--episodes", type=int, default=48, help="test episodes per (structures, setting) cell")
-    augment.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
-    augment.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
-    augment.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="decoder samples averaged (the pipeline's default)")
+    add_episode_arguments(augment, episodes=48, cell="(structures, setting)")
     augment.set_defaults(handler=command_augment)
 
     report = kinds.add_parser("report", help="copy runs/bench/*.json and the plots into docs/results/ and regenerate "
@@ -147,6 +139,17 @@ def add_bench_commands(commands, default_weights: Path) -> None:
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
     report.add_argument("--out-dir", type=Path, default=BENCH_DIR,
                         help="the benchmarks' output folder, whose JSON files and plots are copied (default: runs/bench)")
+
+
+def add_episode_arguments(parser: argparse.ArgumentParser, episodes: int, cell: str) -> None:
+    """The flags of the benchmarks scored on the quality benchmark's test episodes: the dataset, how many episodes per
+    cell, the smallest query structure, the decoder's steps and samples."""
+    add_dataset_arguments(parser)
+    parser.add_argument("--episodes", type=int, default=episodes, help=f"test episodes per {cell} cell")
+    parser.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                        help="decoder samples averaged (the pipeline's default)")
 
 
 def check_common(args, **minimums: float) -> None:
