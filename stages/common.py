@@ -281,16 +281,24 @@ def add_episode_arguments(parser: argparse.ArgumentParser, min_area: int, anonym
     parser.add_argument("--absent-prob", type=float, default=absent_prob,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
+    add_synthetic_argument(parser)
+
+
+def add_synthetic_argument(parser: argparse.ArgumentParser) -> None:
+    """--synthetic-prob: the share of synthetic in-context tasks among the training episodes."""
+    parser.add_argument("--synthetic-prob", type=float, default=0.0,
+                        help="share of episodes that are synthetic tasks (random label maps with random intensities, "
+                             "textures, bias, blur and noise; segicl_data.synthetic) instead of the dataset's; 0: off")
 
 
 def episode_batches(model, dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0):
+                    anonymous_name_prob: float = 0.0, absent_prob: float = 0.0, synthetic_prob: float = 0.0):
     """make_batch(step, rank, world) for the training loop: deterministic episodes, tokenized."""
     from segicl_data.episodes import EpisodeConfig, EpisodeSampler, collate_episodes
 
     sampler = EpisodeSampler(dataset, EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area,
                                                     seed=seed, anonymous_name_prob=anonymous_name_prob,
-                                                    absent_prob=absent_prob))
+                                                    absent_prob=absent_prob, synthetic_prob=synthetic_prob))
 
     def make_batch(step: int, rank: int, world: int) -> dict:
         first = (step * world + rank) * batch_size

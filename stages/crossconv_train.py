@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 
 from segicl_data.atomic import write_folder
-from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_training_arguments,
-                           finished_line, make_accelerator, open_training_dataset, run_stage, train,
-                           training_arguments)
+from segicl_stages.common import (StageArgumentParser, add_dataset_argument, add_synthetic_argument,
+                                  add_training_arguments, finished_line, make_accelerator, open_training_dataset,
+                                  run_stage, train, training_arguments)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--absent-prob", type=float, default=0.0,
                         help="share of episodes whose query slice does not hold the structure (empty target), so that "
                              "the model learns to leave such slices empty, as whole volumes need")
+    add_synthetic_argument(parser)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the built-in dataset's held-out-structure draw")
     add_dataset_argument(parser)
     add_training_arguments(parser, steps=6000, batch_size=8, learning_rate=1e-3, warmup_steps=100,
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def episode_batches(dataset, max_examples: int, min_area: int, batch_size: int, seed: int,
-                    absent_prob: float = 0.0):
+                    absent_prob: float = 0.0, synthetic_prob: float = 0.0):
     """make_batch(step, rank, world): deterministic episodes whose k cycles through 1..K (nested in k, as the
     samplers of stage 2 and of the benchmark are)."""
     from dataclasses import replace
@@ -48,7 +49,7 @@ def episode_batches(dataset, max_examples: int, min_area: int, batch_size: int, 
     if max_examples < 1:
         raise ValueError(f"--max-examples must be >= 1, got {max_examples}")
     base = EpisodeConfig(split="train", max_examples=max_examples, min_area=min_area, seed=seed,
-                         absent_prob=absent_prob)
+                         absent_prob=absent_prob, synthetic_prob=synthetic_prob)
     samplers = [EpisodeSampler(dataset, replace(base, num_examples=k)) for k in range(1, max_examples + 1)]
 
     def make_batch(step: int, rank: int, world: int) -> dict:
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         network = CrossConvNet(CrossConvConfig(widths=tuple(args.widths)) if args.widths else CrossConvConfig())
     dataset = open_training_dataset(args.dataset, network.config.image_size, args.data_seed, accelerator)
     make_batch = episode_batches(dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.absent_prob)
+                                 args.absent_prob, args.synthetic_prob)
     stage = CrossConvTraining(network)
     state = train(stage, make_batch, training, accelerator, network.config.to_dict(), description="crossconv")
     if accelerator.is_main_process:

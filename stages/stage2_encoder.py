@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = open_training_dataset(args.dataset, model.config.condition.mask_size, args.data_seed, accelerator)
     stage = Stage2Model(model, args.foreground_weight, args.decoder_loss_weight)
     make_batch = episode_batches(model, dataset, args.max_examples, args.min_area, training.batch_size, training.seed,
-                                 args.anonymous_name_prob, args.absent_prob)
+                                 args.anonymous_name_prob, args.absent_prob, args.synthetic_prob)
     state = train(stage, make_batch, training, accelerator, model.config.to_dict(), description="stage 2")
     if accelerator.is_main_process:
         write_folder(Path(training.output_dir) / "model", accelerator.unwrap_model(stage).model.save_pretrained)

@@ -30,6 +30,18 @@ def test_stage2_loss_falls_on_real_episodes(dataset, tokenizer, tmp_path):
         assert torch.equal(value, frozen_before[name]), f"stage 2 changed the frozen decoder: {name}"
 
 
+def test_stage2_batches_carry_synthetic_tasks_at_the_stated_rate(dataset, tokenizer):
+    """--synthetic-prob 1: every instruction names the synthetic task and every episode has examples."""
+    from segicl_data.synthetic import SYNTHETIC_NAME
+
+    model = fresh_model(tokenizer)
+    batch = episode_batches(model, dataset, 3, 16, 8, seed=0, synthetic_prob=1.0)(0, 0, 1)
+    assert batch["example_valid"].sum(dim=1).min() >= 1
+    real = episode_batches(model, dataset, 3, 16, 8, seed=0)(0, 0, 1)
+    assert not torch.equal(batch["text_ids"], real["text_ids"])
+    assert SYNTHETIC_NAME.split()[0] in model.tokenizer.decode(batch["text_ids"][0].tolist())
+
+
 def test_stage2_names_a_missing_or_wrong_kind_init_in_one_line(tmp_path, capsys):
     from segicl_stages.common import run_stage
     from segicl_stages.stage2_encoder import main
