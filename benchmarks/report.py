@@ -13,10 +13,11 @@ import torch
 
 from segicl_data.model_folders import shown_path
 
-RESULT_FILES = ("quality.json", "quality_coronal.json", "volume.json", "augment.json", "folder.json", "labelling.json",
-                "labelling_nnunet.json", "speed.json", "full_shapes.json", "training.json")
+RESULT_FILES = ("quality.json", "quality_coronal.json", "volume.json", "augment.json", "ood.json", "folder.json",
+                "labelling.json", "labelling_nnunet.json", "speed.json", "full_shapes.json", "training.json")
 BENCH_COMMANDS = {"quality.json": "segicl bench quality", "quality_coronal.json": "segicl bench quality --axis coronal",
                   "volume.json": "segicl bench volume", "augment.json": "segicl bench augment",
+                  "ood.json": "segicl bench ood",
                   "folder.json": "segicl bench folder", "labelling.json": "segicl bench labelling",
                   "labelling_nnunet.json": "segicl bench labelling --nnunet DIR (e.g. written by "
                                            "examples/make_nnunet_dataset.py)",
@@ -24,7 +25,7 @@ BENCH_COMMANDS = {"quality.json": "segicl bench quality", "quality_coronal.json"
                   "training.json": "segicl bench training"}
 PLOTS = ("quality.png", "quality_coronal.png", "labelling.png", "labelling_nnunet.png", "speed.png")
 # The page's sections (each benchmark's own report titles its part at the level below).
-PAGE_GROUPS = {"SegICL: quality": ("quality.json", "quality_coronal.json", "volume.json", "augment.json"),
+PAGE_GROUPS = {"SegICL: quality": ("quality.json", "quality_coronal.json", "volume.json", "augment.json", "ood.json"),
                "SegICL: whole folders, and labelling them": ("folder.json", "labelling.json", "labelling_nnunet.json"),
                "Cost: inference and training": ("speed.json", "full_shapes.json", "training.json")}
 RESULTS_PAGE = "index.md"  # the page, beside the JSON files and plots it is made from (docs/results/)
@@ -172,6 +173,7 @@ def results_page(folder: Path) -> str:
     from segicl_benchmarks.augment import augment_lines
     from segicl_benchmarks.folder import folder_lines
     from segicl_benchmarks.labelling import labelling_lines  # heavy imports (MONAI, MVG): only when reporting
+    from segicl_benchmarks.ood import ood_lines
     from segicl_benchmarks.quality import quality_lines
     from segicl_benchmarks.volume import volume_lines
 
@@ -184,7 +186,7 @@ def results_page(folder: Path) -> str:
              f"[Run the benchmarks](../how-to/benchmarks.md)). Hardware: {hardware()}.", "",
              gpu_line(_read(folder, "full_shapes.json")), ""]
     renders = {"quality.json": quality_here, "quality_coronal.json": quality_here, "volume.json": volume_lines,
-               "augment.json": augment_lines, "folder.json": folder_lines,
+               "augment.json": augment_lines, "ood.json": ood_lines, "folder.json": folder_lines,
                "labelling.json": labelling_lines, "labelling_nnunet.json": labelling_lines,
                "speed.json": speed_lines, "full_shapes.json": full_shape_lines, "training.json": training_lines}
     for group, names in PAGE_GROUPS.items():

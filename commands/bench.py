@@ -1,4 +1,4 @@
-"""`segicl bench {quality,volume,speed,full-shapes,training,folder,labelling,report}`: the benchmark commands (the benchmarks themselves live in
+"""`segicl bench {quality,volume,speed,full-shapes,training,folder,labelling,augment,ood,report}`: the benchmark commands (the benchmarks themselves live in
 `benchmarks/`; `segicl bench report` regenerates the docs site's results page, docs/results/index.md, from their JSON
 files)."""
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
+from segicl_benchmarks.ood import ROWS as OOD_ROWS
 from segicl_commands.arguments import check_at_least, check_out_dir, optional_path
 from segicl_commands.datasets import add_dataset_arguments, open_dataset
 from segicl_data.model_folders import check_model_folder
@@ -124,6 +125,25 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     add_episode_arguments(augment, episodes=48, cell="(structures, setting)")
     augment.set_defaults(handler=command_augment)
 
+    ood = kinds.add_parser("ood", help="out of distribution: coronal and sagittal slices, a simulated T2 contrast, CT "
+                                       "structures by Hounsfield units, 128 px; k = 1, 3, 5 beside CrossConv, "
+                                       "registration + fusion, union, copy and a UNet on the examples")
+    ood.add_argument("--rows", nargs="+", default=None, metavar="ROW",
+                     help="rows to run (default: all): " + ", ".join(OOD_ROWS) + "; each run replaces its rows in "
+                          "ood.json and keeps the others, so rows can run as separate processes")
+    ood.add_argument("--episodes", type=int, default=48, help="episodes per (row, k) cell")
+    ood.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels at 64 px")
+    ood.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
+    ood.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                     help="decoder samples averaged (the pipeline's default)")
+    ood.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
+                     help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
+    ood.add_argument("--unet-episodes", type=int, default=12,
+                     help="episodes per cell that also get a UNet trained on their k examples (0: none)")
+    ood.add_argument("--unet-steps", type=int, default=150, help="training steps of each of those UNets")
+    ood.add_argument("--cache-dir", type=Path, default=None, help="where the built-in datasets are built")
+    ood.set_defaults(handler=command_ood)
+
     report = kinds.add_parser("report", help="copy runs/bench/*.json and the plots into docs/results/ and regenerate "
                                              "the docs site's results page there (docs/results/index.md)")
     report.add_argument("--results-dir", type=Path, default=RESULTS_DIR,
@@ -131,11 +151,11 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                              "docs/results)")
     report.set_defaults(handler=command_report)
 
-    for parser in (quality, volume, speed, training, folder, augment, labelling):
+    for parser in (quality, volume, speed, training, folder, augment, labelling, ood):
         parser.add_argument("--model", type=Path, default=default_weights, help="SegICL model folder")
         parser.add_argument("--seed", type=int, default=0)
         parser.set_defaults(open_dataset=open_dataset)
-    for parser in (quality, volume, speed, full, training, folder, augment, labelling):
+    for parser in (quality, volume, speed, full, training, folder, augment, labelling, ood):
         parser.add_argument("--out-dir", type=Path, default=BENCH_DIR, help="where the JSON files go")
     report.add_argument("--out-dir", type=Path, default=BENCH_DIR,
                         help="the benchmarks' output folder, whose JSON files and plots are copied (default: runs/bench)")
@@ -243,6 +263,22 @@ def command_augment(args) -> int:
     check_common(args, episodes=2, steps=1, samples=1)
     run_augment(args, args.open_dataset(args))
     print((args.out_dir / "augment.md").read_text())
+    return 0
+
+
+def command_ood(args) -> int:
+    from segicl_benchmarks.ood import OODOptions, run_ood
+
+    check_common(args, episodes=2, steps=1, samples=1, unet_episodes=0, unet_steps=1, min_area=1)
+    unknown = [row for row in args.rows or () if row not in OOD_ROWS]
+    if unknown:
+        raise ValueError(f"--rows: unknown row(s) {', '.join(unknown)}; known: {', '.join(OOD_ROWS)}")
+    if args.crossconv is not None:
+        check_model_folder(args.crossconv, "CrossConv", flag="--crossconv")
+    options = OODOptions(episodes=args.episodes, min_area=args.min_area, steps=args.steps, samples=args.samples,
+                         unet_episodes=args.unet_episodes, unet_steps=args.unet_steps, seed=args.seed)
+    run_ood(args.model, args.crossconv, args.rows or list(OOD_ROWS), options, args.out_dir, args.cache_dir)
+    print((args.out_dir / "ood.md").read_text())
     return 0
 
 

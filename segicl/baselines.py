@@ -165,6 +165,12 @@ class RegistrationFusion:
         self.config, self.fusion = config, fusion
         self._registered: dict[tuple[bytes, bytes], np.ndarray] = {}
 
+    def with_fusion(self, fusion: str) -> "RegistrationFusion":
+        """The same registrations (one shared cache), fused another way: vote and STAPLE register each example once."""
+        other = RegistrationFusion(self.config, fusion)
+        other._registered = self._registered
+        return other
+
     def register(self, example_image: np.ndarray, example_mask: np.ndarray, query_image: np.ndarray) -> np.ndarray:
         key = (hashlib.sha1(np.ascontiguousarray(query_image, np.float32).tobytes()).digest(),
                hashlib.sha1(np.ascontiguousarray(example_image, np.float32).tobytes()
