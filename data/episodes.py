@@ -177,13 +177,15 @@ class EpisodeSampler:
         )
 
     def synthetic_episode(self, rng: np.random.Generator) -> Episode:
-        """A synthetic task's episode (`segicl_data.synthetic`): k >= 1 subjects as examples, one more as the query;
-        K + 1 subjects are always drawn, so episodes stay nested in k."""
+        """A synthetic task's episode (`segicl_data.synthetic`): k >= 1 subjects as examples, one more as the query,
+        each under the config's random affine; K + 1 subjects are always drawn, so episodes stay nested in k."""
         k = self.config.num_examples or int(rng.integers(1, max(self.config.max_examples, 1) + 1))
         texture = self.queries[rng.integers(len(self.queries))]  # a real slice, whose texture a task may wear
         textures = [self.dataset.image(self.dataset.rows[texture.row]["volume"], texture.slice)]
         pairs = synthetic_pairs(rng, max(k, self.config.max_examples) + 1, self.dataset.resolution,
                                 self.config.synthetic, textures)
+        # Each subject under its own random affine, as the real episodes' examples and query: a copy is no answer.
+        pairs = [tuple(part[0] for part in self._transform(image, mask, rng)) for image, mask in pairs]
         template = INSTRUCTION_TEMPLATES[rng.integers(len(INSTRUCTION_TEMPLATES))]
         return Episode(
             instruction=template.format(name=SYNTHETIC_NAME, modality=SYNTHETIC_MODALITY), structure=SYNTHETIC_NAME,

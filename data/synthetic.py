@@ -34,7 +34,7 @@ class SyntheticConfig:
 
     blobs: int = 4
     smoothness: float = 6.0
-    deformation: float = 3.0
+    deformation: float = 6.0
     intensity_jitter: float = 0.08
     bias: float = 0.3
     noise: float = 0.05
