@@ -138,9 +138,9 @@ def add_bench_commands(commands, default_weights: Path) -> None:
                      help="decoder samples averaged (the pipeline's default)")
     ood.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
                      help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
-    ood.add_argument("--unet-episodes", type=int, default=12,
+    ood.add_argument("--unet-episodes", type=int, default=8,
                      help="episodes per cell that also get a UNet trained on their k examples (0: none)")
-    ood.add_argument("--unet-steps", type=int, default=150, help="training steps of each of those UNets")
+    ood.add_argument("--unet-steps", type=int, default=400, help="training steps of each of those UNets")
     ood.add_argument("--cache-dir", type=Path, default=None, help="where the built-in datasets are built")
     ood.set_defaults(handler=command_ood)
 
