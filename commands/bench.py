@@ -131,11 +131,7 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     ood.add_argument("--rows", nargs="+", default=None, metavar="ROW",
                      help="rows to run (default: all): " + ", ".join(OOD_ROWS) + "; each run replaces its rows in "
                           "ood.json and keeps the others, so rows can run as separate processes")
-    ood.add_argument("--episodes", type=int, default=48, help="episodes per (row, k) cell")
-    ood.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels at 64 px")
-    ood.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
-    ood.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
-                     help="decoder samples averaged (the pipeline's default)")
+    add_scoring_arguments(ood, episodes=48, cell="(row, k)")
     ood.add_argument("--crossconv", type=optional_path, default=CROSSCONV_TINY,
                      help="CrossConv (UniverSeg-style) peer folder ('' to leave it out)")
     ood.add_argument("--unet-episodes", type=int, default=8,
@@ -162,11 +158,16 @@ def add_bench_commands(commands, default_weights: Path) -> None:
 
 
 def add_episode_arguments(parser: argparse.ArgumentParser, episodes: int, cell: str) -> None:
-    """The flags of the benchmarks scored on the quality benchmark's test episodes: the dataset, how many episodes per
-    cell, the smallest query structure, the decoder's steps and samples."""
+    """The flags of the benchmarks scored on the quality benchmark's test episodes: the dataset, and the scoring
+    flags (`add_scoring_arguments`)."""
     add_dataset_arguments(parser)
+    add_scoring_arguments(parser, episodes, cell)
+
+
+def add_scoring_arguments(parser: argparse.ArgumentParser, episodes: int, cell: str) -> None:
+    """How many episodes per cell, the smallest query structure (at 64 px), the decoder's steps and samples."""
     parser.add_argument("--episodes", type=int, default=episodes, help=f"test episodes per {cell} cell")
-    parser.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels")
+    parser.add_argument("--min-area", type=int, default=64, help="minimum query structure area in pixels at 64 px")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="decoder sampler steps (the pipeline's default)")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
                         help="decoder samples averaged (the pipeline's default)")

@@ -19,6 +19,8 @@ from segicl_benchmarks.specialist import SpecialistConfig, predict_specialist, t
     (["bench", "training", "--steps", "2"], "--steps must be >= 4, got 2"),
     (["bench", "training", "--batch-size", "3"], "--batch-size must be even"),
     (["mvg-eval", "--episodes", "0"], "--episodes must be >= 1, got 0"),
+    (["bench", "ood", "--rows", "axial", "mri"], "--rows: unknown row(s) axial, mri; known: coronal, sagittal"),
+    (["bench", "ood", "--unet-steps", "0"], "--unet-steps must be >= 1, got 0"),
 ])
 def test_benchmarks_refuse_bad_flags_before_any_work(capsys, command, message):
     from segicl_commands.cli import main
