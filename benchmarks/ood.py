@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from scipy.ndimage import binary_fill_holes, label
 
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl_data.metrics import bootstrap_interval
 from segicl_data.model_folders import shown_path
 
@@ -68,7 +69,7 @@ class OODOptions:
     """Attributes:
         episodes: episodes per (row, k) cell.
         min_area: smallest query structure in pixels at 64 px (scaled with the resolution).
-        steps, samples: SegICL's decoder steps and samples.
+        steps, samples: SegICL's decoder steps and samples (the pipeline's defaults).
         unet_episodes: episodes per cell that also get a UNet trained on their examples (the costly peer).
         unet_steps: that UNet's training steps (Adam at `UNET_LEARNING_RATE`).
         seed: episodes, decoder and UNet seed.
@@ -76,8 +77,8 @@ class OODOptions:
 
     episodes: int = 48
     min_area: int = 64
-    steps: int = 10
-    samples: int = 5
+    steps: int = DEFAULT_STEPS
+    samples: int = DEFAULT_SAMPLES
     unet_episodes: int = 8
     unet_steps: int = 400
     seed: int = 0

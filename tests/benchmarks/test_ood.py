@@ -99,3 +99,11 @@ def test_a_small_run_scores_every_method_on_the_same_episodes(dataset, tiny_mode
     assert cells["copy_example"]["1"]["dice"] == cells["copy_example"]["5"]["dice"]  # nested: the same first example
     table = (tmp_path / "bench" / "ood.md").read_text()
     assert "| ct_hounsfield | SegICL |" in table and "k=3 over registration + vote" in table
+
+
+def test_options_score_segicl_as_the_pipeline_runs_by_default():
+    """A caller that leaves the decoder settings alone (experiments/synthetic_tasks/compare_models.py) scores the
+    settings users get, not a costlier sampler."""
+    from segicl.volume import Settings
+
+    assert (OODOptions().steps, OODOptions().samples) == (Settings().steps, Settings().samples)
