@@ -11,7 +11,8 @@ those, with real images and real (atlas or physically defined) labels that ship 
   affine;
 - resolution_128: the held-out subject's axial slices at 128 px (the model reads 64 px; the pipeline resizes).
 For k = 1, 3, 5 (nested: the k = 1 and k = 3 episodes are the first examples of the k = 5 ones), every method answers
-the SAME episodes: SegICL through `SegICLPipeline.segment` (the call users make, with its default settings), the
+the SAME episodes: SegICL through `SegICLPipeline.segment` (the call users make, with its default settings, and with
+its examples registered to the query: `--register-examples`, from k = 2), the
 CrossConv network (at its 64 px), registration + majority vote and + STAPLE, the union of the examples, the copy of
 the first example, and a UNet trained on the episode's k examples (on the first `unet_episodes` episodes of a cell).
 Cells: mean Dice with a bootstrap 95% interval; the goal's comparisons are paired differences with their intervals.
@@ -47,6 +48,7 @@ ROWS = {
 }
 METHODS = {
     "segicl": "SegICL",
+    "segicl_registered": "SegICL, examples registered (--register-examples)",
     "crossconv": "CrossConv network",
     "registration_vote": "registration + majority vote",
     "registration_staple": "registration + STAPLE",
@@ -211,14 +213,18 @@ def row_dataset_configs() -> dict:
 
 # ----------------------------------------------------------------------------------------------- the methods
 
-def segicl_method(pipeline, options: OODOptions):
-    """Episodes -> SegICL's masks through `SegICLPipeline.segment` (default settings; the images are in [0, 1])."""
+def segicl_method(pipeline, options: OODOptions, register_examples: bool = False):
+    """Episodes -> SegICL's masks through `SegICLPipeline.segment` (default settings, or with `register_examples`,
+    which answers episodes of 2 or more examples only: None for the others; the images are in [0, 1])."""
+    from segicl.registered_examples import MIN_EXAMPLES
     from segicl.volume import Settings
 
-    settings = Settings(steps=options.steps, samples=options.samples, normalization="none", seed=options.seed)
+    settings = Settings(steps=options.steps, samples=options.samples, normalization="none", seed=options.seed,
+                        register_examples=register_examples)
 
-    def predict(episodes: list[Episode]) -> list[np.ndarray]:
-        return [pipeline.segment(e.query_image[0], e.instruction,
+    def predict(episodes: list[Episode]) -> list[np.ndarray | None]:
+        return [None if register_examples and e.k < MIN_EXAMPLES else
+                pipeline.segment(e.query_image[0], e.instruction,
                                  [(image[0], mask[0]) for image, mask in zip(e.example_images, e.example_masks)],
                                  settings=settings).mask.astype(np.float32) for e in episodes]
 
@@ -302,11 +308,20 @@ def paired(records: list[dict], first: str, second: str, seed: int) -> dict | No
             "ci95": None if interval is None else [round(interval[0], 4), round(interval[1], 4)]}
 
 
-def k5_over_k3(by_k: dict[int, list[dict]], seed: int) -> dict | None:
-    """SegICL's Dice at k = 5 minus at k = 3 on the same (nested) episodes, paired."""
-    pairs = [{"segicl": five["segicl"], "k3": three["segicl"]} for five, three in zip(by_k[5], by_k[3])
-             if "segicl" in five and "segicl" in three]
-    return paired(pairs, "segicl", "k3", seed)
+def k5_over_k3(by_k: dict[int, list[dict]], seed: int, method: str = "segicl") -> dict | None:
+    """`method`'s Dice at k = 5 minus at k = 3 on the same (nested) episodes, paired."""
+    pairs = [{"k5": five[method], "k3": three[method]} for five, three in zip(by_k[5], by_k[3])
+             if method in five and method in three]
+    return paired(pairs, "k5", "k3", seed)
+
+
+def goal_comparisons(by_k: dict[int, list[dict]], method: str, seed: int) -> dict:
+    """The goal's paired comparisons of one SegICL setting (`method`); k = 1 over copy only where it answers k = 1."""
+    goals = {"k3_over_registration_vote": paired(by_k[3], method, "registration_vote", seed),
+             "k3_over_union": paired(by_k[3], method, "union_examples", seed),
+             "k1_over_copy": paired(by_k[1], method, "copy_example", seed),
+             "k5_over_k3": k5_over_k3(by_k, seed, method)}
+    return {name: value for name, value in goals.items() if value is not None}
 
 
 def verdict(comparison: dict | None, at_least: bool = False) -> str:
@@ -337,14 +352,13 @@ def run_row(row: str, dataset, methods: dict, options: OODOptions, log) -> dict:
                                            for name in METHODS if any(name in r for r in records)))
     cells = {name: {str(k): value for k in OOD_K if (value := cell(by_k[k], name, options.seed)) is not None}
              for name in METHODS}
-    goals = {"k3_over_registration_vote": paired(by_k[3], "segicl", "registration_vote", options.seed),
-             "k3_over_union": paired(by_k[3], "segicl", "union_examples", options.seed),
-             "k1_over_copy": paired(by_k[1], "segicl", "copy_example", options.seed),
-             "k5_over_k3": k5_over_k3(by_k, options.seed)}
+    goals = {method: goal_comparisons(by_k, method, options.seed) for method in SEGICL_SETTINGS
+             if any(method in record for records in by_k.values() for record in records)}
     return {"description": ROWS[row], "cells": {name: value for name, value in cells.items() if value},
             "goals": goals, "resolution": dataset.resolution, "seconds": round(time.perf_counter() - start)}
 
 
+SEGICL_SETTINGS = ("segicl", "segicl_registered")
 GOAL_LABELS = {"k3_over_registration_vote": "k=3 over registration + vote",
                "k3_over_union": "k=3 over the union", "k1_over_copy": "k=1 over copy",
                "k5_over_k3": "k=5 at least k=3"}
@@ -374,11 +388,12 @@ def ood_lines(result: dict) -> list[str]:
     lines += ["", "Mean Dice (bootstrap 95% interval of the mean). The goals, as SegICL's paired difference "
               "[95% interval] on the same episodes (yes: the interval is above 0; for k=5 at least k=3: the mean "
               "difference is >= 0):", "",
-              "| row | " + " | ".join(GOAL_LABELS.values()) + " | seconds |", "|---|---|---|---|---|---|"]
+              "| row | SegICL | " + " | ".join(GOAL_LABELS.values()) + " | seconds |", "|---|---|---|---|---|---|---|"]
     for row in rows:
-        goals = result["rows"][row]["goals"]
-        lines.append(f"| {row} | " + " | ".join(format_difference(goals[name], at_least=name == "k5_over_k3")
-                                                for name in GOAL_LABELS) + f" | {result['rows'][row]['seconds']} |")
+        for method, goals in result["rows"][row]["goals"].items():
+            lines.append(f"| {row} | {METHODS[method]} | " + " | ".join(
+                format_difference(goals.get(name), at_least=name == "k5_over_k3") for name in GOAL_LABELS)
+                + f" | {result['rows'][row]['seconds']} |")
     return lines + [""]
 
 
@@ -405,7 +420,9 @@ def run_ood(model: Path, crossconv: Path | None, rows: list[str], options: OODOp
 
     torch.manual_seed(options.seed)
     pipeline = SegICLPipeline.from_pretrained(model)
-    methods = {"segicl": segicl_method(pipeline, options), **peer_methods(crossconv, options)}
+    methods = {"segicl": segicl_method(pipeline, options),
+               "segicl_registered": segicl_method(pipeline, options, register_examples=True),
+               **peer_methods(crossconv, options)}
     configs = row_dataset_configs()
     results = {}
     for row in rows:
@@ -414,7 +431,8 @@ def run_ood(model: Path, crossconv: Path | None, rows: list[str], options: OODOp
     peer = f", CrossConv `{shown_path(crossconv)}`" if crossconv is not None else ""
     setting = (f"Model `{shown_path(model)}`{peer}; {options.episodes} episodes per (row, k), nested in k, query "
                f"structures >= {options.min_area} px at 64 px; SegICL through `SegICLPipeline.segment` (decoder "
-               f"{options.steps} steps x {options.samples} samples, its default example subsets at k = 5); "
+               f"{options.steps} steps x {options.samples} samples, its default example subsets at k = 5; and with "
+               f"--register-examples from k = 2); "
                f"registration: SimpleITK affine, Mattes mutual information; the UNet (MONAI, 16-32-64 channels) "
                f"trained {options.unet_steps} steps (Adam, {UNET_LEARNING_RATE}) on each episode's k examples under random affines, on the first "
                f"{options.unet_episodes} episodes of every cell. T2-like images are SIMULATED from each slice's own "

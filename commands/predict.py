@@ -49,8 +49,8 @@ def add_predict_command(commands, default_weights: Path) -> None:
 def run_description(args: argparse.Namespace) -> dict:
     """What makes two runs' predictions comparable: the model, the prompt and the settings (not the sharding)."""
     keys = ("text", "example", "example_label", "examples_from", "label", "labels", "k", "model", "samples", "steps",
-            "axis", "normalization", "crop", "largest_component", "views", "example_sets", "check_examples", "seed",
-            "probabilities", "uncertainty")
+            "axis", "normalization", "crop", "largest_component", "views", "example_sets", "register_examples",
+            "check_examples", "seed", "probabilities", "uncertainty")
     return json.loads(json.dumps({key: getattr(args, key) for key in keys}, default=str))
 
 

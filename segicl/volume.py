@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import numpy as np
 
 from segicl.augment import VIEWS, ensemble_call
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
+from segicl.registered_examples import MIN_EXAMPLES, choose_weight, fuse, registered_maps
 from segicl_data.bank import POSITIONS, ExampleBank, bank_structures, find_structure, position_slice
 from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import prompt_slice
@@ -102,6 +103,9 @@ class Settings:
             turns, `segicl.augment.VIEWS`), averaged; each view costs one more run.
         example_sets: when more examples are given than the model reads, the most subsets of them the answer
             averages (each costs one more run); fewer examples than the model reads use them all, once.
+        register_examples: fuse the answer with the examples' masks registered to each query slice (affine, STAPLE)
+            at the weight the examples choose by answering one another (`segicl.registered_examples`); needs 2 or
+            more examples, and costs up to 3 more runs on single slices plus a registration per example and slice.
     """
 
     steps: int = DEFAULT_STEPS
@@ -112,6 +116,7 @@ class Settings:
     largest_component: bool = False
     views: int = 1
     example_sets: int = 4
+    register_examples: bool = False
 
     def validate(self) -> "Settings":
         if self.steps < 1 or self.samples < 1:
@@ -288,19 +293,62 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
             callback((index + done) / len(targets))
 
         start = time.perf_counter()
+        check_registration(target, settings)
         output = ensemble_call(partial(call_pipeline, pipeline, target.instruction, settings, progress),
                                query.model_slices, target.examples, target.slice_examples,
                                pipeline.model.config.max_examples, settings.views, settings.example_sets,
                                None if callback is None else fraction)
-        outputs.append(output)
-        probabilities, uncertainty, _ = output
-        structures[target.instruction] = {"value": target.value, "seconds": round(time.perf_counter() - start, 3),
+        probabilities, uncertainty, times = output
+        report = {"value": target.value}
+        if settings.register_examples:
+            weight, probabilities, uncertainty = with_registered_examples(pipeline, settings, target,
+                                                                          query.model_slices, probabilities,
+                                                                          uncertainty)
+            report["model_weight"] = weight
+        outputs.append((probabilities, uncertainty, times))
+        structures[target.instruction] = {**report, "seconds": round(time.perf_counter() - start, 3),
                                           "uncertainty": uncertainty_score(probabilities, uncertainty)}
     mask = postprocess([probabilities for probabilities, _, _ in outputs],
                        [t.value for t in targets] if as_label_map else None, settings.largest_component)
     timings = {key: sum(times[key] for _, _, times in outputs) for key in ("vision_s", "llm_s", "decoder_s")}
     return SegmentResult(query.to_display(mask), query.to_display(outputs[0][0]), query.to_display(outputs[0][1]),
                          timings, structures)
+
+
+def check_registration(target: Target, settings: Settings) -> None:
+    """Refuse `register_examples` with fewer examples than choosing its weight needs, before any work."""
+    count = len(target.slice_examples[0]) if target.slice_examples else len(target.examples)
+    if settings.register_examples and count < MIN_EXAMPLES:
+        raise ValueError(f"registering the examples needs at least {MIN_EXAMPLES} examples (they choose the fusion "
+                         f"weight by answering one another), got {count}")
+
+
+def most_marked(slice_examples: list) -> list:
+    """The query slice's examples that hold the structure most: most examples with it, then the largest area."""
+    def marked(pairs: list) -> tuple[int, float]:
+        areas = [float(np.asarray(mask).sum()) for _, mask in pairs]
+        return sum(area > 0 for area in areas), sum(areas)
+
+    return max(slice_examples, key=marked)
+
+
+def with_registered_examples(pipeline, settings: Settings, target: Target, slices: np.ndarray,
+                             probabilities: np.ndarray, uncertainty: np.ndarray):
+    """(the model's weight, probabilities, uncertainty) fused with the examples registered to every slice
+    (`segicl.registered_examples`); the weight is chosen on the shared examples, or on the slice's examples that
+    hold the structure most (already in [0, 1]: the held-out example is not normalised again)."""
+    pairs = target.examples if target.slice_examples is None else most_marked(target.slice_examples)
+    own = settings if target.slice_examples is None else replace(settings, normalization="none")
+
+    def answer(image: np.ndarray, others: list) -> np.ndarray:
+        return call_pipeline(pipeline, target.instruction, own, False, image[None], others, None, 0,
+                             None).probabilities[0]
+
+    weight = choose_weight(answer, pairs, reads=pipeline.model.config.max_examples)
+    if weight == 1.0:
+        return weight, probabilities, uncertainty
+    registered = registered_maps(slices, target.examples, target.slice_examples)
+    return (weight, *fuse(probabilities, uncertainty, registered, weight))
 
 
 def call_pipeline(pipeline, instruction: str, settings: Settings, progress: bool, slices: np.ndarray, examples: list,

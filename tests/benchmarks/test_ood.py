@@ -92,13 +92,19 @@ def test_a_small_run_scores_every_method_on_the_same_episodes(dataset, tiny_mode
     result = run_ood(tmp_path / "model", CROSSCONV_TINY, ["ct_hounsfield"], options, tmp_path / "bench",
                      log=lambda _: None)
     cells = result["rows"]["ct_hounsfield"]["cells"]
-    assert set(cells) == {"segicl", "crossconv", "registration_vote", "registration_staple", "union_examples",
-                          "copy_example", "unet_on_examples"}
-    assert all(cells[name][str(k)]["episodes"] == 2 for name in cells if name != "unet_on_examples" for k in OOD_K)
+    assert set(cells) == {"segicl", "segicl_registered", "crossconv", "registration_vote", "registration_staple",
+                          "union_examples", "copy_example", "unet_on_examples"}
+    everywhere = [name for name in cells if name not in ("unet_on_examples", "segicl_registered")]
+    assert all(cells[name][str(k)]["episodes"] == 2 for name in everywhere for k in OOD_K)
     assert all(cells["unet_on_examples"][str(k)]["episodes"] == 1 for k in OOD_K)
+    assert set(cells["segicl_registered"]) == {"3", "5"}  # registering needs 2 examples to choose its weight
     assert cells["copy_example"]["1"]["dice"] == cells["copy_example"]["5"]["dice"]  # nested: the same first example
+    goals = result["rows"]["ct_hounsfield"]["goals"]
+    assert set(goals["segicl"]) == {"k3_over_registration_vote", "k3_over_union", "k1_over_copy", "k5_over_k3"}
+    assert set(goals["segicl_registered"]) == {"k3_over_registration_vote", "k3_over_union", "k5_over_k3"}
     table = (tmp_path / "bench" / "ood.md").read_text()
     assert "| ct_hounsfield | SegICL |" in table and "k=3 over registration + vote" in table
+    assert "| ct_hounsfield | SegICL, examples registered (--register-examples) | - |" in table
 
 
 def test_options_score_segicl_as_the_pipeline_runs_by_default():

@@ -122,3 +122,18 @@ def test_largest_component_leaves_one_piece_per_class_of_the_label_map(imported_
     for value in (1, 2, 3):
         pieces = ndimage.label(kept == value, structure=np.ones((3, 3, 3)))[1]
         assert pieces == 1 and ((kept == value) <= (plain == value)).all()
+
+
+def test_register_examples_needs_two_examples_and_then_fuses_them(tmp_path, capsys):
+    slice_, mask = REPO / "examples" / "mni152_thalamus_slice.png", REPO / "examples" / "mni152_thalamus_mask.png"
+    query = REPO / "examples" / "colin27_thalamus_slice.png"
+    common = ["segment", "--image", str(query), "--text", "Segment the thalamus", "--model", str(SHIPPED),
+              "--register-examples", "--out"]
+    assert main([*common, str(tmp_path / "one.png"), "--example", str(slice_), str(mask)]) == 2
+    err = capsys.readouterr().err
+    assert "registering the examples needs at least 2 examples" in err and "Traceback" not in err
+    assert not (tmp_path / "one.png").exists()
+    second = REPO / "examples" / "colin27_thalamus_mask.png"
+    assert main([*common, str(tmp_path / "two.png"), "--example", str(slice_), str(mask),
+                 "--example", str(query), str(second)]) == 0
+    assert (tmp_path / "two.png").exists()
