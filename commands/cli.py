@@ -17,6 +17,7 @@ from segicl_commands.predict import add_predict_command
 from segicl_commands.segment import add_segment_command
 from segicl_commands.serve import add_serve_command
 from segicl_commands.train import add_train_command
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl_data.model_folders import MODEL_CONFIGS
 from segicl_weights import SEGICL_TINY
 
@@ -156,8 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--model", type=Path, default=DEFAULT_WEIGHTS,
                              help="trained model folder (default: the shipped tiny weights)")
             sub.add_argument("--model-episodes", type=int, default=48, help="test episodes per (structures, k) cell")
-            sub.add_argument("--steps", type=int, default=10, help="decoder sampler steps")
-            sub.add_argument("--samples", type=int, default=5, help="decoder samples averaged (the paper: 5)")
+            sub.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                             help=f"decoder sampler steps (default: {DEFAULT_STEPS}, as `segicl segment`)")
+            sub.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                             help=f"decoder samples averaged (default: {DEFAULT_SAMPLES}, as `segicl segment`)")
             sub.add_argument("--from-scratch", action="store_true",
                              help="train both stages briefly instead of loading the shipped weights (< 10 min)")
             sub.add_argument("--stage1-steps", type=int, default=150, help="--from-scratch stage-1 steps")
