@@ -303,7 +303,7 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
         if settings.register_examples:
             weight, probabilities, uncertainty = with_registered_examples(pipeline, settings, target,
                                                                           query.model_slices, probabilities,
-                                                                          uncertainty)
+                                                                          uncertainty, progress)
             report["model_weight"] = weight
         outputs.append((probabilities, uncertainty, times))
         structures[target.instruction] = {**report, "seconds": round(time.perf_counter() - start, 3),
@@ -333,7 +333,7 @@ def most_marked(slice_examples: list) -> list:
 
 
 def with_registered_examples(pipeline, settings: Settings, target: Target, slices: np.ndarray,
-                             probabilities: np.ndarray, uncertainty: np.ndarray):
+                             probabilities: np.ndarray, uncertainty: np.ndarray, progress: bool = False):
     """(the model's weight, probabilities, uncertainty) fused with the examples registered to every slice
     (`segicl.registered_examples`); the weight is chosen on the shared examples, or on the slice's examples that
     hold the structure most (already in [0, 1]: the held-out example is not normalised again)."""
@@ -344,10 +344,10 @@ def with_registered_examples(pipeline, settings: Settings, target: Target, slice
         return call_pipeline(pipeline, target.instruction, own, False, image[None], others, None, 0,
                              None).probabilities[0]
 
-    weight = choose_weight(answer, pairs, reads=pipeline.model.config.max_examples)
+    weight = choose_weight(answer, pairs, reads=pipeline.model.config.max_examples, size=pipeline.size)
     if weight == 1.0:
         return weight, probabilities, uncertainty
-    registered = registered_maps(slices, target.examples, target.slice_examples)
+    registered = registered_maps(slices, target.examples, target.slice_examples, pipeline.size, progress=progress)
     return (weight, *fuse(probabilities, uncertainty, registered, weight))
 
 

@@ -2,7 +2,8 @@
 import numpy as np
 import pytest
 
-from segicl.registered_examples import WEIGHTS, choose_weight, fuse, registered_maps, registered_probability
+from segicl.registered_examples import (WEIGHTS, choose_weight, fuse, registered_at, registered_maps,
+                                        registered_probability)
 from segicl.volume import Settings
 from segicl_data.metrics import dice
 
@@ -25,6 +26,14 @@ def test_an_example_registered_to_the_query_lands_on_the_query_structure():
     unregistered = np.mean([mask for _, mask in moved], axis=0) > 0.5
     registered = registered_probability(moved, query) > 0.5
     assert dice(registered, truth) > 0.85 > dice(unregistered, truth)
+
+
+def test_a_large_query_is_registered_at_the_model_size_and_answered_on_its_own_grid():
+    query, truth = disk_slice((40, 44), radius=12.0, size=96)
+    moved = [disk_slice((27, 28), radius=8.0, size=64), disk_slice((26, 19), radius=8.0, size=64)]
+    probability = registered_at(moved, query, 48)
+    assert probability.shape == (96, 96) and 0 <= probability.min() and probability.max() <= 1
+    assert dice(probability > 0.5, truth) > 0.8
 
 
 def test_examples_without_the_structure_are_empty_raters_and_other_sizes_are_resampled():
