@@ -287,13 +287,14 @@ def segment_image(query: Query, targets: list[Target], pipeline, settings: Setti
     `as_label_map`: the mask is a label map of the targets' values (`label_map`); otherwise the first target's 0/1
     mask. `callback(fraction)` is called after every batch of slices with the fraction done (0..1); an exception it
     raises stops the run (the web app's cancel button)."""
+    for target in targets:
+        check_registration(target, settings)
     outputs, structures = [], {}
     for index, target in enumerate(targets):
         def fraction(done: float, index: int = index) -> None:
             callback((index + done) / len(targets))
 
         start = time.perf_counter()
-        check_registration(target, settings)
         output = ensemble_call(partial(call_pipeline, pipeline, target.instruction, settings, progress),
                                query.model_slices, target.examples, target.slice_examples,
                                pipeline.model.config.max_examples, settings.views, settings.example_sets,
