@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy.ndimage import binary_fill_holes, label
 
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
@@ -231,18 +230,6 @@ def segicl_method(pipeline, options: OODOptions, register_examples: bool = False
     return predict
 
 
-def resized(array: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    """[..., H, W] -> [..., size, size] (bilinear with antialiasing, or nearest for masks)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    shape = tensor.shape
-    flat = tensor.reshape(-1, 1, *shape[-2:])
-    if nearest:
-        out = F.interpolate(flat, size=(size, size), mode="nearest")
-    else:
-        out = F.interpolate(flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.reshape(*shape[:-2], size, size).numpy()
-
-
 def at_model_size(predict_batch):
     """A 64 px method run on episodes of another size: images resized to 64 px, its masks back to the episode's."""
 
@@ -250,10 +237,13 @@ def at_model_size(predict_batch):
         size = episodes[0].query_image.shape[-1] if episodes else MODEL_SIZE
         if size == MODEL_SIZE:
             return predict_batch(episodes)
-        small = [replace(e, example_images=resized(e.example_images, MODEL_SIZE, False),
-                         example_masks=(resized(e.example_masks, MODEL_SIZE, False) > 0.5).astype(np.float32),
-                         query_image=resized(e.query_image, MODEL_SIZE, False)) for e in episodes]
-        return [None if mask is None else (resized(mask, size, False) > 0.5).astype(np.float32)
+        from segicl_data.preprocess import resample
+
+        grid = (MODEL_SIZE, MODEL_SIZE)
+        small = [replace(e, example_images=resample(e.example_images, grid, nearest=False),
+                         example_masks=(resample(e.example_masks, grid, nearest=False) > 0.5).astype(np.float32),
+                         query_image=resample(e.query_image, grid, nearest=False)) for e in episodes]
+        return [None if mask is None else (resample(mask, (size, size), nearest=False) > 0.5).astype(np.float32)
                 for mask in predict_batch(small)]
 
     return predict

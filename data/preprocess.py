@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.transforms import Resize, ScaleIntensityRange, ScaleIntensityRangePercentiles
 from monai.transforms.utils_pytorch_numpy_unification import percentile
 
@@ -164,6 +165,22 @@ def resize_slices(slices: np.ndarray, resolution: int | tuple[int, int], *, labe
     tensor = torch.from_numpy(slices.astype(np.float32))[:, None]
     out = torch.stack([torch.as_tensor(resize(t)) for t in tensor])[:, 0]
     return out.numpy().astype(np.float32)
+
+
+def resample(array: np.ndarray, shape: tuple[int, int], *, nearest: bool) -> np.ndarray:
+    """[..., H, W] -> float32 [..., *shape]: nearest for masks, anti-aliased bilinear for images (torch's). The
+    inference paths' resize, the one the shipped weights are measured with; `resize_slices` (MONAI's) builds the
+    datasets. A copy, unchanged in values, when the array is already on `shape`."""
+    array = np.asarray(array, dtype=np.float32)
+    shape = tuple(int(n) for n in shape)
+    if array.shape[-2:] == shape:
+        return array.copy()
+    flat = torch.from_numpy(np.ascontiguousarray(array)).reshape(-1, 1, *array.shape[-2:])
+    if nearest:
+        out = F.interpolate(flat, size=shape, mode="nearest")
+    else:
+        out = F.interpolate(flat, size=shape, mode="bilinear", antialias=True, align_corners=False)
+    return out.reshape(*array.shape[:-2], *shape).numpy()
 
 
 def relative_positions(count: int) -> np.ndarray:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from mvg_head.colouring import colour_table, decode, encode
@@ -23,7 +22,7 @@ from mvg_head.config import TASKS
 from segicl_data.episodes import prompt_slice
 from mvg_head.model import MVGModel
 # MRI percentiles / CT window / none, as SegICL, and the inverse that brings image outputs back to the query's scale
-from segicl_data.preprocess import denormalize_intensity, intensity_range, normalize_intensity
+from segicl_data.preprocess import denormalize_intensity, intensity_range, normalize_intensity, resample
 from segicl_weights import MVG_TINY
 
 # Default inference form per task. The paper's image tasks are trained 90% masked; at our CPU budget the masked form
@@ -59,15 +58,6 @@ def _stack(array: np.ndarray, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be a 2-D slice [H, W] or a stack of slices [S, H, W], got shape {array.shape}")
 
 
-def resize(stack: np.ndarray, size: tuple[int, int], labels: bool) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32))[:, None]
-    if labels:
-        out = F.interpolate(tensor, size=size, mode="nearest")
-    else:
-        out = F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=True)
-    return out[:, 0].numpy()
-
-
 class MVGPipeline:
     def __init__(self, model: MVGModel):
         self.model = model.eval()
@@ -96,8 +86,8 @@ class MVGPipeline:
     def _sentences(self, query: np.ndarray, prompts: np.ndarray, labels_rgb: np.ndarray, chosen: list[int]
                    ) -> torch.Tensor:
         size = self.model.config.image_size
-        q = torch.from_numpy(resize(query, (size, size), labels=False))
-        p = torch.from_numpy(resize(prompts, (size, size), labels=False))
+        q = torch.from_numpy(resample(query, (size, size), nearest=False))
+        p = torch.from_numpy(resample(prompts, (size, size), nearest=False))
         grey = lambda t: t[:, None].expand(-1, 3, -1, -1)  # noqa: E731
         index = torch.tensor(chosen)
         return torch.stack([grey(p[index]), labels_rgb[index], grey(q), torch.zeros(len(chosen), 3, size, size)], 1)
@@ -135,9 +125,9 @@ class MVGPipeline:
             return self._segment(query_n, prompt_n, prompt_targets, chosen, mode, colouring, batch_size, seed,
                                  progress)
         targets = normalize_intensity(prompt_targets.astype(np.float32), normalization)
-        targets_rgb = torch.from_numpy(resize(targets, (size, size), labels=False))[:, None].expand(-1, 3, -1, -1)
+        targets_rgb = torch.from_numpy(resample(targets, (size, size), nearest=False))[:, None].expand(-1, 3, -1, -1)
         rgb = self._run(self._sentences(query_n, prompt_n, targets_rgb, chosen), mode, batch_size, progress)
-        unit = resize(rgb.mean(axis=1), query.shape[1:], labels=False).clip(0.0, 1.0)
+        unit = resample(rgb.mean(axis=1), query.shape[1:], nearest=False).clip(0.0, 1.0)
         scale = intensity_range(query, normalization)
         output = denormalize_intensity(unit, *scale)
         if task == "inpainting" and region is not None:
@@ -160,7 +150,7 @@ class MVGPipeline:
         class_ids = [int(c) for c in np.unique(labels) if c != 0]
         if not class_ids:
             raise ValueError("the prompt target holds no labelled pixel (all 0)")
-        resized = np.rint(resize(labels, (size, size), labels=True)).astype(np.int64)
+        resized = np.rint(resample(labels, (size, size), nearest=True)).astype(np.int64)
         rng = np.random.default_rng(seed)
         groups = [[c] for c in class_ids] if colouring == "binary" else [class_ids]
         scores = np.zeros((len(groups), len(query_n), size, size), np.float32)
@@ -180,7 +170,7 @@ class MVGPipeline:
         if colouring == "binary":
             best = scores.argmax(axis=0)
             decoded = np.where(scores.max(axis=0) > 0.5, np.array(class_ids)[best], 0)
-        output = np.rint(resize(decoded.astype(np.float32), query_n.shape[1:], labels=True)).astype(np.int64)
+        output = np.rint(resample(decoded.astype(np.float32), query_n.shape[1:], nearest=True)).astype(np.int64)
         return MVGResult(output, rgb_all, chosen)
 
     @torch.no_grad()

@@ -7,10 +7,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from segicl_data.episodes import Episode
+from segicl_data.preprocess import resample
 
 FUSIONS = ("vote", "staple")  # label fusions of registered example masks
 _SIMPLEITK_THREADS_LOCK = threading.Lock()  # one registration at a time may hold SimpleITK's global thread count
@@ -21,9 +20,7 @@ def copy_example_baseline(example_mask: np.ndarray, query_shape: tuple[int, int]
     mask = np.asarray(example_mask, dtype=np.float32).squeeze()
     if mask.ndim != 2:
         raise ValueError(f"example mask must be 2-D (optionally with singleton axes), got shape {example_mask.shape}")
-    if mask.shape != tuple(query_shape):
-        mask = F.interpolate(torch.from_numpy(mask)[None, None], size=tuple(query_shape), mode="nearest")[0, 0].numpy()
-    return (mask > 0.5).astype(np.float32)
+    return (resample(mask, query_shape, nearest=True) > 0.5).astype(np.float32)
 
 
 def predict_copy(episode: Episode) -> np.ndarray:

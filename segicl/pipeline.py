@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from segicl_data.imageio import check_finite, check_not_constant
-from segicl_data.preprocess import as_binary_mask, normalize_intensity
+from segicl_data.preprocess import as_binary_mask, normalize_intensity, resample
 from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
 from segicl.decoder import MaskDecoder, inference_scheduler
 from segicl.model import SegICLModel
@@ -134,12 +134,7 @@ class SegICLPipeline:
 
     def _resize(self, slices: np.ndarray, nearest: bool) -> torch.Tensor:
         """[S, H, W] -> [S, 1, size, size] on the model's device."""
-        tensor = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None].to(self.device)
-        if tensor.shape[-2:] == (self.size, self.size):
-            return tensor
-        if nearest:
-            return F.interpolate(tensor, size=(self.size, self.size), mode="nearest")
-        return F.interpolate(tensor, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+        return torch.from_numpy(resample(slices, (self.size, self.size), nearest=nearest))[:, None].to(self.device)
 
     def prepare_examples(self, examples, normalization: str, allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Validated, normalised, resized example images and masks [k, 1, size, size]; `allow_empty` accepts masks

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from segicl.baselines import RegistrationConfig, fusion_probability, register_mask
 from segicl_data.metrics import dice
+from segicl_data.preprocess import resample
 
 WEIGHTS = (1.0, 0.8, 0.7, 0.6, 0.5, 0.4)  # the model's share, highest first (ties keep the model's answer)
 LEAVE_OUT = 3  # examples answered from the others to choose the weight
@@ -24,13 +23,8 @@ MIN_EXAMPLES = 2  # leave-one-out needs an example to answer and one to answer i
 
 
 def on_grid(image: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
-    """A 2-D image resampled onto `shape` (bilinear, or nearest for masks); unchanged when it is already there."""
-    array = np.asarray(image, np.float32).squeeze()
-    if array.shape == tuple(shape):
-        return array
-    tensor = torch.from_numpy(np.ascontiguousarray(array))[None, None]
-    mode = {"mode": "nearest"} if nearest else {"mode": "bilinear", "align_corners": False, "antialias": True}
-    return F.interpolate(tensor, size=tuple(shape), **mode)[0, 0].numpy()
+    """A 2-D image resampled onto `shape` (bilinear, or nearest for masks)."""
+    return resample(np.asarray(image, np.float32).squeeze(), shape, nearest=nearest)
 
 
 def registered_probability(pairs: Sequence[tuple[np.ndarray, np.ndarray]], query: np.ndarray,

@@ -46,7 +46,7 @@ def test_simulated_t2_turns_the_t1_contrast_around():
 
 def test_a_64_px_method_answers_episodes_of_another_size_at_their_size(dataset):
     from segicl.baselines import predict_union
-    from segicl_benchmarks.ood import resized
+    from segicl_data.preprocess import resample
 
     episode = ct_episodes(dataset, 3, OODOptions(episodes=1))[0]
     seen = []
@@ -56,9 +56,9 @@ def test_a_64_px_method_answers_episodes_of_another_size_at_their_size(dataset):
         return [predict_union(e) for e in episodes]
 
     from dataclasses import replace
-    large = replace(episode, example_images=resized(episode.example_images, 128, False),
-                    example_masks=(resized(episode.example_masks, 128, True) > 0.5).astype(np.float32),
-                    query_image=resized(episode.query_image, 128, False))
+    large = replace(episode, example_images=resample(episode.example_images, (128, 128), nearest=False),
+                    example_masks=resample(episode.example_masks, (128, 128), nearest=True),
+                    query_image=resample(episode.query_image, (128, 128), nearest=False))
     (answer,) = at_model_size(union_at_64)([large])
     assert seen == [(1, 64, 64)] and answer.shape == (128, 128)
     assert abs(answer.mean() - predict_union(episode).mean()) < 0.02

@@ -4,7 +4,8 @@ import pytest
 from monai.transforms import ScaleIntensityRange
 
 from segicl_data.preprocess import (AXES, NORMALIZATIONS, SquareCrop, apply_crop, denormalize_intensity, foreground_crop,
-                             from_display_slices, intensity_range, normalize_intensity, normalize_mri, resize_slices,
+                             from_display_slices, intensity_range, normalize_intensity, normalize_mri, resample,
+                             resize_slices,
                              to_display_slices, window_ct)
 
 
@@ -76,6 +77,19 @@ def test_resize_keeps_label_values():
     assert set(np.unique(out)) == {0, 3, 7}
     image = resize_slices(np.random.default_rng(0).random((2, 100, 100)).astype(np.float32), 32, labels=False)
     assert image.shape == (2, 32, 32) and image.dtype == np.float32
+
+
+def test_resample_keeps_leading_axes_and_mask_values_and_averages_images():
+    masks = np.zeros((2, 3, 100, 80), np.float32)
+    masks[..., 20:60, 30:70] = 1
+    out = resample(masks, (50, 40), nearest=True)
+    assert out.shape == (2, 3, 50, 40) and out.dtype == np.float32 and set(np.unique(out)) == {0.0, 1.0}
+    assert out[..., 10:30, 15:35].all() and out.sum() == 2 * 3 * 20 * 20
+    checker = np.indices((64, 64)).sum(axis=0) % 2  # anti-aliasing averages a 1-px checkerboard to grey
+    halved = resample(checker, (32, 32), nearest=False)
+    assert halved.shape == (32, 32) and np.allclose(halved[1:-1, 1:-1], 0.5, atol=1e-6)  # edges: half a kernel
+    same = resample(checker, (64, 64), nearest=False)
+    assert np.array_equal(same, checker) and same is not checker
 
 
 @pytest.mark.parametrize("mode", NORMALIZATIONS)
