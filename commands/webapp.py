@@ -430,6 +430,9 @@ def render_segment(view: SegmentView, index: int) -> tuple[np.ndarray, np.ndarra
         words.append(f"Dice against the truth (green outline) {view.dice:.3f}{scope}")
     words.append(f"uncertainty: spread of {view.samples} samples, black 0 to yellow {UNCERTAINTY_TOP}"
                  if view.samples > 1 else "one sample: no uncertainty (all black)")
+    weights = [report["model_weight"] for report in view.result.structures.values() if "model_weight" in report]
+    if weights:
+        words.append(f"examples registered to the query: the model's share of the answer {weights[0]:.1f}")
     words.append(f"{view.seconds:.1f} s")
     return overlay(view.display[index], mask, truth), heat(view.result.uncertainty[index]), "; ".join(words)
 
@@ -837,13 +840,6 @@ class Panel:
             self.report(error)
         self.bank_structure.set_options(names, value=names[0] if names else None)
 
-    def decoder_numbers(self, samples: int = DEFAULT_SAMPLES) -> None:
-        from nicegui import ui
-
-        with ui.row():
-            self.steps = ui.number("steps", value=DEFAULT_STEPS, min=1, max=100, precision=0).props("dense")
-            self.samples = ui.number("samples", value=samples, min=1, max=16, precision=0).props("dense")
-
     def job_controls(self, buttons: list[tuple[str, Callable, str]], cancel_id: str, progress_id: str) -> None:
         """The buttons that start a run (label, handler, test id), the cancel button beside them, the progress bar
         below and the timer that moves it (`run_job`)."""
@@ -897,6 +893,21 @@ class SegmentViewer(Panel):
     caption and the downloads."""
 
     view: SegmentView | None = None
+
+    def decoder_numbers(self, samples: int = DEFAULT_SAMPLES, testid_prefix: str = "") -> None:
+        from nicegui import ui
+
+        with ui.row():
+            self.steps = ui.number("steps", value=DEFAULT_STEPS, min=1, max=100, precision=0).props("dense")
+            self.samples = ui.number("samples", value=samples, min=1, max=16, precision=0).props("dense")
+            self.register_examples = ui.checkbox(
+                "register the examples to the query too (scans unlike the training data: other axes, contrasts; "
+                "2+ examples, about 2x slower)").props(f"dense data-testid={testid_prefix}register-examples")
+
+    def settings(self) -> Settings:
+        """The decoder numbers, intensities and --register-examples as the page holds them."""
+        return Settings(int(self.steps.value or 0), int(self.samples.value or 0),
+                        normalization=self.normalization.value, register_examples=bool(self.register_examples.value))
 
     def outputs(self, testid_prefix: str = "") -> None:
         from nicegui import ui
@@ -1092,8 +1103,7 @@ class SegmentPanel(SegmentViewer):
     def request(self) -> SegmentRequest:
         if self.paths.get("query") is None:
             raise ValueError("upload a query image first")
-        settings = Settings(int(self.steps.value or 0), int(self.samples.value or 0),
-                            normalization=self.normalization.value)
+        settings = self.settings()
         common = dict(query=self.paths["query"], instruction=self.instruction.value or "", truth=self.paths["truth"],
                       axis=self.axis.value, crop=self.crop.value, settings=settings)
         if self.source.value == "bank":
@@ -1242,7 +1252,7 @@ class FolderPanel(SegmentViewer):
         with ui.row():
             self.k = ui.number("examples per slice (k)", value=3, min=1, max=EXAMPLE_SLOTS, precision=0).classes("w-40")
             self.normalization = ui.select(INTENSITIES, value="percentile", label="intensities").classes("w-40")
-        self.decoder_numbers(samples=max(DEFAULT_SAMPLES, 2))
+        self.decoder_numbers(samples=max(DEFAULT_SAMPLES, 2), testid_prefix="folder-")
         self.job_controls([("segment the folder", lambda: self.run(again=False), "folder-run"),
                            ("segment the rest again", lambda: self.run(again=True), "folder-rerun")],
                           "folder-cancel", "folder-progress")
@@ -1265,8 +1275,7 @@ class FolderPanel(SegmentViewer):
         self.case_box.set_visibility(False)
 
     def choices(self) -> FolderRequest:
-        settings = Settings(int(self.steps.value or 0), int(self.samples.value or 0),
-                            normalization=self.normalization.value)
+        settings = self.settings()
         return FolderRequest(self.state.folders[self.case_folder.value], self.banks[self.bank.value],
                              self.bank_structure.value, int(self.k.value or 0), settings=settings)
 

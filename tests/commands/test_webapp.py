@@ -116,6 +116,21 @@ def test_a_png_slice_gives_a_binary_png_mask_its_uncertainty_and_dice_against_th
     np.testing.assert_array_equal(red[..., 0] > red[..., 1], mask > 0)
 
 
+def test_registered_examples_are_fused_in_and_the_caption_gives_the_models_share(state, tmp_path):
+    from segicl.registered_examples import WEIGHTS
+
+    settings = replace(QUICK, register_examples=True)
+    view = run_segment(state, request(SLICE, examples=[(EXAMPLE, EXAMPLE_MASK), (SLICE, SLICE_MASK)],
+                                      settings=settings), tmp_path)
+    (report,) = view.result.structures.values()
+    assert report["model_weight"] in WEIGHTS
+    caption = render_segment(view, 0)[2]
+    assert f"the model's share of the answer {report['model_weight']:.1f}" in caption
+    plain = run_segment(state, request(SLICE, examples=[(EXAMPLE, EXAMPLE_MASK), (SLICE, SLICE_MASK)]), tmp_path / "p")
+    assert "model_weight" not in next(iter(plain.result.structures.values()))
+    assert "share" not in render_segment(plain, 0)[2]
+
+
 def test_the_page_gives_the_mask_segicl_segment_writes_for_the_same_input(state, tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path / "model")
     view = run_segment(state, request(SLICE), tmp_path / "web")
@@ -215,6 +230,7 @@ def bad_zip(folder: Path) -> Path:
     (lambda t: dict(examples=[(EXAMPLE, EXAMPLE_MASK)] * 6), "at most 5 example pairs"),
     (lambda t: dict(instruction="  "), "type an instruction"),
     (lambda t: dict(settings=Settings(0, 1)), "steps and samples must be >= 1"),
+    (lambda t: dict(settings=replace(QUICK, register_examples=True)), "registering the examples needs at least 2"),
     (lambda t: dict(query=bad_zip(t)), "a path outside its folder"),
     (lambda t: dict(query=t / "missing.png"), "Image file not found"),
 ])
