@@ -2,8 +2,8 @@
 
 On the quality benchmark's test episodes (the held-out subject, independent random affines on the examples and the
 query, nested in k), SegICL runs through the call users make (`SegICLPipeline.segment` with `Settings`):
-- k = 1 and 3 with 1 and 4 views (`segicl.augment.VIEWS`: the query and its examples flipped or turned together,
-  the answers turned back and averaged);
+- k = 1 and 3 with 1, 2 and 4 views (`segicl.augment.VIEWS`: the query and its examples flipped or turned
+  together, the answers turned back and averaged; 2 views: the slices and their mirror image);
 - k = 5, more examples than the model reads (3): the first 3 only, or the average over 4 subsets of them.
 Each cell: mean Dice with a bootstrap 95% interval, the paired difference to the cell's plain run (1 view, first
 3 examples) with its interval, and seconds per episode. The episodes' images are already in [0, 1], so they go in
@@ -37,7 +37,7 @@ class AugmentSetting:
         return f"k={self.k}, views={self.views}, example_sets={self.example_sets}"
 
 
-SETTINGS = (*(AugmentSetting(k, views) for k in (1, 3) for views in (1, 4)),
+SETTINGS = (*(AugmentSetting(k, views) for k in (1, 3) for views in (1, 2, 4)),
             *(AugmentSetting(5, 1, sets) for sets in (1, 4)))
 
 

@@ -12,8 +12,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-# The eight symmetries of the square on the last two axes, identity first; `views = n` uses the first n.
-VIEWS = ("identity", "flip_rows", "flip_columns", "rotate_180", "rotate_90", "rotate_270", "transpose",
+# The eight symmetries of the square on the last two axes; `views = n` uses the first n. The mirror image (columns
+# flipped: left-right on axial and coronal slices in display orientation) comes right after the identity: a mirrored
+# brain is still a brain the model trained on, an upside-down or turned one is not (docs/research/test-time-augmentation.md).
+VIEWS = ("identity", "flip_columns", "flip_rows", "rotate_180", "rotate_90", "rotate_270", "transpose",
          "anti_transpose")
 
 

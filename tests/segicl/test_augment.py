@@ -23,6 +23,19 @@ def test_the_views_are_the_eight_different_symmetries_of_the_square():
         apply_view(square, "mirror")
 
 
+def test_two_views_are_the_slices_and_their_left_right_mirror():
+    seen = []
+
+    def record(slices, examples, slice_examples, run_index, callback):
+        seen.append((slices, examples[0][0]))
+        return SegmentationOutput(np.zeros(slices.shape, np.float32), None, np.zeros(slices.shape, np.float32))
+
+    slices, image = np.arange(12.0).reshape(1, 3, 4), np.arange(12.0).reshape(3, 4) + 100
+    ensemble_call(record, slices, [(image, np.ones((3, 4)))], None, reads=3, views=2)
+    np.testing.assert_array_equal(seen[1][0], slices[:, :, ::-1])  # columns reversed, rows kept
+    np.testing.assert_array_equal(seen[1][1], image[:, ::-1])
+
+
 def test_example_subsets_use_every_example_and_all_of_few():
     assert example_subsets(2, 3, 4) == [(0, 1)]
     subsets = example_subsets(5, 3, 4)
