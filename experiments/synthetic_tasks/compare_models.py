@@ -1,5 +1,6 @@
 """Compare CrossConv networks and SegICL models on the same episodes: the out-of-distribution rows of `segicl bench
-ood` and the quality benchmark's axial test episodes (training and held-out structures), k = 1, 3, 5.
+ood` and the quality benchmark's axial test episodes (training and held-out structures), k = 1, 3, 5; and `segicl
+demo`'s episodes (demo_train, demo_held_out), k = 3.
 
     python experiments/synthetic_tasks/compare_models.py --crossconv shipped=weights/crossconv-tiny \
         synthetic=runs/s21/crossconv-synth/model --out runs/synthetic_tasks/crossconv.json
@@ -23,6 +24,7 @@ from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import EpisodeConfig, EpisodeSampler
 
 AXIAL_ROWS = {"axial_train_structures": "train", "axial_held_out_structures": "held_out"}
+DEMO_ROWS = {"demo_train": "train", "demo_held_out": "held_out"}  # `segicl demo`'s episodes: k = 3 of 3
 
 
 def named_folders(values: list[str]) -> dict[str, Path]:
@@ -30,8 +32,9 @@ def named_folders(values: list[str]) -> dict[str, Path]:
 
 
 def episodes_of(row: str, k: int, options: OODOptions) -> list:
-    if row in AXIAL_ROWS:
-        config = EpisodeConfig(split="test", structures=AXIAL_ROWS[row], max_examples=max(OOD_K), num_examples=k,
+    if row in AXIAL_ROWS or row in DEMO_ROWS:
+        structures, most = (AXIAL_ROWS[row], max(OOD_K)) if row in AXIAL_ROWS else (DEMO_ROWS[row], 3)
+        config = EpisodeConfig(split="test", structures=structures, max_examples=most, num_examples=k,
                                min_area=options.min_area, seed=options.seed)
         sampler = EpisodeSampler(SliceDataset.build(DatasetConfig()), config)
         return [sampler[i] for i in range(options.episodes)]
@@ -59,7 +62,7 @@ def main() -> None:
                  if any(name.startswith(kind) for name in methods)}
     result: dict = {}
     for row in args.rows:
-        for k in OOD_K:
+        for k in ((3,) if row in DEMO_ROWS else OOD_K):
             records, _ = score_episodes(None, episodes_of(row, k, options), options.episodes, other_methods=methods)
             cell = {name: {"dice": round(float(np.mean([r[name]["dice"] for r in records])), 4),
                            "vs_" + baselines[name.split(":")[0]]: paired(records, name, baselines[name.split(":")[0]],
