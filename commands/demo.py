@@ -13,6 +13,13 @@ from segicl.evaluation import evaluate_episodes, evaluate_reconstruction, save_o
 K_VALUES = (0, 1, 3)
 
 
+def demo_episode_config(structures: str, k: int, min_area: int, seed: int) -> EpisodeConfig:
+    """The demo's test episodes for one (structures, k) cell: the first k of the same max(K_VALUES) examples, so the
+    k cells share their queries."""
+    return EpisodeConfig(split="test", structures=structures, num_examples=k, max_examples=max(K_VALUES),
+                         min_area=min_area, seed=seed)
+
+
 def train_from_scratch(out_dir: Path, stage1_steps: int, stage2_steps: int, seed: int) -> Path:
     """Both stages, briefly (a smoke path that shows the whole pipeline without the shipped weights)."""
     from segicl_stages import stage1_decoder, stage2_encoder
@@ -33,9 +40,7 @@ def evaluate_all(model, dataset, episodes: int, min_area: int, num_steps: int, n
         key = f"{structures}_structures"
         table["dice"][key] = {}
         for k in K_VALUES:
-            config = EpisodeConfig(split="test", structures=structures, num_examples=k, max_examples=max(K_VALUES),
-                                   min_area=min_area, seed=seed)
-            result = evaluate_episodes(model, dataset, config, episodes, num_steps, num_samples, seed=seed,
+            result = evaluate_episodes(model, dataset, demo_episode_config(structures, k, min_area, seed), episodes, num_steps, num_samples, seed=seed,
                                        keep=3 if k == 3 else 0)
             table["dice"][key][str(k)] = round(result["dice"], 4)
             table["seconds_per_episode"][f"{key}_k{k}"] = round(result["seconds_per_episode"], 3)

@@ -19,6 +19,7 @@ import numpy as np
 from segicl.evaluation import score_episodes
 from segicl_benchmarks.ood import OOD_K, ROWS, OODOptions, at_model_size, paired, row_dataset_configs, row_episodes
 from segicl_benchmarks.quality import crossconv_method
+from segicl_commands.demo import demo_episode_config
 from segicl_data.build import DatasetConfig
 from segicl_data.dataset import SliceDataset
 from segicl_data.episodes import EpisodeConfig, EpisodeSampler
@@ -33,9 +34,9 @@ def named_folders(values: list[str]) -> dict[str, Path]:
 
 def episodes_of(row: str, k: int, options: OODOptions) -> list:
     if row in AXIAL_ROWS or row in DEMO_ROWS:
-        structures, most = (AXIAL_ROWS[row], max(OOD_K)) if row in AXIAL_ROWS else (DEMO_ROWS[row], 3)
-        config = EpisodeConfig(split="test", structures=structures, max_examples=most, num_examples=k,
-                               min_area=options.min_area, seed=options.seed)
+        config = (EpisodeConfig(split="test", structures=AXIAL_ROWS[row], max_examples=max(OOD_K), num_examples=k,
+                                min_area=options.min_area, seed=options.seed) if row in AXIAL_ROWS
+                  else demo_episode_config(DEMO_ROWS[row], k, options.min_area, options.seed))
         sampler = EpisodeSampler(SliceDataset.build(DatasetConfig()), config)
         return [sampler[i] for i in range(options.episodes)]
     return row_episodes(row, k, {row: SliceDataset.build(row_dataset_configs()[row])}, options)

@@ -24,9 +24,10 @@ from tqdm.auto import tqdm
 from segicl.evaluation import overlap_scores
 from segicl.training import CrossConvTraining
 from segicl_benchmarks.ood import OODOptions, paired
+from segicl_commands.demo import demo_episode_config
 from segicl_data.build import DatasetConfig
 from segicl_data.dataset import SliceDataset
-from segicl_data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.episodes import EpisodeSampler
 from segicl_data.transforms import SpatialTransformConfig, random_affine
 
 DEMO_ROWS = {"demo_train": "train", "demo_held_out": "held_out"}
@@ -77,8 +78,7 @@ def score_row(pipeline, row: str, options: OODOptions, args) -> list[dict]:
     from segicl.volume import Settings
 
     settings = Settings(steps=options.steps, samples=options.samples, normalization="none", seed=options.seed)
-    config = EpisodeConfig(split="test", structures=DEMO_ROWS[row], max_examples=3, num_examples=3,
-                           min_area=options.min_area, seed=options.seed)
+    config = demo_episode_config(DEMO_ROWS[row], 3, options.min_area, options.seed)
     sampler = EpisodeSampler(SliceDataset.build(DatasetConfig()), config)
     network = pipeline.model.incontext
     shipped = copy.deepcopy(network.state_dict())

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 
 from segicl.evaluation import overlap_scores
 from segicl_benchmarks.ood import OODOptions, paired, row_dataset_configs, row_episodes
+from segicl_commands.demo import demo_episode_config
 from segicl_data.build import DatasetConfig
 from segicl_data.dataset import SliceDataset
-from segicl_data.episodes import EpisodeConfig, EpisodeSampler
+from segicl_data.episodes import EpisodeSampler
 
 DEMO_ROWS = {"demo_train": "train", "demo_held_out": "held_out"}
 VARIANTS = ("order_0", "samples_12", "orders_4", "flip_lr", "affine_query_4", "affine_joint_4")
@@ -66,8 +67,7 @@ def moved_pair(image: np.ndarray, mask: np.ndarray, degrees: float, scale: float
 
 def episodes_of(row: str, k: int, options: OODOptions) -> list:
     if row in DEMO_ROWS:
-        config = EpisodeConfig(split="test", structures=DEMO_ROWS[row], max_examples=3, num_examples=k,
-                               min_area=options.min_area, seed=options.seed)
+        config = demo_episode_config(DEMO_ROWS[row], k, options.min_area, options.seed)
         sampler = EpisodeSampler(SliceDataset.build(DatasetConfig()), config)
         return [sampler[i] for i in range(options.episodes)]
     return row_episodes(row, k, {row: SliceDataset.build(row_dataset_configs()[row])}, options)
