@@ -184,7 +184,7 @@ def test_the_page_segments_the_shipped_slice_and_a_volume_in_headless_chromium(s
         timings["slice_64px_s"] = round(time.perf_counter() - start, 2)
         summary = page.locator("[data-testid=segment-summary]").inner_text()
         assert "px segmented (red)" in summary and "Dice against the truth" in summary
-        assert page.locator("[data-testid=overlay] img").get_attribute("src").startswith("data:image/png")
+        expect(page.locator("[data-testid=overlay] img")).to_have_attribute("src", re.compile("^data:image/png"))
         page.screenshot(path=str(ARTEFACTS / "segment_slice.png"), full_page=True)
         with page.expect_download() as download:
             page.locator("[data-testid=download-mask]").click()
