@@ -107,7 +107,7 @@ DEFAULT_WEIGHTS = SEGICL_TINY
 def command_export(args: argparse.Namespace) -> int:
     from segicl_commands.export import export
 
-    export(args.source, args.target)
+    export(args.source, args.target, args.prior)
     return 0
 
 
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="copy a trained model folder as float16 weights (what ships in weights/)")
     export.add_argument("source", type=Path, help="a trained model folder (e.g. runs/train-demo/stage2c/model)")
     export.add_argument("target", type=Path, help="where the exported model goes (new, empty, or an earlier export)")
+    export.add_argument("--prior", type=Path, default=None, metavar="CROSSCONV",
+                        help="a trained CrossConv model folder (`segicl train --recipe crossconv-tiny`) to become the "
+                             "SegICL model's example prior, in place of the one it has")
     export.set_defaults(handler=command_export)
     add_train_command(commands)
     add_mvg_commands(commands)

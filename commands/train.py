@@ -34,7 +34,7 @@ from segicl_weights import FOLDER as SHIPPED_WEIGHTS
 
 RECIPE_KEYS = {"requires", "output", "accelerate", "step", "finetune"}
 CHAIN_KEYS = {"output", "step"}
-STEP_KEYS = {"name", "stage", "export", "inputs", "flags", "env", "accelerate"}
+STEP_KEYS = {"name", "stage", "export", "prior", "inputs", "flags", "env", "accelerate"}
 RUNNER_FLAGS = ("output-dir", "dataset", "resume")  # the runner gives these to every training step
 SHIPPED_PREFIX = "weights:"
 RUN_RECORD = "train_run.json"
@@ -48,6 +48,8 @@ class Step:
         name: the step's folder under --output-dir, and how other steps refer to it.
         stage: the `segicl_stages` module it runs (training step), or None.
         export: the earlier step whose model it copies as float16 (export step), or None.
+        prior: an export step's CrossConv network (a reference, as in inputs) that becomes the exported SegICL
+            model's example prior (`segicl export --prior`), or None.
         inputs: stage flag (without "--") -> reference of the model folder it reads: "STEP" of this recipe,
             "RECIPE:STEP" of a required recipe, "weights:NAME" a shipped model.
         flags: stage flag (without "--") -> value (see `flag_words`).
@@ -58,6 +60,7 @@ class Step:
     name: str
     stage: str | None = None
     export: str | None = None
+    prior: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)
     flags: dict[str, object] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
@@ -87,7 +90,7 @@ class Recipe:
 @dataclass(frozen=True)
 class PlannedStep:
     """A step ready to run: where it writes, the model folder it leaves, the model folders it reads, and its command
-    (training) or source (export)."""
+    (training) or source and prior (export)."""
 
     recipe: str
     step: Step
@@ -96,11 +99,13 @@ class PlannedStep:
     reads: tuple[Path, ...]
     command: tuple[str, ...] = ()
     source: Path | None = None
+    prior: Path | None = None
 
     def shell_line(self) -> str:
         """The step as one shell line (what --dry-run prints)."""
         if self.source is not None:
-            return shlex.join(["segicl", "export", str(self.source), str(self.folder)])
+            prior = ["--prior", str(self.prior)] if self.prior is not None else []
+            return shlex.join(["segicl", "export", str(self.source), str(self.folder), *prior])
         return shlex.join([f"{key}={value}" for key, value in self.step.env.items()] + list(self.command))
 
 
@@ -165,14 +170,17 @@ def parse_step(table: dict, path: Path, accelerate: str, where: str) -> Step:
     if not isinstance(name, str) or not name or "/" in name or ":" in name:
         raise ValueError(f"{where}: name must be a folder name without '/' or ':', got {name!r}")
     where = f"{where} ({name})"
+    if "prior" in table and "export" not in table:
+        raise ValueError(f"{where}: prior = STEP belongs to an export step (export = STEP)")
     if ("stage" in table) == ("export" in table):
         raise ValueError(f"{where}: give either stage = MODULE (a training step) or export = STEP, not "
                          f"{'both' if 'stage' in table else 'neither'}")
     if "export" in table:
-        extra = sorted(set(table) - {"name", "export"})
+        extra = sorted(set(table) - {"name", "export", "prior"})
         if extra:
-            raise ValueError(f"{where}: an export step takes only name and export, not {extra[0]!r}")
-        return Step(name, export=str(table["export"]))
+            raise ValueError(f"{where}: an export step takes only name, export and prior, not {extra[0]!r}")
+        prior = table.get("prior")
+        return Step(name, export=str(table["export"]), prior=None if prior is None else str(prior))
     tables = {key: table.get(key, {}) for key in ("inputs", "flags", "env")}
     for key, value in tables.items():
         if not isinstance(value, dict):
@@ -248,7 +256,9 @@ def plan_step(recipe: str, step: Step, models: dict[str, Path], options: RunOpti
     where = f"recipe {recipe}, step {step.name}"
     if step.export is not None:
         source = resolve(step.export, recipe, models, f"{where}: export")
-        return PlannedStep(recipe, step, folder, folder, (source,), source=source)
+        prior = None if step.prior is None else resolve(step.prior, recipe, models, f"{where}: prior")
+        reads = (source,) if prior is None else (source, prior)
+        return PlannedStep(recipe, step, folder, folder, reads, source=source, prior=prior)
     inputs = {flag: resolve(reference, recipe, models, f"{where}: input {flag}")
               for flag, reference in step.inputs.items()}
     arguments = flag_words(step.flags) + flag_words(inputs) + ["--output-dir", str(folder)]
@@ -374,7 +384,7 @@ def run_step(item: PlannedStep) -> int:
     if item.source is not None:
         from segicl_commands.export import export
 
-        export(item.source, item.folder)
+        export(item.source, item.folder, item.prior)
         return 0
     return subprocess.run(item.command, env={**os.environ, **item.step.env}).returncode
 
@@ -386,7 +396,8 @@ def run(planned: list[PlannedStep], start: int, rerun: bool, model: Path) -> int
     for index, item in enumerate(planned[start:], start + 1):
         done = item.source is None and not rerun and is_model(item.model)
         what = (f"done, skipped ({item.model} holds its model)" if done else
-                f"export {item.source} -> {item.folder}" if item.source is not None else
+                f"export {item.source}{f' with the prior {item.prior}' if item.prior else ''} -> {item.folder}"
+                if item.source is not None else
                 f"{item.step.stage} -> {item.folder}")
         print(f"step {index}/{len(planned)} {item.step.name}: {what} (elapsed {clock(time.perf_counter() - began)})",
               flush=True)

@@ -1,5 +1,6 @@
 """`segicl train --recipe` (segicl_commands.train): the shipped recipes are valid chains whose every flag their stage
-accepts, the segicl chain reads the CrossConv networks the shipped weights were made with, --dry-run prints the
+accepts, the segicl chain reads the CrossConv networks the shipped weights were made with (and exports with the last as its
+prior), --dry-run prints the
 commands, bad recipes are refused in one line before anything runs, and a tiny recipe trains end to end."""
 import filecmp
 import shlex
@@ -59,17 +60,38 @@ def test_every_step_of_a_shipped_recipe_is_accepted_by_its_stage_in_a_valid_orde
 def test_the_segicl_chain_trains_each_stage_on_the_crossconv_network_the_shipped_weights_were_made_with(tmp_path):
     steps = {item.step.name: item for item in planned("segicl-tiny", tmp_path)}
     crossconv = [item for item in steps.values() if item.step.stage == "crossconv_train"]
-    assert len(crossconv) == 3
-    assert list(steps)[:5] == ["crossconv", "crossconv-80min", "crossconv2", "crossconv3", "crossconv-tiny"]
+    assert len(crossconv) == 4
+    assert list(steps)[:8] == ["crossconv", "crossconv-80min", "crossconv2", "crossconv3", "crossconv-205min",
+                               "crossconv4", "crossconv-tiny", "stage1"]
     eighty_minutes = steps["crossconv-80min"]
     assert eighty_minutes.source == steps["crossconv"].model
     assert arguments(steps["crossconv2"])["init"] == arguments(steps["stage2d"])["crossconv"] == str(eighty_minutes.model)
     assert arguments(crossconv[2])["init"] == str(crossconv[1].model)
-    assert arguments(steps["stage2i"])["crossconv"] == str(steps["crossconv-tiny"].model)  # the shipped peer
-    assert steps["crossconv-tiny"].source == crossconv[2].model
+    assert steps["crossconv-205min"].source == crossconv[2].model
+    assert arguments(steps["stage2i"])["crossconv"] == arguments(crossconv[3])["init"] == \
+           str(steps["crossconv-205min"].model)
+    assert arguments(crossconv[3])["learning-rate"] == "0.0003" and crossconv[3].step.env["OMP_NUM_THREADS"] == "2"
+    assert steps["crossconv-tiny"].source == crossconv[3].model
     assert arguments(steps["stage2i"])["init"] == str(steps["stage2d-export"].model)
     assert [arguments(steps[name])["steps"] for name in ("stage2", "stage2b", "stage2c", "stage2d", "stage2i")] == \
            ["2400", "1400", "1500", "700", "700"]
+    shipped = steps["segicl-tiny"]  # stage 2i with the shipped peer (the cooled network) as its prior
+    assert (shipped.source, shipped.prior) == (steps["stage2i"].model, steps["crossconv-tiny"].model)
+    assert shipped.reads == (shipped.source, shipped.prior)
+    assert shipped.shell_line() == f"segicl export {shipped.source} {shipped.folder} --prior {shipped.prior}"
+
+
+def test_an_export_step_with_a_prior_runs_segicl_export_with_it(tmp_path, monkeypatch):
+    import segicl_commands.export
+    from segicl_commands.train import run
+
+    (tmp_path / "a.toml").write_text('output = "e"\n' + STAGE1 + '[[step]]\nname = "c"\nstage = "crossconv_train"\n'
+                                     'flags = { steps = 2 }\n[[step]]\nname = "e"\nexport = "s1"\nprior = "c"\n')
+    steps = planned(str(tmp_path / "a.toml"), tmp_path)
+    calls = []
+    monkeypatch.setattr(segicl_commands.export, "export", lambda *given: calls.append(given))
+    assert run(steps, 2, False, steps[-1].model) == 0
+    assert calls == [(tmp_path / "run" / "s1" / "model", tmp_path / "run" / "e", tmp_path / "run" / "c" / "model")]
 
 
 def test_dry_run_prints_every_command_of_the_chain(tmp_path, capsys):
@@ -151,6 +173,10 @@ STAGE1 = '[[step]]\nname = "s1"\nstage = "stage1_decoder"\nflags = { steps = 2 }
     ('output = "s1"\n' + STAGE1 + STAGE1, "recipe bad: step name 's1' is used twice in this run"),
     ('output = "s1"\naccelerate = "nowhere.yaml"\n' + STAGE1, "step 1 (s1): accelerate config nowhere.yaml is neither"),
     ('output = "s1"\nrequires = ["ring"]\n' + STAGE1, "recipe bad requires itself (bad -> ring -> bad)"),
+    ('output = "s1"\n' + STAGE1.replace('stage = "stage1_decoder"', 'stage = "stage1_decoder"\nprior = "s0"'),
+     "bad.toml: step 1 (s1): prior = STEP belongs to an export step (export = STEP)"),
+    ('output = "e"\n' + STAGE1 + '[[step]]\nname = "e"\nexport = "s1"\nprior = "nope"\n',
+     "recipe bad, step e: prior: 'nope' is no earlier step of this run"),
     ('output = "e"\n[[step]]\nname = "e"\nexport = "weights:segicl-large"\n',
      "'weights:segicl-large' names no shipped model"),
 ])
