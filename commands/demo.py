@@ -40,7 +40,8 @@ def evaluate_all(model, dataset, episodes: int, min_area: int, num_steps: int, n
         key = f"{structures}_structures"
         table["dice"][key] = {}
         for k in K_VALUES:
-            result = evaluate_episodes(model, dataset, demo_episode_config(structures, k, min_area, seed), episodes, num_steps, num_samples, seed=seed,
+            config = demo_episode_config(structures, k, min_area, seed)
+            result = evaluate_episodes(model, dataset, config, episodes, num_steps, num_samples, seed=seed,
                                        keep=3 if k == 3 else 0)
             table["dice"][key][str(k)] = round(result["dice"], 4)
             table["seconds_per_episode"][f"{key}_k{k}"] = round(result["seconds_per_episode"], 3)
