@@ -90,7 +90,9 @@ def recommended_line(recommended: dict | None, grid: dict) -> str:
 
 
 def fast_setting_line(fast: dict) -> str:
-    return (f"- With the fast decoder setting ({fast['steps']} steps x {fast['samples']} sample, Dice "
+    steps, samples = fast["steps"], fast["samples"]
+    return (f"- With the fastest decoder setting ({steps} step{'s' * (steps != 1)} x {samples} "
+            f"sample{'s' * (samples != 1)}, Dice "
             f"{fast['dice']:.3f} on the sweep episodes) the k=3 volume takes {fast['volume_s']['uncached_k3']:.2f} s "
             f"without and {fast['volume_s']['cached_k3']:.2f} s with the cache: "
             f"**{fast['volume_uncached_over_cached_k3']:.2f}x**.")

@@ -62,8 +62,10 @@ def add_bench_commands(commands, default_weights: Path) -> None:
     add_dataset_arguments(speed)
     speed.add_argument("--slices", type=int, default=64, help="slices of the test volume (at least 64)")
     speed.add_argument("--structure", default="brain/brain", help="task key whose examples are used")
-    speed.add_argument("--steps", type=int, default=10, help="decoder steps of the timed volume runs")
-    speed.add_argument("--samples", type=int, default=5, help="decoder samples of the timed volume runs")
+    speed.add_argument("--steps", type=int, default=DEFAULT_STEPS,
+                       help=f"decoder steps of the timed volume runs (default: {DEFAULT_STEPS}, the pipeline's)")
+    speed.add_argument("--samples", type=int, default=DEFAULT_SAMPLES,
+                       help=f"decoder samples of the timed volume runs (default: {DEFAULT_SAMPLES}, the pipeline's)")
     speed.add_argument("--batch-size", type=int, default=16, help="slices per batch")
     speed.add_argument("--repeats", type=int, default=3,
                        help="timed runs of every volume setting, interleaved; the median of each is reported")

@@ -57,6 +57,22 @@ def test_a_timed_volume_gives_per_slice_milliseconds_and_the_volume_seconds():
     assert run["decoder_ms_per_slice"] == pytest.approx(150.0) and run["peak_rss_mib"] > 0
 
 
+def test_the_fastest_setting_given_as_the_timed_one_runs_once_per_repeat(dataset):
+    from segicl_benchmarks.speed import FAST_SETTING, SPEED_K, time_volumes
+
+    calls = []
+
+    def pipeline(*args, num_steps, num_samples, **kwargs):
+        calls.append((num_steps, num_samples))
+        return Namespace(timings={"vision_s": 0.1, "llm_s": 0.2, "decoder_s": 0.3, "slices": 2})
+
+    args = Namespace(structure="brain/brain", slices=3, steps=FAST_SETTING[0], samples=FAST_SETTING[1],
+                     batch_size=2, repeats=2)
+    volumes, fast = time_volumes(pipeline, dataset, args, log=lambda _: None)
+    assert len(calls) == 2 * len(SPEED_K) * 2  # (cached, uncached) x k x repeats: the k = 3 setting not run twice
+    assert fast["cached"] == volumes["cached"]["3"] and fast["cached"]["repeats"] == 2
+
+
 def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path):
     from segicl_benchmarks.speed import FAST_SETTING, SPEED_K, run_speed
 
@@ -80,4 +96,4 @@ def test_speed_benchmark_writes_the_promised_shape(dataset, tiny_model, tmp_path
         fast["volume_s"]["uncached_k3"] / fast["volume_s"]["cached_k3"], abs=1e-3)
     assert (tmp_path / "bench" / "speed.png").stat().st_size > 0
     section = results_page(tmp_path / "bench")
-    assert "of the cached k=3 time per slice" in section and "With the fast decoder setting (5 steps x 1" in section
+    assert "of the cached k=3 time per slice" in section and "With the fastest decoder setting (1 step x 1 sample," in section
