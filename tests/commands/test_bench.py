@@ -43,6 +43,14 @@ def test_benchmarks_refuse_a_file_as_out_dir_and_the_other_engines_model(tmp_pat
     assert "it holds a SegICL model" in capsys.readouterr().err
 
 
+def test_the_speed_benchmark_times_the_pipelines_decoder_setting_by_default():
+    from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
+    from segicl_commands.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "speed"])
+    assert (args.steps, args.samples) == (DEFAULT_STEPS, DEFAULT_SAMPLES)
+
+
 def test_an_empty_peer_folder_leaves_the_peer_out_and_a_wrong_one_is_refused(tmp_path, capsys):
     from segicl_commands.cli import build_parser, main
 
