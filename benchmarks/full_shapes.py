@@ -1,9 +1,10 @@
 """`segicl bench full-shapes`: the full preset's per-slice cost, measured with random weights at the paper's shapes.
 
-The tiny preset's per-slice time is almost all diffusion decoder, so its example cache cannot speed up a volume
-much (`segicl bench speed`). This command measures where the time goes at the paper's shapes: a ViT-bigG-14 at
-448 px, Qwen-7B (hidden 4096, 32 layers), and SD 1.5's UNet + ControlNet + VAE at 512 px, each built from config
-with random weights (no download; timing does not depend on the weights). It times, for one slice at batch 1:
+On the tiny preset the example cache makes a k = 3 volume a few times faster at the default decoder setting, less at
+many decoder evaluations, where the diffusion decoder's time dominates (`segicl bench speed`). This command measures
+where the time goes at the paper's shapes: a ViT-bigG-14 at 448 px, Qwen-7B (hidden 4096, 32 layers), and SD 1.5's
+UNet + ControlNet + VAE at 512 px, each built from config with random weights (no download; timing does not depend
+on the weights). It times, for one slice at batch 1:
 - the vision tower on one image (the query; an uncached slice also encodes its k example images and k masks);
 - the LLM over the whole sequence (no cache), over the prefix alone (once per volume with the cache), and over
   the query suffix on the cached prefix, at k = 0 and 3;

@@ -32,13 +32,14 @@ import numpy as np
 
 from segicl.volume import (Query, SegmentResult, Settings, Target, bank_targets, file_examples, prepare_query,
                            segment_image)
-from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS
+from segicl.config import DEFAULT_SAMPLES, DEFAULT_STEPS, FAST_SAMPLES, FAST_STEPS
 
 # Decoder settings offered by name: `segicl bench speed`'s sampler grid (docs: results) found that with this
 # x0-predicting decoder fewer steps do not lose Dice; the default is the fewest evaluations within 0.01 Dice of the
 # best with a meaningful uncertainty, the fast one a single evaluation (no spread, so no uncertainty map).
 DECODER_SETTINGS = {
-    "fast": (1, 1, "1 step x 1 sample: one decoder evaluation, no uncertainty"),
+    "fast": (FAST_STEPS, FAST_SAMPLES,
+             f"{FAST_STEPS} step x {FAST_SAMPLES} sample: one decoder evaluation, no uncertainty"),
     "default": (DEFAULT_STEPS, DEFAULT_SAMPLES,
                 f"{DEFAULT_STEPS} step x {DEFAULT_SAMPLES} samples: the measured default"),
 }

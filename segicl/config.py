@@ -189,6 +189,9 @@ REMOVED_SETTINGS = ("prior_registration_weight", "prior_registration_fusion", "p
 # (docs: results): the fewest decoder evaluations within 0.01 Dice of the best setting that keeps a meaningful
 # uncertainty (>= 3 samples, AUROC >= 0.6).
 DEFAULT_STEPS, DEFAULT_SAMPLES = 1, 3
+# The fastest decoder setting: one evaluation, no spread, so no uncertainty map (the web app's "fast", timed by
+# `segicl bench speed`).
+FAST_STEPS, FAST_SAMPLES = 1, 1
 
 
 @dataclass
